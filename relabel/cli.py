@@ -1,0 +1,150 @@
+"""The ``relabel`` command line: a thin typer face over the library functions."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from storage.errors import UserError
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run the distillation teacher once over replayable augmentation views; train any "
+                       "timm student from the cached soft labels.")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"relabel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def generate(
+    data: str = typer.Argument(..., help="ImageFolder tree or webdataset shards (folder, glob, brace pattern)."),
+    out: str = typer.Option(..., "--out", "-o", help="Label store folder (created, or resumed)."),
+    teacher: str = typer.Option("tresnet_l_v2", help="timm model name or alias (tresnet_l_v2 = USI's teacher)."),
+    teacher_checkpoint: Optional[str] = typer.Option(None, help="Teacher weights; default: timm's pretrained download."),
+    views: int = typer.Option(10, help="Views per sample; a larger value on an existing store adds views."),
+    topk: int = typer.Option(10, help="Classes kept per view."),
+    recipe: str = typer.Option("usi", help="Augmentation recipe: usi, simple, or a .yaml/.json file."),
+    seed: int = typer.Option(0, help="Seed of every view."),
+    img_size: Optional[int] = typer.Option(None, help="Teacher input size (default: the teacher's own)."),
+    batch_size: int = typer.Option(128, help="Teacher batch size."),
+    workers: int = typer.Option(min(8, os.cpu_count() or 1), help="DataLoader workers (decode + views)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16 or bf16."),
+    encoding: str = typer.Option("q8", help="Stored values: q8 (1 byte, ~2e-4 nats KL), f16 or f32."),
+    samples_per_shard: int = typer.Option(4096, help="Samples per shard (a multiple of the recipe's mix group)."),
+    views_per_shard: int = typer.Option(10, help="Views per shard: each image is decoded once per shard."),
+    repair: bool = typer.Option(False, "--repair", help="Recompute shards that verify finds damaged."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Stage one: run the teacher over stored views and write top-k labels."""
+    from .generate import GenerateConfig, generate as run
+
+    s = run(GenerateConfig(data=data, out=out, teacher=teacher, teacher_checkpoint=teacher_checkpoint, views=views,
+                           topk=topk, recipe=recipe, seed=seed, img_size=img_size, batch_size=batch_size,
+                           workers=workers, device=device, precision=precision, encoding=encoding,
+                           samples_per_shard=samples_per_shard, views_per_shard=views_per_shard, repair=repair,
+                           progress=not quiet))
+    if int(os.environ.get("RANK", "0")) == 0:
+        _say(f"wrote {s['views_written']:,} views in {s['shards_written']} shard(s) in {s['seconds']:.1f}s "
+             f"({s['views_per_s']:,.1f} views/s); store: {s['num_samples']:,} samples x {s['views']} views, "
+             f"complete={s['complete']}, unreadable={s['corrupt_samples']}, "
+             f"{s['label_bytes_per_view']:.1f} label bytes/view -> {out}")
+
+
+@app.command()
+def info(store: str = typer.Argument(..., help="Label store."),
+         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Summarize a label store."""
+    from storage import LabelStore
+
+    s = LabelStore.open(store).summary()
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    t = s["teacher"]
+    typer.echo(f"{s['path']}\n  samples      {s['num_samples']:,} ({s['corrupt_samples']} unreadable)\n"
+               f"  views        {s['views']} (complete: {s['complete']})\n  top-k        {s['topk']} of {s['num_classes']} classes\n"
+               f"  teacher      {t.get('model')} ({t.get('checkpoint_sha256') or 'pretrained'}) at {s['img_size']}px\n"
+               f"  recipe       {s['recipe']} seed {s['seed']}\n  encoding     {s['encoding']['name']}\n"
+               f"  size         {s['bytes_on_disk']:,} bytes ({s['bytes_per_view']:.1f} B/view, labels {s['label_bytes_per_view']:.1f} B/view)\n"
+               f"  fingerprint  {s['fingerprint'][:16]}")
+
+
+@app.command()
+def verify(store: str = typer.Argument(..., help="Label store."),
+           data: str = typer.Argument(..., help="The images the labels were made from."),
+           samples: int = typer.Option(64, help="Random stored views to recompute (0: integrity only)."),
+           teacher_checkpoint: Optional[str] = typer.Option(None, help="Teacher weights the store was made with."),
+           device: str = typer.Option("auto", help="auto, cpu or cuda."),
+           seed: int = typer.Option(0, help="Seed for picking the views.")):
+    """Recompute random stored views with the teacher; check completeness and shard integrity."""
+    from .verify import verify as run
+
+    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint, device=device, seed=seed)
+    for line in r.damaged:
+        _say(f"damaged: {line}")
+    for line in r.notes:
+        _say(f"note: {line}")
+    typer.echo(f"checked {r.checked} views: top-1 agreement {r.top1_agreement:.4f}, max log-prob error "
+               f"{r.max_logp_error:.4g} (allowed {r.allowed_error:.4g}), mean KL {r.mean_kl:.3g}; "
+               f"pending shards {r.pending_shards}, damaged shards {len(r.damaged)}")
+    if not r.ok:
+        _say("verify FAILED")
+        raise typer.Exit(1)
+    typer.echo("verify OK")
+
+
+def _click_exceptions():
+    """typer >= 0.17 vendors click; fall back to click itself for older typer."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as ex
+    return ex
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    ex = _click_exceptions()
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except UserError as e:
+        _say(f"error: {e}")
+        sys.exit(2)
+    except (typer.Exit, ex.Exit if hasattr(ex, "Exit") else typer.Exit) as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except ex.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(0)
+    except ex.ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        cmd = f"relabel {ctx.info_name} --help" if ctx is not None and ctx.info_name != "relabel" else "relabel --help"
+        _say(f"error: {e.format_message()} (see '{cmd}')")
+        sys.exit(2)
+    except (KeyboardInterrupt, getattr(ex, "Abort", KeyboardInterrupt)):
+        _say("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

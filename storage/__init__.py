@@ -1,0 +1,10 @@
+"""What is on disk and how to read it back: image sources, the label store, exports.
+
+This package knows nothing about models or training.
+"""
+from .errors import UserError
+from .sources import ImageSource, open_source, fingerprint
+from .store import LabelStore, StoreHeader, SCHEMA_VERSION
+
+__all__ = ["UserError", "ImageSource", "open_source", "fingerprint", "LabelStore", "StoreHeader",
+           "SCHEMA_VERSION"]

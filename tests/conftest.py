@@ -1,0 +1,87 @@
+"""Shared fixtures: real image files on disk and tiny real teacher checkpoints."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("ant", "bee", "cat")
+
+
+def write_image(path: Path, rng: np.random.Generator, cls: int, size=(40, 32), fmt: str | None = None) -> None:
+    """A real image whose colour depends on the class, so a model can learn it."""
+    w, h = size
+    base = np.zeros((h, w, 3), np.float32)
+    base[..., cls % 3] = 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    base[..., (cls + 1) % 3] += 60 * np.sin(xx / (3 + cls)) + 40 * np.cos(yy / 5)
+    arr = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def make_imagefolder(root: Path, per_class: int = 8, classes=CLASSES, seed: int = 0) -> Path:
+    """JPEG and PNG files, one folder per class, mixed sizes."""
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        for i in range(per_class):
+            ext = "png" if i % 3 == 0 else "jpg"
+            size = (40 + 8 * (i % 3), 32 + 4 * (i % 2))
+            write_image(root / c / f"{c}_{i:03d}.{ext}", rng, ci, size)
+    return root
+
+
+def folder_to_shards(folder: Path, out: Path, per_shard: int = 10) -> Path:
+    """The same images as webdataset tar shards (+ classes.txt)."""
+    out.mkdir(parents=True, exist_ok=True)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for s in range(0, len(files), per_shard):
+        with tarfile.open(out / f"data-{s // per_shard:06d}.tar", "w") as tf:
+            for f in files[s:s + per_shard]:
+                rel = f.relative_to(folder).as_posix()
+                key = rel.rpartition(".")[0]
+                for name, data in ((rel, f.read_bytes()), (f"{key}.cls", str(classes.index(f.parent.name)).encode())):
+                    ti = tarfile.TarInfo(name)
+                    ti.size = len(data)
+                    tf.addfile(ti, io.BytesIO(data))
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    return out
+
+
+def save_teacher(path: Path, num_classes: int = 3, name: str = "test_resnet", seed: int = 0) -> Path:
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=num_classes)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run_cli(*args, check: bool = True, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The installed CLI in a subprocess: what a user runs."""
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "relabel", *map(str, args)], capture_output=True, text=True,
+                       env=e, timeout=timeout, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"relabel {' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data") / "train")
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pth")
