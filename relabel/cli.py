@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -111,6 +110,27 @@ def verify(store: str = typer.Argument(..., help="Label store."),
         _say("verify FAILED")
         raise typer.Exit(1)
     typer.echo("verify OK")
+
+
+# Commands that live beside the code they drive; each module defines ``<name>_command``.
+_COMMANDS = (("train.command", "train"), ("relabel.publish", "export"), ("relabel.publish", "publish"),
+             ("relabel.publish", "pull"), ("relabel.bench", "bench"), ("relabel.demo", "demo"))
+
+
+def _register() -> None:
+    import importlib
+
+    for module, name in _COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # not built yet
+                continue
+            raise
+        app.command(name)(getattr(mod, f"{name}_command"))
+
+
+_register()
 
 
 def _click_exceptions():

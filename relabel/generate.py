@@ -7,6 +7,7 @@ its groups are in. Under torchrun each rank owns every world-th pending shard.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class ViewStream(IterableDataset):
                     rendered = [r.render(self.keys[p], v, images[p]) for p in ok]
                     pix.extend(mix_batch(r.recipe, r.seed, v, ok, rendered, partners)[0])
                 arr = torch.from_numpy(np.stack(pix)) if pix else torch.empty(0, r.size, r.size, 3, dtype=torch.uint8)
-                yield sh, chunk, np.asarray(ok, np.int64), arr, np.asarray(bad if c == 0 else [], np.int64)
+                yield sh, chunk, np.asarray(ok, np.int64), arr, np.asarray(bad, np.int64)
 
 
 class _ShardBuffer:
@@ -104,7 +105,7 @@ def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     for name in ("fingerprint", "topk", "num_classes", "seed", "img_size", "samples_per_shard", "views_per_shard"):
         if getattr(old, name) != getattr(new, name):
             out.append(f"{name} (store: {getattr(old, name)}, now: {getattr(new, name)})")
-    if old.recipe != new.recipe:
+    if json.dumps(old.recipe, sort_keys=True) != json.dumps(new.recipe, sort_keys=True):
         out.append(f"recipe (store: {old.recipe.get('name')}, now: {new.recipe.get('name')})")
     if old.encoding != new.encoding:
         out.append(f"encoding (store: {old.encoding.name}, now: {new.encoding.name})")

@@ -119,8 +119,13 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
             fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
             try:
                 model.load_state_dict(fn(sd, model) if fn else sd, strict=True)
-            except Exception as e:
-                raise UserError(f"{checkpoint}: weights do not fit {full} ({str(e).splitlines()[0][:160]})") from None
+            except Exception:
+                want, have = set(model.state_dict()), set(sd)
+                missing, extra = sorted(want - have), sorted(have - want)
+                detail = (f"missing {len(missing)} keys, e.g. {missing[0]!r}" if missing else
+                          f"unexpected {len(extra)} keys, e.g. {extra[0]!r}" if extra else "tensor shapes differ")
+                raise UserError(f"{checkpoint}: weights do not fit {full} ({detail}); is --teacher the "
+                                f"architecture this checkpoint was trained as?") from None
     cfg = model.pretrained_cfg
     info = ModelInfo(
         name=name, model=full, num_classes=model.num_classes,
