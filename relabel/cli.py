@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         cmd = f"relabel {ctx.info_name} --help" if ctx is not None and ctx.info_name != "relabel" else "relabel --help"
         _say(f"error: {e.format_message()} (see '{cmd}')")
         sys.exit(2)
+    except OSError as e:  # a path that is a file, no permission, disk full: the user's to fix
+        where = f"{e.filename}: " if e.filename else ""
+        _say(f"error: {where}{e.strerror or e}")
+        sys.exit(2)
     except (KeyboardInterrupt, getattr(ex, "Abort", KeyboardInterrupt)):
         _say("interrupted; rerun the same command to resume")
         sys.exit(130)

@@ -48,6 +48,7 @@ class GenerateConfig:
     views_per_shard: int = 10
     repair: bool = False
     progress: bool = True
+    random_teacher: bool = False  # benchmarks: speed does not depend on weights
 
 
 @dataclass(frozen=True)
@@ -134,15 +135,20 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
 def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: ImageSource, dist: Dist) -> LabelStore:
     """Rank 0 creates or checks the store; the others open it once it is ready."""
     if dist.rank == 0:
-        if os.path.isdir(cfg.out) and os.listdir(cfg.out):
-            store = LabelStore.open(cfg.out, mode="r+")
-            diff = _header_diff(store.header, header)
-            if diff:
-                raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
-                                f"Use the same settings to resume, or another --out")
-            store.extend_views(header.views)
-        else:
-            store = LabelStore.create(cfg.out, header, store_order(source.keys, cfg.seed))
+        try:
+            if os.path.isdir(cfg.out) and os.listdir(cfg.out):
+                store = LabelStore.open(cfg.out, mode="r+")
+                diff = _header_diff(store.header, header)
+                if diff:
+                    raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
+                                    f"Use the same settings to resume, or another --out")
+                store.remove_partials()  # temp files of writes a crash cut short
+                store.extend_views(header.views)
+            else:
+                store = LabelStore.create(cfg.out, header, store_order(source.keys, cfg.seed))
+        except OSError as e:
+            raise UserError(f"could not write the label store {cfg.out}: {e.strerror or e}; "
+                            f"free space (or fix permissions) and rerun") from None
     dist.barrier()
     return LabelStore.open(cfg.out, mode="r+") if dist.rank else store
 
@@ -159,14 +165,15 @@ def generate(cfg: GenerateConfig) -> dict:
 
 
 def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Dist) -> dict:
-    teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, device=dist.device_str(cfg.device), precision=cfg.precision)
+    teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, device=dist.device_str(cfg.device), precision=cfg.precision,
+                      pretrained=not cfg.random_teacher)
     if cfg.topk > teacher.num_classes:
         raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
     img_size = cfg.img_size or teacher.info.input_size
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
         class_names=list(source.class_names), fingerprint=source.fingerprint,
-        teacher=teacher_record(teacher.info, cfg.precision), recipe=recipe.to_dict(), seed=cfg.seed,
+        teacher=teacher_record(teacher), recipe=recipe.to_dict(), seed=cfg.seed,
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
         views_per_shard=min(cfg.views_per_shard, cfg.views), writer=__version__)
     store = open_or_create_store(cfg, header, source, dist)
@@ -217,7 +224,11 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
             n_views += step
             bar.advance(step)
             if buf.groups_left == 0:
-                store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
+                try:
+                    store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
+                except OSError as e:  # disk full, quota, I/O error: the shard stays pending
+                    raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
+                                    f"free space and rerun to resume") from None
                 del buffers[key]
                 n_shards += 1
     if buffers:

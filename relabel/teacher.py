@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import ModelInfo, Normalize, autocast, create, pick_device
+from .models import Normalize, autocast, create, pick_device
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +24,7 @@ class Teacher:
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.normalize = Normalize(self.info.mean, self.info.std).to(self.device)
         self.precision = precision
+        self.weights = "checkpoint" if checkpoint else ("pretrained" if pretrained else "random")
 
     @property
     def num_classes(self) -> int:
@@ -41,7 +42,8 @@ class Teacher:
         return topk_logprobs(self.logits(pixels), k)
 
 
-def teacher_record(info: ModelInfo, precision: str) -> dict:
-    d = info.to_dict()
-    d["precision"] = precision
+def teacher_record(teacher: Teacher) -> dict:
+    """What the store header says about the teacher (weights: checkpoint, pretrained or random)."""
+    d = teacher.info.to_dict()
+    d.update(precision=teacher.precision, weights=teacher.weights)
     return d

@@ -1,6 +1,7 @@
 """``relabel verify``: recompute stored views with the teacher and check the store's integrity."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +65,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     if samples <= 0:
         return rep
     t = h.teacher
+    if teacher_checkpoint and not os.path.isfile(teacher_checkpoint):
+        raise UserError(f"{teacher_checkpoint}: checkpoint not found")
     if teacher_checkpoint and t.get("checkpoint_sha256") and t["checkpoint_sha256"] != _sha(teacher_checkpoint):
         rep.notes.append("the teacher checkpoint differs from the one the store was made with")
     teacher = Teacher(t["model"], teacher_checkpoint, device=device, precision=t.get("precision", "auto"),
@@ -79,6 +82,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     pos = rng.choice(cand_p, size=samples)
     views = rng.integers(0, h.views, size=samples)
     keep = done[views // h.views_per_shard, pos // h.samples_per_shard] > views % h.views_per_shard
+    damaged = {tuple(map(int, line.split(":")[0].split("/")[2:4])) for line in rep.damaged}
+    keep &= [(int(v) // h.views_per_shard, int(p) // h.samples_per_shard) not in damaged for p, v in zip(pos, views)]
     pos, views = pos[keep], views[keep]
     s_idx, s_lp = store.gather(pos, views)
     errs, kls, agree = [], [], []

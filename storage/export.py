@@ -284,6 +284,9 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
 
     os.makedirs(out, exist_ok=True)
     pat = re.compile(_SHARD_RE.format(prefix=re.escape(prefix)))
+    for f in os.listdir(out):  # leftovers of an export that was cut short
+        if f.endswith(".partial") and (f[:-8] == INDEX_NAME or pat.fullmatch(f[:-8])):
+            os.remove(os.path.join(out, f))
     foreign = sorted(f for f in os.listdir(out) if f != INDEX_NAME and not pat.fullmatch(f))
     if foreign:
         raise UserError(f"{out}: holds other files ({foreign[0]!r}, ...); export into an empty folder")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -276,30 +275,29 @@ class HubRemote(Remote):
         return f"{self.sub}/{rel}" if self.sub else rel
 
     def sizes(self) -> dict[str, int]:
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
         from huggingface_hub.hf_api import RepoFile
 
         try:
             tree = self.api.list_repo_tree(self.repo_id, path_in_repo=self.sub or None, recursive=True,
                                            repo_type="dataset", revision=self.revision)
             files = [f for f in tree if isinstance(f, RepoFile)]
-        except (RepositoryNotFoundError, RevisionNotFoundError):
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
             return {}
         except Exception as e:
-            if type(e).__name__ == "EntryNotFoundError":
-                return {}
             raise _err(self.url, "listing the repository", e) from None
         n = len(self.sub) + 1 if self.sub else 0
         return {f.path[n:]: int(f.size) for f in files}
 
     def read(self, rel: str) -> bytes | None:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
         try:
             p = hf_hub_download(self.repo_id, self._path(rel), repo_type="dataset", revision=self.revision)
+        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+            return None
         except Exception as e:
-            if type(e).__name__ in ("EntryNotFoundError", "RepositoryNotFoundError", "RemoteEntryNotFoundError"):
-                return None
             raise _err(self.url, f"reading {rel}", e) from None
         with open(p, "rb") as f:
             return f.read()
@@ -312,15 +310,19 @@ class HubRemote(Remote):
 
     def prepare(self, private: bool = False) -> None:
         try:
-            self.api.create_repo(self.repo_id, repo_type="dataset", exist_ok=True, private=private)
+            self.api.create_repo(self.repo_id, repo_type="dataset", exist_ok=True, private=private or None)
         except Exception as e:
             raise _err(self.url, "creating the dataset repository", e) from None
 
-    def upload(self, puts, deletes, message, jobs: int = 8) -> None:
+    def operations(self, puts, deletes) -> list:
+        """The commit: one add per changed file (manifest.json among them), one delete per stale file."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         ops = [CommitOperationAdd(path_in_repo=self._path(rel), path_or_fileobj=src) for rel, src in puts]
-        ops += [CommitOperationDelete(path_in_repo=self._path(rel)) for rel in deletes]
+        return ops + [CommitOperationDelete(path_in_repo=self._path(rel)) for rel in deletes]
+
+    def upload(self, puts, deletes, message, jobs: int = 8) -> None:
+        ops = self.operations(puts, deletes)
         if not ops:
             return
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 
@@ -123,6 +124,21 @@ class LabelStore:
             raise ValueError("one key per sample")
         if any("\n" in k for k in keys):
             raise UserError("sample keys must not contain newlines")
+        if _is_remote(path):
+            return cls._build(path, header, keys)
+        # Built beside its place and renamed in, so a crash never leaves a half-made store at ``path``.
+        tmp = os.path.abspath(path) + ".creating"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cls._build(tmp, header, keys)
+        if os.path.isdir(path):
+            os.rmdir(path)
+        os.rename(tmp, path)
+        store = cls.open(path, mode="r+")
+        store.__dict__["keys"] = list(keys)
+        return store
+
+    @classmethod
+    def _build(cls, path: str, header: StoreHeader, keys: list[str]) -> "LabelStore":
         g = zarr.open_group(path, mode="w-", zarr_format=3)
         N, V, k = header.num_samples, header.views, header.topk
         Bs, Vb = header.samples_per_shard, header.views_per_shard
@@ -200,15 +216,23 @@ class LabelStore:
         """Write views [shard.v0 + v_from, shard.v1) of one shard, then its status, then mark it done.
 
         ``logp`` is float log-probabilities (k+1 bins); it is encoded here. Marking last means a
-        crash leaves the shard pending, never half-written and marked done.
+        crash leaves the shard pending, never half-written and marked done; each file is written
+        under a temporary name and renamed (zarr's LocalStore), so no file is ever torn.
         """
         h = self.header
         a, b = shard.v0 + v_from, shard.v1
         exp_shape = (b - a, shard.s1 - shard.s0)
         if index.shape != (*exp_shape, h.topk) or logp.shape != (*exp_shape, h.topk + 1):
             raise ValueError(f"shard arrays have shapes {index.shape}, {logp.shape}; expected {exp_shape} x k")
-        self.group["topk_index"][a:b, shard.s0:shard.s1] = index.astype(h.index_dtype, copy=False)
-        self.group["topk_logp"][a:b, shard.s0:shard.s1] = h.encoding.encode(logp)
+        if v_from == 0:  # the whole shard: drop what a crash or damage left there instead of merging into it
+            for name in LABEL_ARRAYS:
+                key = self._shard_key(name, shard.vb, shard.sb)
+                if self._exists(key):
+                    sync(self.group.store.delete(f"{self.group.path}/{key}".lstrip("/")))
+        # write_empty_chunks: a completed shard always has its file, so a missing one is damage
+        for name, values in (("topk_index", index.astype(h.index_dtype, copy=False)),
+                             ("topk_logp", h.encoding.encode(logp))):
+            self.group[name].with_config({"write_empty_chunks": True})[a:b, shard.s0:shard.s1] = values
         self.group["status"][shard.s0:shard.s1] = status.astype(np.uint8, copy=False)
         self.group["done"][shard.vb, shard.sb] = b - shard.v0
 
@@ -226,7 +250,7 @@ class LabelStore:
 
     # ---------------------------------------------------------------- reads
     def status(self) -> np.ndarray:
-        return np.asarray(self.group["status"][:])
+        return self._read("status", slice(None), lambda: "the status array")
 
     def _shard_key(self, array: str, vb: int, sb: int) -> str:
         return f"{array}/c/{vb}/{sb}/0"
@@ -234,11 +258,26 @@ class LabelStore:
     def _exists(self, key: str) -> bool:
         return bool(sync(self.group.store.exists(f"{self.group.path}/{key}".lstrip("/"))))
 
+    def _empty(self, key: str) -> bool:
+        """No file, or an empty one: zarr reads both as fill values (zeros), never as an error."""
+        full = f"{self.group.path}/{key}".lstrip("/")
+        try:
+            return sync(self.group.store.getsize(full)) == 0
+        except (FileNotFoundError, KeyError):
+            return True
+
+    def _check_present(self, shards: list[Shard]) -> None:
+        lost = [self._shard_key(a, sh.vb, sh.sb) for sh in shards for a in LABEL_ARRAYS
+                if self._empty(self._shard_key(a, sh.vb, sh.sb))]
+        if lost:
+            raise UserError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
+                            f"run 'relabel verify' and 'relabel generate --repair'")
+
     def _read(self, array: str, sel, shard_names) -> np.ndarray:
         try:
             return np.asarray(self.group[array][sel])
         except Exception as e:
-            raise UserError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {e}); "
+            raise UserError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
                             f"run 'relabel verify' and 'relabel generate --repair'") from None
 
     def read_view(self, v: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,13 +291,16 @@ class LabelStore:
         if gone:
             raise UserError(f"{self.path}: view {v} is not generated for {len(gone)} sample block(s) "
                             f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
-        names = lambda: f"view {v} (view block {vb})"  # noqa: E731
+        shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
+        self._check_present(shards)
+        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(shards)) or f"view block {vb}"  # noqa: E731
         idx = self._read("topk_index", v, names).astype(np.int64)
         lp = h.encoding.decode(self._read("topk_logp", v, names))
         return idx, lp
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
+        self._check_present([shard])
         idx = self._read("topk_index", sel, lambda: shard.name).astype(np.int64)
         lp = self.header.encoding.decode(self._read("topk_logp", sel, lambda: shard.name))
         return idx, lp
@@ -294,14 +336,26 @@ class LabelStore:
                 continue
             for name in LABEL_ARRAYS:
                 key = self._shard_key(name, sh.vb, sh.sb)
-                if not self._exists(key):
-                    bad.append(f"{key}: missing ({sh.name} is marked done)")
+                if self._empty(key):
+                    bad.append(f"{key}: missing or empty ({sh.name} is marked done)")
                     continue
                 try:
                     np.asarray(self.group[name][sh.v0:sh.v1, sh.s0:sh.s1])
                 except Exception as e:
                     bad.append(f"{key}: unreadable ({type(e).__name__}: {str(e)[:80]}) in {sh.name}")
         return bad
+
+    def remove_partials(self) -> int:
+        """Delete the temporary files (``<name>.<uuid>.partial``) a killed writer left; returns how many."""
+        if _is_remote(self.path):
+            return 0
+        n = 0
+        for dirpath, _, files in os.walk(self.path):
+            for f in files:
+                if f.endswith(".partial"):
+                    os.remove(os.path.join(dirpath, f))
+                    n += 1
+        return n
 
     def bytes_on_disk(self) -> int:
         if _is_remote(self.path):

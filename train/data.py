@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from relabel.rng import CounterRNG
-from relabel.views import Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, pairs_for_view
+from relabel.views import Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view
 from storage import LabelStore, UserError, open_source
 from storage.sources import ImageSource
 from storage.store import STATUS_OK
@@ -65,13 +65,16 @@ class TrainData:
 
         Units are mix pairs, or two unpaired samples, shuffled; with an even batch size no pair
         straddles two batches. A sample whose partner was labelled (status OK) but is absent from
-        DATA is skipped: its stored label is for the mixed image, which cannot be rebuilt.
+        DATA is skipped when stage one mixed the two: its label is for an image that cannot be rebuilt.
         """
         v = view_for_epoch(seed, self.header.views, epoch)
         partner = pairs_for_view(self.recipe, self.header.seed, v, self.header.num_samples)
         q = np.where(partner >= 0, partner, 0)
         has = partner >= 0
         orphan = self.usable & has & self.status_ok[q] & ~self.present[q]
+        for p in np.nonzero(orphan)[0]:  # a pair that was never mixed (mix_prob < 1) can be replayed alone
+            if mix_params(self.recipe, self.header.seed, v, int(min(p, q[p]))) is None:
+                orphan[p] = False
         keep = self.usable & ~orphan
         paired = keep & has & keep[q]
         rng = CounterRNG("train-order", seed, epoch)

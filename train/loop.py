@@ -1,12 +1,14 @@
 """The stage-two trainer: one stored view per sample per epoch, labels read once per epoch.
 
-``train(TrainConfig(...))`` runs a whole training; ``build`` + ``make_loader`` + ``Trainer``
-expose one step at a time (benchmarks time ``Trainer.train_step`` per mode). Modes differ only in
-where the target comes from: ``cached`` gathers the stored top-k rows, ``online`` runs the teacher
-on the same replayed pixels and takes the same top-k + rest, ``supervised`` uses ground truth only.
+``train(TrainConfig(...))`` runs a whole training. ``build`` + ``make_loader`` + ``Trainer`` expose
+one step at a time; ``bench_setup`` gives a ready trainer plus batches, so a benchmark can time
+``Trainer.train_step`` per mode. Modes differ only in where the target comes from: ``cached``
+gathers the stored top-k rows, ``online`` runs the teacher on the same replayed pixels and takes the
+same top-k + rest, ``supervised`` uses ground truth only.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -18,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from relabel import __version__
 from relabel.dist import Dist
-from relabel.models import Normalize, autocast, create, pick_device
+from relabel.models import Normalize, autocast, create, pick_device, resolve_name
 from relabel.progress import progress_bar
 from relabel.rng import derive_key
 from relabel.teacher import Teacher, topk_logprobs
@@ -84,17 +86,19 @@ _RESUME_KEYS = ("student", "mode", "seed", "batch_size", "img_size", "opt", "mod
 def _validate(cfg: TrainConfig) -> None:
     if cfg.mode not in MODES:
         raise UserError(f"unknown --mode {cfg.mode!r}; use one of {', '.join(MODES)}")
-    for name, ok in (("epochs", cfg.epochs >= 1), ("batch-size", cfg.batch_size >= 1), ("workers", cfg.workers >= 0),
-                     ("kd-temperature", cfg.kd_temperature > 0), ("lr", cfg.lr > 0),
-                     ("stop-epoch", cfg.stop_epoch is None or cfg.stop_epoch >= 1),
-                     ("img-size", cfg.img_size is None or cfg.img_size >= 8)):
+    for name, ok, rule in (("epochs", cfg.epochs >= 1, ">= 1"), ("batch-size", cfg.batch_size >= 1, ">= 1"),
+                           ("workers", cfg.workers >= 0, ">= 0"), ("kd-temperature", cfg.kd_temperature > 0, "> 0"),
+                           ("lr", cfg.lr > 0, "> 0"), ("smoothing", 0 <= cfg.smoothing < 1, "in [0, 1)"),
+                           ("stop-epoch", cfg.stop_epoch is None or cfg.stop_epoch >= 1, ">= 1"),
+                           ("img-size", cfg.img_size is None or cfg.img_size >= 8, ">= 8")):
         if not ok:
-            raise UserError(f"--{name} {getattr(cfg, name.replace('-', '_'))} is out of range")
+            raise UserError(f"--{name} must be {rule} (got {getattr(cfg, name.replace('-', '_'))})")
+    resolve_name(cfg.student)  # an unknown model fails before any data is read
     if cfg.amp_dtype not in ("bfloat16", "float16"):
         raise UserError(f"--amp-dtype must be bfloat16 or float16 (got {cfg.amp_dtype!r})")
     if cfg.mode != "online" and (cfg.teacher or cfg.teacher_checkpoint):
         raise UserError("--teacher/--teacher-checkpoint are for --mode online only")
-    if cfg.mode == "cached" and cfg.kd_weight == 0 and cfg.ce_weight == 0:
+    if cfg.mode != "supervised" and cfg.kd_weight == 0 and cfg.ce_weight == 0:
         raise UserError("--kd-weight and --ce-weight are both 0: nothing to train on")
 
 
@@ -123,6 +127,7 @@ class Trainer:
                                                  momentum=cfg.momentum)
         except (ValueError, AssertionError) as e:
             raise UserError(f"--opt {cfg.opt!r}: {e}") from None
+        logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)  # its 1-epoch warning assumes integer steps
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
                                            warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
         amp = device.type == "cuda" if cfg.amp is None else cfg.amp
@@ -139,10 +144,16 @@ class Trainer:
         if not cfg.teacher_checkpoint and not cfg.teacher and rec.get("checkpoint_sha256"):
             raise UserError(f"the store's teacher {name} was loaded from a checkpoint "
                             f"(sha256 {rec['checkpoint_sha256'][:12]}); pass it with --teacher-checkpoint")
+        random = rec.get("weights") == "random" and not cfg.teacher and not cfg.teacher_checkpoint  # benchmarks
         t = Teacher(name, cfg.teacher_checkpoint, device=str(self.device), precision=rec.get("precision", "auto"),
-                    num_classes=self.data.header.num_classes)
+                    pretrained=not random, num_classes=self.data.header.num_classes)
         if t.num_classes != self.data.header.num_classes:
             raise UserError(f"teacher {name} has {t.num_classes} classes; the labels have {self.data.header.num_classes}")
+        if self.dist.rank == 0 and (random or (t.info.model, t.info.checkpoint_sha256) != (rec.get("model"), rec.get("checkpoint_sha256"))):
+            mine = f"{getattr(t, 'weights', '')} {t.info.checkpoint_sha256 or ''}".strip()[:24]
+            theirs = f"{rec.get('weights', '')} {rec.get('checkpoint_sha256') or ''}".strip()[:24]
+            print(f"note: online teacher {t.info.model} ({mine}) is not the store's teacher {rec.get('model')} "
+                  f"({theirs}): online and cached targets differ", file=sys.stderr)
         return t
 
     def begin_epoch(self, epoch: int, view: int, steps: int) -> None:
@@ -226,6 +237,7 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
     _validate(cfg)
     dist = dist or Dist()
     data = TrainData(cfg.data, cfg.labels, cfg.allow_subset, cfg.img_size)
+    data.batches(cfg.seed, 0, cfg.batch_size)  # fails early on an odd batch for a mixing recipe
     device = pick_device(dist.device_str(cfg.device))
     return data, Trainer(cfg, data, device, dist)
 
@@ -241,6 +253,17 @@ def make_loader(data: TrainData, cfg: TrainConfig, device: torch.device, dist: D
                         prefetch_factor=4 if cfg.workers else None,
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
     return loader, sampler
+
+
+def bench_setup(cfg: TrainConfig, batches: int = 1, epoch: int = 0) -> tuple[Trainer, list[dict]]:
+    """A trainer with ``epoch`` begun (its labels loaded) and that epoch's first batches, for timing
+    ``trainer.train_step(batch)`` per mode without the DataLoader in the measurement."""
+    data, tr = build(cfg)
+    loader, sampler = make_loader(data, cfg, tr.device)
+    sampler.set_epoch(epoch)
+    tr.begin_epoch(epoch, sampler.view, len(sampler))
+    it = iter(loader)
+    return tr, [b for _, b in zip(range(batches), it)]
 
 
 def _save(obj: dict, path: str) -> None:
@@ -285,21 +308,22 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             print(msg, file=sys.stderr, flush=True)
 
     ckpt = _load_resume(cfg)
+    start = int(ckpt["epoch"]) if ckpt else 0
     data, tr = build(cfg, dist)
     h = data.header
     if data.matched < h.num_samples or len(data.source) > data.matched:
         log(f"labels: training on {data.matched} of the store's {h.num_samples} samples "
             f"({len(data.source)} images in DATA, {int((~data.status_ok).sum())} unreadable in stage one); "
-            f"epoch 1 uses {len(data.order(cfg.seed, 0)[1])} after skipping partners missing from DATA")
+            f"epoch {start + 1} uses {len(data.order(cfg.seed, start)[1])} after skipping partners missing from DATA")
     loader, sampler = make_loader(data, cfg, tr.device, dist)
     val = None
     if cfg.val:
         val = eval_loader(cfg.val, h.class_names, data.img_size, tr.info.crop_pct, cfg.batch_size, cfg.workers,
                           dist.rank, dist.world, pin_memory=tr.device.type == "cuda")
-    history, best, start = [], None, 0
+    history, best = [], None
     if ckpt is not None:
         tr.load_state(ckpt)
-        history, best, start = list(ckpt["history"]), ckpt.get("best_top1"), int(ckpt["epoch"])
+        history, best = list(ckpt["history"]), ckpt.get("best_top1")
         log(f"resuming {cfg.out} after epoch {start}")
     if lead:
         os.makedirs(cfg.out, exist_ok=True)
@@ -313,15 +337,13 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         tr.begin_epoch(epoch, sampler.view, n)
         losses, wait, t0 = [], 0.0, time.perf_counter()
         with progress_bar(cfg.progress and lead, f"epoch {epoch + 1}/{cfg.epochs}", n, unit="batch") as bar:
-            it = iter(loader)
-            while True:
-                tw = time.perf_counter()
-                batch = next(it, None)
-                wait += time.perf_counter() - tw
-                if batch is None:
-                    break
+            it, tw = iter(loader), t0
+            while (batch := next(it, None)) is not None:
+                wait += time.perf_counter() - tw  # time the step waited for the DataLoader
                 losses.append(tr.train_step(batch))
                 bar.advance(1)
+                tw = time.perf_counter()
+            wait += time.perf_counter() - tw
         losses = torch.stack(losses).float().cpu().tolist()
         train_s = time.perf_counter() - t0
         m = {"epoch": epoch + 1, "mode": cfg.mode, "view": sampler.view,

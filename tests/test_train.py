@@ -1,0 +1,307 @@
+"""Stage two on real files: a tiny store made by stage one, tiny students, the CLI and torchrun."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_imagefolder, run_cli, save_teacher
+
+CLASSES8 = tuple(f"c{i}" for i in range(8))
+STUDENT = "test_efficientnet"  # BatchNorm, no dropout unless asked
+
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # 2 cores shared with workers: spinning OpenMP threads only stall
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """40 training images in 8 classes, a validation set, a teacher, and f32 + q8 stores of 4 views."""
+    from relabel.generate import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("train")
+    make_imagefolder(root / "train", per_class=5, classes=CLASSES8)
+    make_imagefolder(root / "val", per_class=2, classes=CLASSES8, seed=1)
+    save_teacher(root / "teacher.pth", num_classes=8)
+    for enc in ("f32", "q8"):
+        generate(GenerateConfig(data=str(root / "train"), out=str(root / f"labels_{enc}"), teacher="test_resnet",
+                                teacher_checkpoint=str(root / "teacher.pth"), views=4, topk=3, img_size=32,
+                                batch_size=64, workers=0, encoding=enc, samples_per_shard=64, views_per_shard=2,
+                                progress=False))
+    return root
+
+
+def _cfg(world, out, **kw):
+    from train.loop import TrainConfig
+
+    base = dict(data=str(world / "train"), labels=str(world / "labels_f32"), out=str(out), student=STUDENT,
+                epochs=1, batch_size=8, workers=0, warmup_epochs=0, model_ema=False, progress=False, log=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ the loss
+def _dense_target(idx, logp, C):
+    """Top-k probabilities and the rest mass spread evenly over the other C - k classes."""
+    k = idx.shape[1]
+    p = torch.softmax(logp, -1)  # renormalize the k+1 stored bins
+    return (p[:, k:] / (C - k)).repeat(1, C).scatter(1, idx, p[:, :k])
+
+
+def _dense_kl(logits, idx, logp, T=1.0, renorm=False):
+    """Reference: the full (B, C) target, KL with F.kl_div."""
+    B, C = logits.shape
+    k = idx.shape[1]
+    if T != 1.0 or renorm or k == C:
+        target = torch.zeros(B, C).scatter(1, idx, torch.softmax(logp[:, :k] / T, -1))
+        return F.kl_div(torch.log_softmax(logits / T, -1), target, reduction="none").sum(-1) * T * T
+    target = _dense_target(idx, logp, C)
+    assert torch.allclose(target.sum(-1), torch.ones(B), atol=1e-5)
+    return F.kl_div(torch.log_softmax(logits, -1), target, reduction="none").sum(-1)
+
+
+@pytest.mark.parametrize("C,k", [(10, 3), (1000, 10), (5, 5)])
+def test_kd_loss_matches_dense_reference(C, k):
+    from relabel.teacher import topk_logprobs
+    from storage.encoding import ValueEncoding
+    from train.losses import kd_loss
+
+    g = torch.Generator().manual_seed(C)
+    teacher, student = torch.randn(6, C, generator=g) * 3, torch.randn(6, C, generator=g) * 2
+    idx, logp = topk_logprobs(teacher, k)
+    q8 = ValueEncoding("q8")
+    rounded = torch.from_numpy(q8.decode(q8.encode(logp.numpy())))  # sums to 1 only after renormalizing
+    for lp in (logp, rounded):
+        assert torch.allclose(kd_loss(student, idx, lp), _dense_kl(student, idx, lp), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(kd_loss(student, idx, lp, renorm=True), _dense_kl(student, idx, lp, renorm=True), atol=1e-5)
+        assert torch.allclose(kd_loss(student, idx, lp, temperature=2.0), _dense_kl(student, idx, lp, T=2.0), atol=1e-5)
+    if k < C:  # exact at T=1: the full teacher distribution is recovered when its rest is uniform
+        order = teacher.topk(C, -1)
+        flat = teacher.scatter(1, order.indices[:, k:], (order.values[:, k - 1:k] - 1).expand(-1, C - k))
+        i2, l2 = topk_logprobs(flat, k)
+        full = F.kl_div(torch.log_softmax(student, -1), torch.softmax(flat, -1), reduction="none").sum(-1)
+        assert torch.allclose(kd_loss(student, i2, l2), full, atol=1e-5)
+    # the gradient flows, and a student that matches the dense target has zero loss
+    z = student.clone().requires_grad_(True)
+    kd_loss(z, idx, logp).mean().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    if k < C:
+        exact = torch.log(_dense_target(idx, logp, C))
+        assert kd_loss(exact, idx, logp).abs().max() < 1e-5
+
+def test_mixed_ce_matches_dense():
+    from train.losses import mixed_ce
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 7, generator=g)
+    y, y2, lam = torch.tensor([0, 3, 6, 2]), torch.tensor([1, 3, 0, 5]), torch.tensor([1.0, 0.3, 0.5, 0.75])
+    for s in (0.0, 0.1):
+        t = lam[:, None] * F.one_hot(y, 7) + (1 - lam[:, None]) * F.one_hot(y2, 7)
+        t = t * (1 - s) + s / 7
+        ref = -(t * torch.log_softmax(z, -1)).sum(-1)
+        assert torch.allclose(mixed_ce(z, y, y2, lam, s), ref, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ data
+def test_view_schedule_and_pair_batches(world):
+    from relabel.views import pairs_for_view
+    from train.data import TrainData, view_for_epoch
+
+    sched = [view_for_epoch(7, 4, e) for e in range(12)]
+    for r in range(3):
+        assert sorted(sched[4 * r:4 * r + 4]) == [0, 1, 2, 3]
+    assert sched[:4] != sched[4:8] or sched[4:8] != sched[8:12]
+    data = TrainData(str(world / "train"), str(world / "labels_q8"))
+    for e in range(4):
+        batches = data.batches(7, e, 8)
+        assert len(batches) == 5 and all(len(b) == 8 for b in batches)
+        view = view_for_epoch(7, 4, e)
+        partner = pairs_for_view(data.recipe, data.header.seed, view, 40)
+        for b in batches:
+            pos = {p for p, _, _ in b}
+            assert all(v == view for _, v, _ in b)
+            assert all(q == partner[p] and q in pos for p, _, q in b)  # every pair inside its batch
+        halves = [data.batches(7, e, 8, rank=r, world=2) for r in (0, 1)]
+        assert len(halves[0]) == len(halves[1]) == 2
+    assert data.batches(7, 0, 8) == data.batches(7, 0, 8) and data.batches(7, 0, 8) != data.batches(7, 1, 8)
+    from storage import UserError
+
+    with pytest.raises(UserError, match="even"):
+        data.batches(7, 0, 7)
+
+
+# ------------------------------------------------------------------------------------ 1. cached == online
+@pytest.mark.parametrize("enc", ["f32", "q8"])
+def test_cached_matches_online(world, tmp_path, enc):
+    from storage import LabelStore
+    from train.loop import train
+
+    kw = dict(labels=str(world / f"labels_{enc}"), epochs=2, stop_epoch=1)
+    cached = train(_cfg(world, tmp_path / "cached", mode="cached", **kw))["losses"]
+    online = train(_cfg(world, tmp_path / "online", mode="online", teacher_checkpoint=str(world / "teacher.pth"), **kw))["losses"]
+    assert len(cached) == len(online) == 5
+    diff = np.abs(np.asarray(cached) - np.asarray(online))
+    if enc == "f32":
+        assert diff.max() < 1e-4, diff
+    else:
+        # Each stored log-prob is within step/2 of the teacher's; after renormalizing the k+1 bins each
+        # is within `step`, so the target's probabilities move by a factor within exp(+-step) and the
+        # KL moves by at most step + (exp(step) - 1) * sum_b p_b |log p_b - log q_b| (~ the loss itself).
+        step = LabelStore.open(world / "labels_q8").header.encoding.step
+        bound = step + (math.exp(step) - 1) * (np.asarray(online) + 1.0)
+        assert (diff <= bound).all(), (diff, bound)
+        assert diff.mean() < step / 2, diff
+    assert (tmp_path / "online" / "last.pth").exists()
+
+
+# ------------------------------------------------------------------------------------ 2. supervised
+def test_supervised_cli_runs_and_writes_metrics(world, tmp_path):
+    run = tmp_path / "sup"
+    r = run_cli("train", world / "train", "--labels", world / "labels_q8", "--student", STUDENT, "--out", run,
+                "--mode", "supervised", "--epochs", "2", "-b", "8", "-j", "2", "--img-size", "40",
+                "--warmup-epochs", "1", "--quiet", env=ONE_THREAD)
+    m = _metrics(run)
+    assert [x["epoch"] for x in m] == [1, 2] and all(x["mode"] == "supervised" for x in m)
+    assert all(len(x["losses"]) == 5 and np.isfinite(x["train_loss"]) and x["val_top1"] is None for x in m)
+    assert 0 <= m[0]["data_wait_frac"] <= 1 and m[0]["img_s"] > 0
+    assert "trained 2 epoch(s)" in r.stderr
+
+
+# ------------------------------------------------------------------------------------ 3. resume
+def test_resume_is_bit_exact(world, tmp_path):
+    from train.loop import train
+
+    kw = dict(epochs=2, model_ema=True, drop=0.3, drop_path=0.2, warmup_epochs=1)  # dropout: the RNG matters
+    straight = train(_cfg(world, tmp_path / "a", **{**kw, "workers": 2}))  # worker count must not matter either
+    train(_cfg(world, tmp_path / "b", stop_epoch=1, **kw))
+    resumed = train(_cfg(world, tmp_path / "b", resume=True, **kw))
+    a = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("state_dict", "state_dict_ema"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
+    assert [m["losses"] for m in a["history"]] == [m["losses"] for m in b["history"]]
+    assert straight["losses"] == resumed["losses"]
+    assert [m["epoch"] for m in _metrics(tmp_path / "b")] == [1, 2]
+    from storage import UserError
+
+    with pytest.raises(UserError, match="--resume"):  # a finished run is not overwritten by accident
+        train(_cfg(world, tmp_path / "b", **kw))
+    with pytest.raises(UserError, match="other settings"):
+        train(_cfg(world, tmp_path / "b", resume=True, **{**kw, "seed": 1}))
+
+
+# ------------------------------------------------------------------------------------ 4. eval
+def test_eval_metrics_curves_and_checkpoint_as_teacher(world, tmp_path):
+    from relabel.models import create
+
+    run = tmp_path / "ev"
+    run_cli("train", world / "train", "--labels", world / "labels_q8", "--student", STUDENT, "--out", run,
+            "--val", world / "val", "--epochs", "2", "-b", "8", "-j", "1", "--kd-weight", "5", "--ce-weight", "1",
+            "--clip-grad", "1.0", "--quiet", env=ONE_THREAD)
+    m = _metrics(run)
+    assert len(m) == 2
+    for x in m:
+        for key in ("val_top1", "val_top5", "ema_top1", "ema_top5"):
+            assert 0.0 <= x[key] <= 100.0, (key, x)
+        assert x["val_top5"] >= x["val_top1"] and x["mode"] == "cached"
+        assert x["epoch_seconds"] >= x["train_seconds"] > 0 and x["lr"] > 0
+    assert (run / "curves.png").stat().st_size > 1000
+    best = torch.load(run / "best.pth", weights_only=True)
+    assert best["best_top1"] == max(x["val_top1"] for x in m)
+    model, info = create(STUDENT, checkpoint=str(run / "best.pth"))  # what 'generate --teacher-checkpoint' does
+    assert info.num_classes == 8
+
+
+def test_val_with_other_classes_is_refused(world, tmp_path):
+    r = run_cli("train", world / "train", "--labels", world / "labels_q8", "--student", STUDENT, "--out",
+                tmp_path / "x", "--val", make_imagefolder(tmp_path / "v3", per_class=1), "--epochs", "1", "-b", "8",
+                "-j", "0", check=False, env=ONE_THREAD)
+    assert r.returncode == 2 and "classes" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------ 5. DDP
+@pytest.mark.slow
+def test_ddp_two_processes(world, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "relabel", "train", str(world / "train"), "--labels", str(world / "labels_q8"), "--student", STUDENT,
+           "--out", str(run), "--val", str(world / "val"), "--epochs", "2", "-b", "8", "-j", "0", "--device", "cpu",
+           "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, **ONE_THREAD})
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _metrics(run)
+    assert len(m) == 2 and all(x["steps"] == 2 and x["samples"] == 32 for x in m)  # 5 batches -> 2 per rank
+    assert all(x["val_top1"] is not None for x in m)
+    assert (run / "last.pth").exists() and (run / "best.pth").exists()
+
+
+# ------------------------------------------------------------------------------------ 6. bad input, subsets
+def test_other_dataset_subset_and_bad_names(world, tmp_path):
+    from train.data import TrainData
+
+    sub = tmp_path / "sub"
+    shutil.copytree(world / "train", sub)
+    gone = sorted(p for p in sub.rglob("*") if p.is_file())[::7]
+    for p in gone:
+        p.unlink()
+    args = ("train", sub, "--labels", world / "labels_q8", "--student", STUDENT, "--epochs", "1", "-b", "8", "-j", "0")
+    r = run_cli(*args, "--out", tmp_path / "r0", check=False, env=ONE_THREAD)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--allow-subset" in lines[0]
+    r = run_cli(*args, "--out", tmp_path / "r1", "--allow-subset", "--quiet", env=ONE_THREAD)
+    n = 40 - len(gone)
+    assert f"training on {n} of the store's 40 samples" in r.stderr
+    assert _metrics(tmp_path / "r1")[0]["samples"] > 0
+    # a sample whose stage-one partner is labelled but missing here is skipped for that view
+    data = TrainData(str(sub), str(world / "labels_q8"), allow_subset=True)
+    assert data.matched == n
+    from relabel.views import pairs_for_view
+
+    short = 0
+    for e in range(4):
+        v, flat, partner = data.order(42, e)
+        stored = pairs_for_view(data.recipe, data.header.seed, v, 40)
+        assert len(set(flat)) == len(flat) and all(data.present[p] for p in flat)
+        for p in flat:
+            q = stored[p]
+            assert q < 0 or data.present[q], "partner labelled but missing: must be skipped"
+            assert partner[p] == q
+        short += len(flat) < n
+    assert short > 0  # some samples lost their partner
+    r = run_cli(*args, "--out", tmp_path / "r2", "--student", "no_such_net", check=False, env=ONE_THREAD)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown model"), r.stderr
+    from storage import UserError
+    from train.loop import train
+
+    for bad, match in (({"batch_size": 7}, "even"), ({"mode": "nope"}, "mode"), ({"labels": str(tmp_path / "no")}, "no label store"),
+                       ({"data": str(tmp_path / "no")}, "no such"), ({"mode": "online"}, "--teacher-checkpoint"),
+                       ({"teacher_checkpoint": "x.pth"}, "online only"), ({"batch_size": 64}, "smaller batch")):
+        with pytest.raises(UserError, match=match):
+            train(_cfg(world, tmp_path / "r3", **bad))
