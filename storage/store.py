@@ -293,14 +293,15 @@ class LabelStore:
                             f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
         shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
         self._check_present(shards)
-        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(shards)) or f"view block {vb}"  # noqa: E731
+        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(shards)) or f"view {v}"  # noqa: E731
         idx = self._read("topk_index", v, names).astype(np.int64)
         lp = h.encoding.decode(self._read("topk_logp", v, names))
         return idx, lp
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
-        self._check_present([shard])
+        if self.group["done"][shard.vb, shard.sb]:  # written: its files must be there
+            self._check_present([shard])
         idx = self._read("topk_index", sel, lambda: shard.name).astype(np.int64)
         lp = self.header.encoding.decode(self._read("topk_logp", sel, lambda: shard.name))
         return idx, lp

@@ -1,0 +1,194 @@
+"""``relabel demo``: the whole pipeline on real images that ship with scikit-learn (no download).
+
+scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes) are written out as an
+ImageFolder at 32 px with a train/val split. A teacher is trained supervised, ``generate`` labels
+the training views with it, and a smaller student is trained three ways on the same views:
+cached labels, the teacher in the loop (online), and ground truth only (supervised).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+MODES = ("cached", "online", "supervised")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "relabel-demo"
+    seeds: int = 1
+    teacher: str = "resnet18"
+    student: str = "resnet10t"
+    img_size: int = 32
+    teacher_epochs: int = 12
+    epochs: int = 8
+    views: int = 8
+    topk: int = 5
+    batch_size: int = 64
+    workers: int = 2
+    limit: int | None = None  # images (tests); None: all 1,797
+    device: str = "auto"
+
+
+def write_digits(root: Path, size: int, limit: int | None = None) -> tuple[Path, Path]:
+    """sklearn's digits as PNG files: every 5th image goes to val (stratified by construction)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    train, val = root / "train", root / "val"
+    n = len(digits.images) if limit is None else min(limit, len(digits.images))
+    for i in range(n):
+        img = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), "L")
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+        d = (val if i % 5 == 0 else train) / str(digits.target[i])
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"digit_{i:04d}.png")
+    return train, val
+
+
+def _cmd(*args) -> str:
+    return "relabel " + " ".join(shlex.quote(str(a)) for a in args)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from train.loop import TrainConfig, train
+
+    from .generate import GenerateConfig, generate
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir, val_dir = write_digits(out / "digits", cfg.img_size, cfg.limit)
+    common = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                  progress=False, log=False, warmup_epochs=1, model_ema=False)
+    results: dict = {"config": cfg.__dict__, "runs": []}
+
+    teacher_run = out / "teacher"
+    _say(f"[1/3] teacher, supervised:\n  {_cmd('train', train_dir, '--mode', 'supervised', '--student', cfg.teacher, '--out', teacher_run, '--val', val_dir, '--epochs', cfg.teacher_epochs, '--img-size', cfg.img_size, '--batch-size', cfg.batch_size, '--no-model-ema')}")
+    t0 = time.perf_counter()
+    if not (teacher_run / "best.pth").exists():
+        r = train(TrainConfig(data=str(train_dir), labels=None, out=str(teacher_run), student=cfg.teacher, mode="supervised",
+                              val=str(val_dir), epochs=cfg.teacher_epochs, seed=0, **common))
+        results["teacher"] = {"top1": r["val_top1"], "seconds": time.perf_counter() - t0}
+    else:
+        results["teacher"] = {"top1": json.loads((teacher_run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"],
+                              "seconds": None}
+    _say(f"      teacher top-1 {results['teacher']['top1']:.2f}%")
+
+    store = out / "labels.zarr"
+    gen_args = ["generate", train_dir, "--out", store, "--teacher", cfg.teacher, "--teacher-checkpoint",
+                teacher_run / "best.pth", "--views", cfg.views, "--topk", cfg.topk, "--img-size", cfg.img_size,
+                "--samples-per-shard", 1024]
+    _say(f"[2/3] labels, the teacher's only pass:\n  {_cmd(*gen_args)}")
+    s = generate(GenerateConfig(data=str(train_dir), out=str(store), teacher=cfg.teacher,
+                                teacher_checkpoint=str(teacher_run / "best.pth"), views=cfg.views, topk=cfg.topk,
+                                img_size=cfg.img_size, workers=cfg.workers, device=cfg.device,
+                                samples_per_shard=1024, progress=False))
+    results["generate"] = {"views": s["num_samples"] * s["views"], "seconds": s["seconds"],
+                           "label_bytes_per_view": s["label_bytes_per_view"]}
+    _say(f"      {s['num_samples'] * s['views']:,} views in {s['seconds']:.1f}s")
+
+    _say("[3/3] student, three ways on the same views:")
+    for seed in range(cfg.seeds):
+        for mode in MODES:
+            run = out / f"student-{mode}-seed{seed}"
+            args = ["train", train_dir, "--labels", store, "--mode", mode, "--student", cfg.student, "--out", run,
+                    "--val", val_dir, "--epochs", cfg.epochs, "--img-size", cfg.img_size, "--seed", seed,
+                    "--batch-size", cfg.batch_size, "--no-model-ema"]
+            if mode == "online":
+                args += ["--teacher", cfg.teacher, "--teacher-checkpoint", teacher_run / "best.pth"]
+            _say(f"  {_cmd(*args)}")
+            if (run / "last.pth").exists():
+                import shutil
+
+                shutil.rmtree(run)
+            t0 = time.perf_counter()
+            r = train(TrainConfig(data=str(train_dir), labels=str(store), out=str(run), student=cfg.student, mode=mode,
+                                  val=str(val_dir), epochs=cfg.epochs, seed=seed,
+                                  teacher=cfg.teacher if mode == "online" else None,
+                                  teacher_checkpoint=str(teacher_run / "best.pth") if mode == "online" else None,
+                                  **common))
+            wall = time.perf_counter() - t0
+            results["runs"].append({"mode": mode, "seed": seed, "top1": r["val_top1"], "seconds": wall,
+                                    "train_seconds": sum(m["train_seconds"] for m in _history(run))})
+            _say(f"      {mode:<10} seed {seed}: top-1 {r['val_top1']:.2f}%  {wall:.1f}s")
+    results["table"] = table(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(results["table"] + "\n")
+    plot(results, out)
+    return results
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def table(results: dict) -> str:
+    rows = ["| mode | top-1 (%) | train time (s) | runs |", "|---|---|---|---|"]
+    for mode in MODES:
+        runs = [r for r in results["runs"] if r["mode"] == mode]
+        if not runs:
+            continue
+        acc = [r["top1"] for r in runs]
+        sec = [r["train_seconds"] for r in runs]
+        pm = lambda xs, f: f"{statistics.mean(xs):{f}}" + (f" ± {statistics.stdev(xs):{f}}" if len(xs) > 1 else "")  # noqa: E731
+        rows.append(f"| {mode} | {pm(acc, '.2f')} | {pm(sec, '.1f')} | {len(runs)} |")
+    t = results.get("teacher", {})
+    if t.get("top1") is not None:
+        rows.append(f"| teacher ({results['config']['teacher']}) | {t['top1']:.2f} | - | 1 |")
+    return "\n".join(rows)
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results["runs"]:
+        h = _history(out / f"student-{r['mode']}-seed{r['seed']}")
+        ax.plot([m["epoch"] for m in h], [m["val_top1"] for m in h], "o-", alpha=0.8,
+                color={"cached": "C0", "online": "C1", "supervised": "C2"}[r["mode"]],
+                label=r["mode"] if r["seed"] == 0 else None)
+    ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="student on sklearn digits")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def demo_command(
+    out: str = typer.Option("relabel-demo", "--out", "-o", help="Folder for the images, labels, runs and results."),
+    seeds: int = typer.Option(1, help="Student runs per mode (3 gives mean ± std)."),
+    epochs: int = typer.Option(8, help="Student epochs (also the number of stored views)."),
+    teacher_epochs: int = typer.Option(12, help="Teacher epochs."),
+    teacher: str = typer.Option("resnet18", help="Teacher model (timm name)."),
+    student: str = typer.Option("resnet10t", help="Student model (timm name)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N images (quick runs)."),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+):
+    """Run the whole pipeline on real images that ship with scikit-learn, and compare the three modes."""
+    if seeds < 1 or epochs < 1 or teacher_epochs < 1:
+        from storage import UserError
+
+        raise UserError("--seeds, --epochs and --teacher-epochs must be >= 1")
+    r = run_demo(DemoConfig(out=out, seeds=seeds, epochs=epochs, views=epochs, teacher_epochs=teacher_epochs,
+                            teacher=teacher, student=student, limit=limit, workers=workers, device=device))
+    typer.echo(r["table"])
+    typer.echo(f"results: {Path(out) / 'results.md'}, plot: {Path(out) / 'curves.png'}")
