@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -224,3 +225,194 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
     return {"views_per_s": r["generate"]["median"], "teacher_only_views_per_s": r["teacher_only"]["median"],
             "ratio": r["generate"]["median"] / r["teacher_only"]["median"], "detail": r,
             "views_per_run": total, "workers": cfg.workers}
+
+
+# ------------------------------------------------------------------------------------ step / loader
+def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
+    """Real images and a real label store (random-weight teacher) for stage-two timing."""
+    from .generate import GenerateConfig, generate
+
+    folder = os.path.join(tmp, "train_images")
+    store = os.path.join(tmp, "train_labels")
+    if not os.path.isdir(store):
+        _jpeg_folder(Path(folder), max(2 * cfg.batch_size, 64))
+        generate(GenerateConfig(data=folder, out=store, teacher=cfg.teacher, views=1, topk=10, img_size=cfg.img_size,
+                                batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                                precision=cfg.precision, samples_per_shard=1024, progress=False,
+                                random_teacher=True))
+    return folder, store
+
+
+def _train_cfg(cfg: BenchConfig, tmp: str, mode: str, workers: int = 0):
+    from train.loop import TrainConfig
+
+    folder, store = _train_store(cfg, tmp)
+    return TrainConfig(data=folder, labels=store, out=os.path.join(tmp, f"run-{mode}"), student=cfg.student, mode=mode,
+                       epochs=10, batch_size=cfg.batch_size, img_size=cfg.img_size, device=cfg.device,
+                       workers=workers, progress=False, log=False, warmup_epochs=0)
+
+
+def bench_step(cfg: BenchConfig, tmp: str) -> dict:
+    """Train-step img/s of one student: supervised, cached-KD (lookup + target build), online-KD."""
+    import torch
+
+    from train.loop import bench_setup
+
+    steps = {}
+    for mode in ("supervised", "cached", "online"):
+        tr, (batch,) = bench_setup(_train_cfg(cfg, tmp, mode), batches=1)
+
+        def step(tr=tr, batch=batch):
+            for _ in range(cfg.steps):
+                loss = tr.train_step(batch)
+            loss.item()  # wait for the device
+            if tr.device.type == "cuda":
+                torch.cuda.synchronize()
+            return cfg.steps * len(batch["positions"])
+
+        steps[mode] = step
+    r = measure(steps, cfg.repeats)
+    out = {f"{m}_img_s": r[m]["median"] for m in steps}
+    out.update(cached_vs_supervised=out["cached_img_s"] / out["supervised_img_s"],
+               cached_vs_online=out["cached_img_s"] / out["online_img_s"], detail=r)
+    return out
+
+
+def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
+    """Data loading alone (decode + replay + mix, and for cached the epoch's label gather)."""
+    import torch
+
+    from train.loop import build, make_loader
+
+    contenders = {}
+    for mode in ("supervised", "cached"):
+        tcfg = _train_cfg(cfg, tmp, mode, workers=cfg.workers)
+        data, tr = build(tcfg)
+        loader, sampler = make_loader(data, tcfg, torch.device("cpu"))
+        epoch = [0]
+
+        def run(data=data, loader=loader, sampler=sampler, mode=mode):
+            sampler.set_epoch(epoch[0] % data.header.views)
+            labels = None
+            if mode == "cached":
+                labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
+            n = 0
+            for batch in loader:
+                if labels is not None:
+                    pos = batch["positions"]
+                    labels[0][pos], labels[1][pos]
+                n += len(batch["positions"])
+            return n
+
+        contenders[mode] = run
+    r = measure(contenders, cfg.repeats)
+    return {"cached_img_s": r["cached"]["median"], "supervised_img_s": r["supervised"]["median"],
+            "ratio": r["cached"]["median"] / r["supervised"]["median"], "workers": cfg.workers, "detail": r}
+
+
+# ------------------------------------------------------------------------------------ driver
+_RUNNERS = {"step": bench_step, "loader": bench_loader, "labels": bench_labels, "generate": bench_generate,
+            "size": bench_size, "scale": None}
+
+
+def _scale_child(cfg: BenchConfig, tmp: str, q) -> None:
+    q.put(bench_scale(cfg, tmp))
+
+
+def run_bench(parts: list[str], cfg: BenchConfig, json_out: str | None = None) -> dict:
+    import multiprocessing as mp
+
+    import torch
+
+    results: dict = {"machine": machine(cfg), "config": asdict(cfg)}
+    with tempfile.TemporaryDirectory(prefix="relabel-bench-") as tmp:
+        for part in parts:
+            t0 = time.perf_counter()
+            if part == "scale":  # a fresh process, so peak RSS is the writer's own
+                ctx = mp.get_context("spawn")
+                q = ctx.Queue()
+                p = ctx.Process(target=_scale_child, args=(cfg, tmp, q))
+                p.start()
+                results[part] = q.get()
+                p.join()
+            else:
+                results[part] = _RUNNERS[part](cfg, tmp)
+            results[part]["bench_seconds"] = time.perf_counter() - t0
+            print(f"bench {part}: done in {results[part]['bench_seconds']:.1f}s", file=sys.stderr, flush=True)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(results, indent=2))
+        Path(json_out).with_suffix(".md").write_text(markdown(results) + "\n")
+    return results
+
+
+def machine(cfg: BenchConfig) -> dict:
+    import torch
+
+    dev = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "device": dev,
+            "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+_TARGETS = {  # (key, target, direction)
+    "step": [("supervised_img_s", None, ""), ("cached_img_s", None, ""), ("online_img_s", None, ""),
+             ("cached_vs_supervised", 0.97, ">="), ("cached_vs_online", 1.7, ">=")],
+    "loader": [("supervised_img_s", None, ""), ("cached_img_s", None, ""), ("ratio", 0.97, ">=")],
+    "labels": [("epoch_views_per_s", 5e6, ">="), ("random_views_per_s", 1e5, ">=")],
+    "generate": [("views_per_s", None, ""), ("teacher_only_views_per_s", None, ""), ("ratio", 0.85, ">=")],
+    "size": [(f"{m}_k{k}", 24 if (m == "bytes_per_view" and k == 10) else (1e-3 if m == "kl_loss" else None),
+              "<=") for k in (5, 10, 20) for m in ("bytes_per_view", "kl_loss", "kl_full")],
+    "scale": [("views", None, ""), ("views_per_s", None, ""), ("peak_rss_mib", 1024, "<=")],
+}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cores']} CPU cores ({m['cpu']}), device {m['device']}"
+             f"{' (' + m['gpu'] + ')' if m['gpu'] else ''}, torch {m['torch']}.",
+             "", "| part | metric | value | target | met |", "|---|---|---|---|---|"]
+    for part, rows in _TARGETS.items():
+        if part not in results:
+            continue
+        for key, target, op in rows:
+            v = results[part].get(key)
+            if v is None:
+                continue
+            met = "" if target is None else ("yes" if (v >= target if op == ">=" else v <= target) else "**no**")
+            val = f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+            lines.append(f"| {part} | {key} | {val} | {'' if target is None else f'{op} {target:g}'} | {met} |")
+    return "\n".join(lines)
+
+
+def bench_command(
+    part: str = typer.Argument("all", help=f"One of {', '.join(PARTS)} or all."),
+    student: str = typer.Option("deit_s", help="Student model."),
+    teacher: str = typer.Option("tresnet_l_v2", help="Teacher model (random weights: speed does not depend on them)."),
+    batch_size: int = typer.Option(16, help="Batch size."),
+    img_size: int = typer.Option(224, help="Image size."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", help="Teacher precision in generate: auto, fp32, fp16, bf16."),
+    repeats: int = typer.Option(5, help="Timed repeats per contender (interleaved)."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    label_views: int = typer.Option(1_000_000, help="labels: views in the on-disk store."),
+    scale_views: int = typer.Option(10_000_000, help="scale: views written."),
+    gen_images: int = typer.Option(32, help="generate: images."),
+    gen_views: int = typer.Option(4, help="generate: views per image."),
+    steps: int = typer.Option(3, help="step: train steps per timed repeat."),
+    json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
+):
+    """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
+    from storage import UserError
+
+    parts = list(PARTS) if part == "all" else [part]
+    if any(p not in PARTS for p in parts):
+        raise UserError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
+    if repeats < 1 or batch_size < 2 or steps < 1:
+        raise UserError("--repeats and --steps must be >= 1 and --batch-size >= 2")
+    cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
+                      precision=precision, repeats=repeats, workers=workers, label_views=label_views,
+                      scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps)
+    r = run_bench(parts, cfg, json_out)
+    typer.echo(markdown(r))
+    typer.echo(f"wrote {json_out} and {Path(json_out).with_suffix('.md')}")

@@ -1,0 +1,35 @@
+"""`relabel bench` runs every part in a tiny configuration and writes every key (numbers not asserted)."""
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+KEYS = {
+    "step": ("supervised_img_s", "cached_img_s", "online_img_s"),
+    "loader": ("cached_img_s", "supervised_img_s"),
+    "labels": ("epoch_views_per_s", "random_views_per_s"),
+    "generate": ("views_per_s", "teacher_only_views_per_s"),
+    "size": ("bytes_per_view_k5", "bytes_per_view_k10", "bytes_per_view_k20", "kl_loss_k10", "kl_full_k10"),
+    "scale": ("views", "views_per_s", "peak_rss_mib"),
+}
+
+
+def test_bench_all_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "all", "--student", "test_resnet", "--teacher", "test_resnet", "--batch-size", "8",
+                "--img-size", "32", "--repeats", "1", "--steps", "1", "--workers", "0", "--label-views", "20000",
+                "--scale-views", "20000", "--gen-images", "8", "--gen-views", "2", "--json", out)
+    res = json.loads(out.read_text())
+    for part, keys in KEYS.items():
+        for key in keys:
+            assert isinstance(res[part][key], (int, float)) and res[part][key] > 0, (part, key)
+    assert res["scale"]["views"] == 20000 and res["labels"]["store_views"] == 20000
+    table = out.with_suffix(".md").read_text()
+    assert "| step | cached_vs_online |" in table and "| size | bytes_per_view_k10 |" in table
+    assert "| labels | epoch_views_per_s |" in r.stdout
+
+
+def test_bench_bad_part():
+    r = run_cli("bench", "nope", check=False)
+    assert r.returncode == 2 and "unknown bench part" in r.stderr and len(r.stderr.strip().splitlines()) == 1
