@@ -8,6 +8,7 @@ disjoint shards can write at once; each shard's completion is its own tiny chunk
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -113,6 +114,8 @@ class LabelStore:
         self.path = path
         self.group = group
         self.header = header
+        # View blocks found complete and present; a read-only store cannot lose them while open.
+        self._ready_blocks: set[int] = set()
 
     # ---------------------------------------------------------------- create / open
     @classmethod
@@ -286,17 +289,35 @@ class LabelStore:
         if not 0 <= v < h.views:
             raise IndexError(f"view {v} out of range (store has {h.views})")
         vb = v // h.views_per_shard
-        done = self.done_views()[vb]
-        gone = [sb for sb in range(h.n_sample_blocks) if done[sb] <= v - vb * h.views_per_shard]
-        if gone:
-            raise UserError(f"{self.path}: view {v} is not generated for {len(gone)} sample block(s) "
-                            f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
-        shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
-        self._check_present(shards)
+        shards = None
+        if vb not in self._ready_blocks:
+            done = self.done_views()[vb]
+            gone = [sb for sb in range(h.n_sample_blocks) if done[sb] <= v - vb * h.views_per_shard]
+            if gone:
+                raise UserError(f"{self.path}: view {v} is not generated for {len(gone)} sample block(s) "
+                                f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
+            shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
+            self._check_present(shards)
+            if self.group.read_only and all(sh.done == sh.v1 - sh.v0 for sh in shards):
+                self._ready_blocks.add(vb)
+        shards = shards or [self.shard(vb, sb) for sb in range(h.n_sample_blocks)]
         names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(shards)) or f"view {v}"  # noqa: E731
-        idx = self._read("topk_index", v, names).astype(np.int64)
-        lp = h.encoding.decode(self._read("topk_logp", v, names))
-        return idx, lp
+        idx, lp = self._read_labels(v, names)
+        return idx.astype(np.int64), h.encoding.decode(lp)
+
+    def _read_labels(self, sel, shard_names) -> tuple[np.ndarray, np.ndarray]:
+        """Both label arrays in one event-loop pass, so their chunks are fetched and decoded together."""
+        arrays = [self.group[a]._async_array for a in LABEL_ARRAYS]
+
+        async def both():
+            return await asyncio.gather(*(a.getitem(sel) for a in arrays))
+
+        try:
+            idx, lp = sync(both())
+        except Exception as e:
+            raise UserError(f"{self.path}: labels are damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
+                            f"run 'relabel verify' and 'relabel generate --repair'") from None
+        return np.asarray(idx), np.asarray(lp)
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
