@@ -76,22 +76,30 @@ def synthetic_logits(n: int, num_classes: int, rng: np.random.Generator):
 
 
 # ------------------------------------------------------------------------------------ labels
-def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rng, pool: int = 16384):
-    """A store filled from a pool of precomputed top-k rows (a stub teacher)."""
+def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rng, pool: int | None = 65536,
+                     samples_per_shard: int = 16384):
+    """A store written by a stub teacher: rows drawn from a pool of precomputed top-k rows (speed),
+    or fresh logits for every view when ``pool`` is None (sizes: no repeats for zstd to find)."""
     from storage import LabelStore, StoreHeader
 
     from .teacher import topk_logprobs
 
-    idx_pool, lp_pool = (t.numpy() for t in topk_logprobs(synthetic_logits(pool, num_classes, rng), k))
+    if pool is not None:
+        idx_pool, lp_pool = (t.numpy() for t in topk_logprobs(synthetic_logits(pool, num_classes, rng), k))
     h = StoreHeader(num_samples=n, views=views, topk=k, num_classes=num_classes,
                     class_names=[str(i) for i in range(num_classes)], fingerprint="0" * 64,
                     teacher={"model": "stub"}, recipe={"name": "none"}, seed=0, img_size=224,
-                    views_per_shard=min(10, views))
+                    views_per_shard=min(10, views), samples_per_shard=samples_per_shard)
     store = LabelStore.create(path, h, [f"s{i:08d}" for i in range(n)])
     t0, peak = time.perf_counter(), 0
     for sh in store.pending_shards():
-        rows = rng.integers(0, pool, (sh.v1 - sh.v0, sh.s1 - sh.s0))
-        store.write_shard(sh, 0, idx_pool[rows], lp_pool[rows], np.ones(sh.s1 - sh.s0, np.uint8))
+        shape = (sh.v1 - sh.v0, sh.s1 - sh.s0)
+        if pool is not None:
+            rows = rng.integers(0, pool, shape)
+            idx, lp = idx_pool[rows], lp_pool[rows]
+        else:
+            idx, lp = (t.numpy().reshape(*shape, -1) for t in topk_logprobs(synthetic_logits(shape[0] * shape[1], num_classes, rng), k))
+        store.write_shard(sh, 0, idx, lp, np.ones(sh.s1 - sh.s0, np.uint8))
         peak = max(peak, _rss_mib())
     return store, time.perf_counter() - t0, peak
 
@@ -112,10 +120,10 @@ def bench_labels(cfg: BenchConfig, tmp: str) -> dict:
     n = max(1, cfg.label_views // views)
     _synthetic_store(os.path.join(tmp, "labels"), n, views, 10, cfg.num_classes, rng)
     batch = 1024
+    epochs = LabelStore.open(os.path.join(tmp, "labels"))  # as a trainer holds it; chunks are not cached
 
     def epoch():
-        store = LabelStore.open(os.path.join(tmp, "labels"))  # cold: nothing cached
-        store.read_view(int(rng.integers(views)))
+        epochs.read_view(int(rng.integers(views)))
         return n
 
     reader = LabelStore.open(os.path.join(tmp, "labels"))
@@ -140,12 +148,12 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
     from .teacher import topk_logprobs
 
     rng = np.random.default_rng(1)
-    n, views = 8192, 10
+    n, views = 16384, 4
     out: dict = {"logits": f"synthetic ImageNet-like, {cfg.num_classes} classes (no pretrained teacher offline)"}
     logits = synthetic_logits(2048, cfg.num_classes, rng)
     full = torch.log_softmax(logits, -1)
     for k in (5, 10, 20):
-        store, _, _ = _synthetic_store(os.path.join(tmp, f"size{k}"), n, views, k, cfg.num_classes, rng)
+        store, _, _ = _synthetic_store(os.path.join(tmp, f"size{k}"), n, views, k, cfg.num_classes, rng, pool=None)
         out[f"bytes_per_view_k{k}"] = store.label_bytes() / (n * views)
         idx, lp = topk_logprobs(logits, k)
         enc = ValueEncoding()

@@ -40,6 +40,10 @@ class DemoConfig:
     device: str = "auto"
 
 
+# USI's recipe, adapted to 32 px digits: no flips (a mirrored 3 is no 3), milder crops.
+DEMO_RECIPE = "base: usi\nname: digits\nhflip: 0.0\nscale: [0.35, 1.0]\n"
+
+
 def write_digits(root: Path, size: int, limit: int | None = None) -> tuple[Path, Path]:
     """sklearn's digits as PNG files: every 5th image goes to val (stratified by construction)."""
     from PIL import Image
@@ -73,16 +77,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_dir, val_dir = write_digits(out / "digits", cfg.img_size, cfg.limit)
+    recipe = out / "digits-recipe.yaml"
+    recipe.write_text(DEMO_RECIPE)
     common = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                   progress=False, log=False, warmup_epochs=1, model_ema=False)
     results: dict = {"config": cfg.__dict__, "runs": []}
 
     teacher_run = out / "teacher"
-    _say(f"[1/3] teacher, supervised:\n  {_cmd('train', train_dir, '--mode', 'supervised', '--student', cfg.teacher, '--out', teacher_run, '--val', val_dir, '--epochs', cfg.teacher_epochs, '--img-size', cfg.img_size, '--batch-size', cfg.batch_size, '--no-model-ema')}")
+    _say(f"[1/3] teacher, supervised:\n  {_cmd('train', train_dir, '--mode', 'supervised', '--recipe', recipe, '--student', cfg.teacher, '--out', teacher_run, '--val', val_dir, '--epochs', cfg.teacher_epochs, '--img-size', cfg.img_size, '--batch-size', cfg.batch_size, '--no-model-ema')}")
     t0 = time.perf_counter()
     if not (teacher_run / "best.pth").exists():
         r = train(TrainConfig(data=str(train_dir), labels=None, out=str(teacher_run), student=cfg.teacher, mode="supervised",
-                              val=str(val_dir), epochs=cfg.teacher_epochs, seed=0, **common))
+                              val=str(val_dir), epochs=cfg.teacher_epochs, seed=0, recipe=str(recipe), **common))
         results["teacher"] = {"top1": r["val_top1"], "seconds": time.perf_counter() - t0}
     else:
         results["teacher"] = {"top1": json.loads((teacher_run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"],
@@ -92,11 +98,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     store = out / "labels.zarr"
     gen_args = ["generate", train_dir, "--out", store, "--teacher", cfg.teacher, "--teacher-checkpoint",
                 teacher_run / "best.pth", "--views", cfg.views, "--topk", cfg.topk, "--img-size", cfg.img_size,
-                "--samples-per-shard", 1024]
+                "--recipe", recipe, "--samples-per-shard", 1024]
     _say(f"[2/3] labels, the teacher's only pass:\n  {_cmd(*gen_args)}")
     s = generate(GenerateConfig(data=str(train_dir), out=str(store), teacher=cfg.teacher,
                                 teacher_checkpoint=str(teacher_run / "best.pth"), views=cfg.views, topk=cfg.topk,
-                                img_size=cfg.img_size, workers=cfg.workers, device=cfg.device,
+                                img_size=cfg.img_size, workers=cfg.workers, device=cfg.device, recipe=str(recipe),
                                 samples_per_shard=1024, progress=False))
     results["generate"] = {"views": s["num_samples"] * s["views"], "seconds": s["seconds"],
                            "label_bytes_per_view": s["label_bytes_per_view"]}

@@ -44,7 +44,7 @@ class GenerateConfig:
     device: str = "auto"
     precision: str = "auto"
     encoding: str = "q8"
-    samples_per_shard: int = 4096
+    samples_per_shard: int = 16384
     views_per_shard: int = 10
     repair: bool = False
     progress: bool = True

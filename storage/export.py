@@ -66,7 +66,7 @@ import numpy as np
 
 from .encoding import ValueEncoding
 from .errors import UserError
-from .store import STATUS_PENDING, LabelStore
+from .store import STATUS_PENDING, LabelStore, StoreHeader
 
 EXPORT_FORMAT = "relabel-webdataset"
 EXPORT_VERSION = 1
@@ -549,6 +549,58 @@ def read_exported_labels(path_or_url) -> tuple[dict, list[str], np.ndarray, np.n
     return r.header, r.keys, r.index, r.logp
 
 
-__all__ = ["export_webdataset", "read_exported", "read_exported_labels", "iter_exported_samples", "load_index",
+class ExportedLabelStore:
+    """An export read back as a label store (read-only, in memory): what ``relabel train --labels``
+    needs from LabelStore (header, keys, status, read_view), so tars can stand in for the zarr store.
+
+    Every shard is read once and checked against index.json's sha256; an epoch's labels are then a
+    slice in memory. The trainer reads images by key with random access (storage.sources), so there
+    is no shard-to-worker split and no DDP hang however few shards there are.
+    """
+
+    def __init__(self, path_or_url: str):
+        r = read_exported(path_or_url, verify=True)
+        self.path = str(path_or_url)
+        self.header = StoreHeader.from_dict(r.header)
+        n = self.header.num_samples
+        if len(r.keys) != n or not np.array_equal(r.positions, np.arange(n)):
+            raise UserError(f"{path_or_url}: export holds {len(r.keys)} of the store's {n} samples; "
+                            f"export the whole store (or pull all shards)")
+        self.keys, self._index, self._logp, self._status = r.keys, r.index, r.logp, r.status
+        self.complete = True
+
+    @property
+    def key_index(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def status(self) -> np.ndarray:
+        return self._status
+
+    def pending_shards(self) -> list:
+        return []
+
+    def read_view(self, v: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= v < self.header.views:
+            raise IndexError(f"view {v} out of range (export has {self.header.views})")
+        return np.ascontiguousarray(self._index[:, v]), np.ascontiguousarray(self._logp[:, v])
+
+
+def is_export(path_or_url: str) -> bool:
+    """A folder (or URL) with an export's index.json, rather than a zarr store."""
+    try:
+        with _open(_join(str(path_or_url), INDEX_NAME)) as f:
+            return json.load(f).get("format") == EXPORT_FORMAT
+    except Exception:
+        return False
+
+
+def open_labels(path_or_url: str):
+    """A zarr label store, or a webdataset export of one: both answer read_view/keys/status/header."""
+    if is_export(path_or_url):
+        return ExportedLabelStore(path_or_url)
+    return LabelStore.open(path_or_url)
+
+
+__all__ = ["export_webdataset", "ExportedLabelStore", "open_labels", "is_export", "read_exported", "read_exported_labels", "iter_exported_samples", "load_index",
            "pack_labels", "unpack_labels", "labels_dtype", "ExportResult", "ExportedLabels", "INDEX_NAME",
            "LABELS_MEMBER", "EXPORT_FORMAT"]

@@ -46,7 +46,7 @@ class StoreHeader:
     seed: int
     img_size: int
     encoding: ValueEncoding = field(default_factory=ValueEncoding)
-    samples_per_shard: int = 4096
+    samples_per_shard: int = 16384
     views_per_shard: int = 10
     schema_version: int = SCHEMA_VERSION
     writer: str = ""

@@ -62,7 +62,7 @@ def test_workers_and_ranks_change_no_byte(data, store, tmp_path):
     root, folder, ckpt, _ = data
     run_cli("generate", folder, "--out", tmp_path / "w2", "--teacher-checkpoint", ckpt, "--workers", "2", *GEN)
     assert tree_bytes(tmp_path / "w2") == tree_bytes(store)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "relabel", "generate", str(folder), "--out", str(tmp_path / "r2"), "--teacher-checkpoint", str(ckpt),
            "--workers", "0", "--device", "cpu", *GEN]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)

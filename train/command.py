@@ -9,7 +9,7 @@ import typer
 
 def train_command(
     data: str = typer.Argument(..., help="Training images: ImageFolder tree or webdataset shards."),
-    labels: str = typer.Option(..., "--labels", help="Label store made by 'relabel generate' from these images."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label store made by 'relabel generate' from these images (needed unless --mode supervised)."),
     out: str = typer.Option(..., "--out", "-o", help="Run folder: last.pth, best.pth, metrics.jsonl, curves.png."),
     student: str = typer.Option("deit_s", "--student", "--model", help="timm model name or alias (deit_s, r50, ...)."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation images (same classes as the labels)."),
@@ -47,6 +47,7 @@ def train_command(
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels_last memory format."),
     workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
     seed: int = typer.Option(42, help="Seed: student init, view schedule, batch order, dropout."),
+    recipe: str = typer.Option("usi", help="Without --labels: augmentation recipe of the views (usi, simple, or a file)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stage two: train a timm student from the stored views and their cached soft labels."""
@@ -60,7 +61,8 @@ def train_command(
         warmup_epochs=warmup_epochs, warmup_lr=warmup_lr, min_lr=min_lr, model_ema=model_ema,
         model_ema_decay=model_ema_decay, clip_grad=clip_grad, clip_mode=clip_mode, smoothing=smoothing,
         kd_weight=kd_weight, ce_weight=ce_weight, kd_temperature=kd_temperature, kd_renorm=kd_renorm, amp=amp,
-        amp_dtype=amp_dtype, channels_last=channels_last, workers=workers, seed=seed, progress=not quiet)
+        amp_dtype=amp_dtype, channels_last=channels_last, workers=workers, seed=seed, recipe=recipe,
+        progress=not quiet)
     r = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         best = f", best val top-1 {r['best_top1']:.2f}" if r.get("best_top1") is not None else ""

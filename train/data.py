@@ -13,8 +13,10 @@ import torch
 from torch.utils.data import Dataset
 
 from relabel.rng import CounterRNG
-from relabel.views import Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view
-from storage import LabelStore, UserError, open_source
+from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
+                           store_order)
+from storage import StoreHeader, UserError, open_source
+from storage.export import open_labels
 from storage.sources import ImageSource
 from storage.store import STATUS_OK
 
@@ -27,12 +29,32 @@ def view_for_epoch(seed: int, views: int, epoch: int) -> int:
     return CounterRNG("train-views", seed, views, rnd).permutation(views)[i]
 
 
-class TrainData:
-    """DATA matched to the label store by key: who can be trained on, and each epoch's batches."""
+class ViewPlan:
+    """The views of a dataset that has no label store: what supervised training from scratch (a
+    teacher, say) replays. It answers the parts of LabelStore that TrainData asks, all samples ok."""
 
-    def __init__(self, data: str, labels: str, allow_subset: bool = False, img_size: int | None = None):
+    def __init__(self, source: ImageSource, recipe: str, seed: int, views: int, img_size: int):
+        r = create_recipe(recipe)
+        self.header = StoreHeader(num_samples=len(source), views=views, topk=1, num_classes=len(source.class_names),
+                                  class_names=list(source.class_names), fingerprint=source.fingerprint,
+                                  teacher={}, recipe=r.to_dict(), seed=seed, img_size=img_size)
+        self.keys = store_order(source.keys, seed)
+        self.complete = True
+
+    def status(self) -> np.ndarray:
+        return np.full(self.header.num_samples, STATUS_OK, np.uint8)
+
+
+class TrainData:
+    """DATA matched to the label store by key: who can be trained on, and each epoch's batches.
+
+    With ``labels=None`` (supervised only) the views come from a ViewPlan instead of a store.
+    """
+
+    def __init__(self, data: str, labels: str | None, allow_subset: bool = False, img_size: int | None = None,
+                 plan: dict | None = None):
         self.source: ImageSource = open_source(data)
-        self.store = LabelStore.open(labels)
+        self.store = open_labels(labels) if labels else ViewPlan(self.source, img_size=img_size or 224, **plan)
         h = self.header = self.store.header
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size

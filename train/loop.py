@@ -37,7 +37,7 @@ MODES = ("cached", "online", "supervised")
 @dataclass
 class TrainConfig:
     data: str
-    labels: str
+    labels: str | None  # None: supervised from scratch, views from `recipe` (a teacher, say)
     out: str
     student: str = "deit_s"
     val: str | None = None
@@ -75,6 +75,7 @@ class TrainConfig:
     channels_last: bool = True
     workers: int = 4
     seed: int = 42
+    recipe: str = "usi"  # without --labels: the views' recipe; one fresh view per epoch
     progress: bool = True
     log: bool = True
 
@@ -98,6 +99,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError(f"--amp-dtype must be bfloat16 or float16 (got {cfg.amp_dtype!r})")
     if cfg.mode != "online" and (cfg.teacher or cfg.teacher_checkpoint):
         raise UserError("--teacher/--teacher-checkpoint are for --mode online only")
+    if cfg.labels is None and cfg.mode != "supervised":
+        raise UserError(f"--mode {cfg.mode} needs --labels STORE (only --mode supervised trains without labels)")
     if cfg.mode != "supervised" and cfg.kd_weight == 0 and cfg.ce_weight == 0:
         raise UserError("--kd-weight and --ce-weight are both 0: nothing to train on")
 
@@ -236,7 +239,8 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
     """Data matched to the labels, and a ready trainer (student, optimizer, EMA, teacher if online)."""
     _validate(cfg)
     dist = dist or Dist()
-    data = TrainData(cfg.data, cfg.labels, cfg.allow_subset, cfg.img_size)
+    data = TrainData(cfg.data, cfg.labels, cfg.allow_subset, cfg.img_size,
+                     plan=dict(recipe=cfg.recipe, seed=cfg.seed, views=cfg.epochs))
     data.batches(cfg.seed, 0, cfg.batch_size)  # fails early on an odd batch for a mixing recipe
     device = pick_device(dist.device_str(cfg.device))
     return data, Trainer(cfg, data, device, dist)

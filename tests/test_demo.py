@@ -1,0 +1,19 @@
+"""The demo pipeline at reduced size: real digits, a trained teacher, labels, three students."""
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_demo_reduced(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--out", out, "--limit", "150", "--epochs", "1", "--teacher-epochs", "1", "--workers", "0")
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(x["mode"] for x in res["runs"]) == ["cached", "online", "supervised"]
+    assert all(0 <= x["top1"] <= 100 and x["seconds"] > 0 for x in res["runs"])
+    assert (out / "curves.png").stat().st_size > 0 and (out / "labels.zarr" / "zarr.json").exists()
+    assert len(list((out / "digits" / "train").rglob("*.png"))) == 120  # every 5th of 150 goes to val
+    # each step's command is printed so it can be rerun on one's own data
+    assert "relabel generate" in r.stderr and "relabel train" in r.stderr and "--mode online" in r.stderr
+    assert "| cached |" in r.stdout and "| online |" in r.stdout and "| supervised |" in r.stdout
