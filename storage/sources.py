@@ -141,9 +141,10 @@ def _safe_member_name(name: str) -> bool:
 class TarShardSource(ImageSource):
     """webdataset shards: image member (jpg/jpeg/png/webp) + ``cls`` per key.
 
-    Members are indexed once (offset, size) so any sample can be read with one seek. Class names
-    come from ``classes.txt`` (one per line) or ``classes.json`` (a list) beside the shards, else
-    they are the class indices as strings.
+    Members are indexed once (offset, size) so any sample can be read with one seek: training reads
+    by key in any order, with any number of workers and ranks, and never waits on a shard split.
+    Class names come from a relabel export's ``index.json``, ``classes.txt`` (one per line) or
+    ``classes.json`` (a list) beside the shards, else they are the class indices as strings.
     """
 
     kind = "webdataset"
@@ -193,6 +194,12 @@ class TarShardSource(ImageSource):
         folder = self._paths[0] if os.path.isdir(self.root) else os.path.dirname(self._paths[0])
         folder = self.root if os.path.isdir(self.root) else folder
         txt, js = os.path.join(folder, "classes.txt"), os.path.join(folder, "classes.json")
+        export_index = os.path.join(folder, "index.json")  # written by 'relabel export --images'
+        if os.path.isfile(export_index):
+            with open(export_index) as f:
+                names = json.load(f).get("class_names")
+            if names:
+                return [str(x) for x in names]
         if os.path.isfile(txt):
             with open(txt) as f:
                 names = [line.strip() for line in f if line.strip()]
