@@ -112,22 +112,17 @@ def verify(store: str = typer.Argument(..., help="Label store."),
     typer.echo("verify OK")
 
 
-# Commands that live beside the code they drive; each module defines ``<name>_command``.
-_COMMANDS = (("train.command", "train"), ("relabel.publish", "export"), ("relabel.publish", "publish"),
-             ("relabel.publish", "pull"), ("relabel.bench", "bench"), ("relabel.demo", "demo"))
-
-
 def _register() -> None:
-    import importlib
+    """Commands that live beside the code they drive (each module keeps heavy imports in its body)."""
+    from train.command import train_command
 
-    for module, name in _COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # not built yet
-                continue
-            raise
-        app.command(name)(getattr(mod, f"{name}_command"))
+    from .bench import bench_command
+    from .demo import demo_command
+    from .publish import export_command, publish_command, pull_command
+
+    for name, fn in (("train", train_command), ("export", export_command), ("publish", publish_command),
+                     ("pull", pull_command), ("bench", bench_command), ("demo", demo_command)):
+        app.command(name)(fn)
 
 
 _register()

@@ -28,9 +28,9 @@ class DemoConfig:
     out: str = "relabel-demo"
     seeds: int = 1
     teacher: str = "resnet18"
-    student: str = "resnet10t"
+    student: str = "test_resnet"
     img_size: int = 32
-    teacher_epochs: int = 12
+    teacher_epochs: int = 30
     epochs: int = 8
     views: int = 8
     topk: int = 5
@@ -182,9 +182,9 @@ def demo_command(
     out: str = typer.Option("relabel-demo", "--out", "-o", help="Folder for the images, labels, runs and results."),
     seeds: int = typer.Option(1, help="Student runs per mode (3 gives mean ± std)."),
     epochs: int = typer.Option(8, help="Student epochs (also the number of stored views)."),
-    teacher_epochs: int = typer.Option(12, help="Teacher epochs."),
+    teacher_epochs: int = typer.Option(30, help="Teacher epochs."),
     teacher: str = typer.Option("resnet18", help="Teacher model (timm name)."),
-    student: str = typer.Option("resnet10t", help="Student model (timm name)."),
+    student: str = typer.Option("test_resnet", help="Student model (timm name; timm's 0.4M-parameter test ResNet by default)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N images (quick runs)."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),

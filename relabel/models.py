@@ -1,7 +1,6 @@
 """Model names, checkpoints and per-model normalization, shared by teacher and student."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ import torch
 import timm
 
 from storage.errors import UserError
+from storage.manifest import sha256_file
 
 # Short names people use for common models -> timm names.
 ALIASES = {
@@ -33,14 +33,6 @@ def resolve_name(name: str) -> str:
         hint = f"; close: {', '.join(close)}" if close else ""
         raise UserError(f"unknown model {name!r}: not a timm model name or alias{hint}")
     return full
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _STATE_KEYS = ("state_dict", "model", "module", "net")
@@ -133,7 +125,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
         mean=tuple(float(x) for x in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(x) for x in cfg.get("std", (0.229, 0.224, 0.225))),
         interpolation=cfg.get("interpolation", "bicubic"), crop_pct=float(cfg.get("crop_pct", 0.875)),
-        checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None,
+        checkpoint_sha256=sha256_file(checkpoint)[1] if checkpoint else None,
     )
     return model, info
 

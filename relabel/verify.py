@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from storage import LabelStore, UserError, open_source
+from storage.manifest import sha256_file
 from storage.store import STATUS_OK
 
 from .teacher import Teacher
@@ -67,7 +68,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     t = h.teacher
     if teacher_checkpoint and not os.path.isfile(teacher_checkpoint):
         raise UserError(f"{teacher_checkpoint}: checkpoint not found")
-    if teacher_checkpoint and t.get("checkpoint_sha256") and t["checkpoint_sha256"] != _sha(teacher_checkpoint):
+    if teacher_checkpoint and t.get("checkpoint_sha256") and t["checkpoint_sha256"] != sha256_file(teacher_checkpoint)[1]:
         rep.notes.append("the teacher checkpoint differs from the one the store was made with")
     teacher = Teacher(t["model"], teacher_checkpoint, device=device, precision=t.get("precision", "auto"),
                       pretrained=teacher_checkpoint is None)
@@ -108,9 +109,3 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
         rep.mean_kl = float(torch.cat(kls).mean())
         rep.top1_agreement = float(torch.cat(agree).float().mean())
     return rep
-
-
-def _sha(path: str) -> str:
-    from .models import sha256_file
-
-    return sha256_file(path)
