@@ -45,17 +45,20 @@ DEMO_RECIPE = "base: usi\nname: digits\nhflip: 0.0\nscale: [0.35, 1.0]\n"
 
 
 def write_digits(root: Path, size: int, limit: int | None = None) -> tuple[Path, Path]:
-    """sklearn's digits as PNG files: every 5th image goes to val (stratified by construction)."""
+    """sklearn's digits as PNG files; every 5th image of each class goes to val (stratified)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     train, val = root / "train", root / "val"
     n = len(digits.images) if limit is None else min(limit, len(digits.images))
+    seen = np.zeros(10, int)
     for i in range(n):
+        c = int(digits.target[i])
         img = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), "L")
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-        d = (val if i % 5 == 0 else train) / str(digits.target[i])
+        d = (val if seen[c] % 5 == 0 else train) / str(c)
+        seen[c] += 1
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"digit_{i:04d}.png")
     return train, val

@@ -300,8 +300,8 @@ class LabelStore:
             self._check_present(shards)
             if self.group.read_only and all(sh.done == sh.v1 - sh.v0 for sh in shards):
                 self._ready_blocks.add(vb)
-        shards = shards or [self.shard(vb, sb) for sb in range(h.n_sample_blocks)]
-        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(shards)) or f"view {v}"  # noqa: E731
+        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(  # noqa: E731
+            [s for s in self.shards() if s.vb == vb])) or f"view {v}"
         idx, lp = self._read_labels(v, names)
         return idx.astype(np.int64), h.encoding.decode(lp)
 
@@ -315,7 +315,7 @@ class LabelStore:
         try:
             idx, lp = sync(both())
         except Exception as e:
-            raise UserError(f"{self.path}: labels are damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
+            raise UserError(f"{self.path}: label data is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
                             f"run 'relabel verify' and 'relabel generate --repair'") from None
         return np.asarray(idx), np.asarray(lp)
 
