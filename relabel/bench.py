@@ -62,17 +62,26 @@ def spread(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "iqr": float(q[1] - q[0]), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def synthetic_logits(n: int, num_classes: int, rng: np.random.Generator):
+def synthetic_logits(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
     """ImageNet-like teacher logits: one dominant class, a few confusable ones, a long tail."""
-    import torch
-
     base = rng.normal(0, 1.0, (n, num_classes)).astype(np.float32)
     cls = rng.integers(0, num_classes, n)
     rows = np.arange(n)
     base[rows, cls] += rng.uniform(4, 12, n)
     for j in range(1, 6):
         base[rows, (cls + 7 * j) % num_classes] += rng.uniform(0, 7 - j, n)
-    return torch.from_numpy(base)
+    return base
+
+
+def stub_teacher_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """relabel.teacher.topk_logprobs in numpy: the stub teacher needs no torch (memory stays small)."""
+    lse = np.logaddexp.reduce(logits.astype(np.float64), axis=1, keepdims=True)
+    idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(logits, idx, 1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, order, 1), np.take_along_axis(top, order, 1) - lse
+    rest = np.log(np.clip(-np.expm1(np.logaddexp.reduce(top, axis=1, keepdims=True)), 1e-30, None))
+    return idx, np.concatenate([top, rest], 1).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------ labels
@@ -82,26 +91,26 @@ def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rn
     or fresh logits for every view when ``pool`` is None (sizes: no repeats for zstd to find)."""
     from storage import LabelStore, StoreHeader
 
-    from .teacher import topk_logprobs
-
-    if pool is not None:
-        idx_pool, lp_pool = (t.numpy() for t in topk_logprobs(synthetic_logits(pool, num_classes, rng), k))
+    if pool is not None:  # in slices: the pool's logits never sit in memory at once
+        parts = [stub_teacher_topk(synthetic_logits(min(4096, pool - i), num_classes, rng), k) for i in range(0, pool, 4096)]
+        idx_pool, lp_pool = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
     h = StoreHeader(num_samples=n, views=views, topk=k, num_classes=num_classes,
                     class_names=[str(i) for i in range(num_classes)], fingerprint="0" * 64,
                     teacher={"model": "stub"}, recipe={"name": "none"}, seed=0, img_size=224,
                     views_per_shard=min(10, views), samples_per_shard=samples_per_shard)
     store = LabelStore.create(path, h, [f"s{i:08d}" for i in range(n)])
-    t0, peak = time.perf_counter(), 0
+    t0, peak = time.perf_counter(), _rss_mib()
+    start = peak
     for sh in store.pending_shards():
         shape = (sh.v1 - sh.v0, sh.s1 - sh.s0)
         if pool is not None:
             rows = rng.integers(0, pool, shape)
             idx, lp = idx_pool[rows], lp_pool[rows]
         else:
-            idx, lp = (t.numpy().reshape(*shape, -1) for t in topk_logprobs(synthetic_logits(shape[0] * shape[1], num_classes, rng), k))
+            idx, lp = (a.reshape(*shape, -1) for a in stub_teacher_topk(synthetic_logits(shape[0] * shape[1], num_classes, rng), k))
         store.write_shard(sh, 0, idx, lp, np.ones(sh.s1 - sh.s0, np.uint8))
         peak = max(peak, _rss_mib())
-    return store, time.perf_counter() - t0, peak
+    return store, time.perf_counter() - t0, (start, peak)
 
 
 def _rss_mib() -> float:
@@ -150,7 +159,7 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
     rng = np.random.default_rng(1)
     n, views = 16384, 4
     out: dict = {"logits": f"synthetic ImageNet-like, {cfg.num_classes} classes (no pretrained teacher offline)"}
-    logits = synthetic_logits(2048, cfg.num_classes, rng)
+    logits = torch.from_numpy(synthetic_logits(2048, cfg.num_classes, rng))
     full = torch.log_softmax(logits, -1)
     for k in (5, 10, 20):
         store, _, _ = _synthetic_store(os.path.join(tmp, f"size{k}"), n, views, k, cfg.num_classes, rng, pool=None)
@@ -169,14 +178,14 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
 
 # ------------------------------------------------------------------------------------ scale
 def bench_scale(cfg: BenchConfig, tmp: str) -> dict:
+    """Write many views through the store with a stub teacher; memory must stay flat."""
     rng = np.random.default_rng(2)
     views = 10
     n = max(1, cfg.scale_views // views)
-    before = _rss_mib()
-    _, seconds, peak = _synthetic_store(os.path.join(tmp, "scale"), n, views, 10, cfg.num_classes, rng)
+    _, seconds, (start, peak) = _synthetic_store(os.path.join(tmp, "scale"), n, views, 10, cfg.num_classes, rng,
+                                                 pool=16384)
     return {"views": n * views, "views_per_s": n * views / seconds, "seconds": seconds,
-            "rss_start_mib": before, "peak_rss_mib": peak,
-            "peak_rss_max_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_writing_start_mib": start, "peak_rss_mib": peak, "rss_growth_mib": peak - start}
 
 
 # ------------------------------------------------------------------------------------ generate

@@ -59,7 +59,8 @@ class _Unit:
 
 
 class ViewStream(IterableDataset):
-    """Yields (shard, views, ok positions, pixels uint8 NHWC, unreadable positions)."""
+    """Yields (shard, views, ok positions, pixels uint8 NHWC, unreadable positions), at most a batch
+    of pixels at a time: several views of a small group, or slices of one view of a large group."""
 
     def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: ViewRenderer, num_samples: int,
                  units: list[_Unit], keys: list[str], batch_size: int):
@@ -88,13 +89,19 @@ class ViewStream(IterableDataset):
                     rendered = [r.render(self.keys[p], v, images[p]) for p in ok]
                     pix.extend(mix_batch(r.recipe, r.seed, v, ok, rendered, partners)[0])
                 arr = torch.from_numpy(np.stack(pix)) if pix else torch.empty(0, r.size, r.size, 3, dtype=torch.uint8)
-                yield sh, chunk, np.asarray(ok, np.int64), arr, np.asarray(bad, np.int64)
+                pos, lost = np.asarray(ok, np.int64), np.asarray(bad, np.int64)
+                if len(chunk) > 1 or len(ok) <= self.batch_size:
+                    yield sh, chunk, pos, arr, lost
+                    continue
+                for s0 in range(0, len(ok), self.batch_size):  # a group larger than a batch: slices of it
+                    s1 = s0 + self.batch_size
+                    yield sh, chunk, pos[s0:s1], arr[s0:s1], lost if s0 == 0 else lost[:0]
 
 
 class _ShardBuffer:
-    def __init__(self, shard: Shard, k: int, groups: int):
+    def __init__(self, shard: Shard, k: int):
         nv, ns = shard.v1 - shard.v0 - shard.done, shard.s1 - shard.s0
-        self.shard, self.groups_left = shard, groups * nv
+        self.shard, self.left = shard, nv * ns  # (view, sample) cells still to come
         self.index = np.zeros((nv, ns, k), np.int64)
         self.logp = np.zeros((nv, ns, k + 1), np.float32)
         self.status = np.full(ns, STATUS_OK, np.uint8)
@@ -201,14 +208,13 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
                         pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
     total_views = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
     buffers: dict[tuple[int, int], _ShardBuffer] = {}
-    groups_per_shard = {(sh.vb, sh.sb): len(range(sh.s0, sh.s1, G)) for sh in mine}
     t0, n_views, n_shards, unreadable = time.perf_counter(), 0, 0, set()
     with progress_bar(cfg.progress and dist.rank == 0, "generate", total_views, unit="views") as bar:
         for sh, views, ok, pixels, bad in loader:
             key = (sh.vb, sh.sb)
             buf = buffers.get(key)
             if buf is None:
-                buf = buffers[key] = _ShardBuffer(sh, h.topk, groups_per_shard[key])
+                buf = buffers[key] = _ShardBuffer(sh, h.topk)
             if len(bad):
                 buf.status[bad - sh.s0] = STATUS_UNREADABLE
                 unreadable.update(bad.tolist())
@@ -219,11 +225,11 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
                 vi = np.asarray(views) - sh.v0 - sh.done
                 buf.index[vi[:, None], ok - sh.s0] = idx
                 buf.logp[vi[:, None], ok - sh.s0] = logp
-            buf.groups_left -= len(views)
             step = len(views) * (len(ok) + len(bad))
+            buf.left -= step
             n_views += step
             bar.advance(step)
-            if buf.groups_left == 0:
+            if buf.left == 0:
                 try:
                     store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
                 except OSError as e:  # disk full, quota, I/O error: the shard stays pending
