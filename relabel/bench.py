@@ -323,8 +323,39 @@ def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
 
         contenders[mode] = run
     r = measure(contenders, cfg.repeats)
-    return {"cached_img_s": r["cached"]["median"], "supervised_img_s": r["supervised"]["median"],
-            "ratio": r["cached"]["median"] / r["supervised"]["median"], "workers": cfg.workers, "detail": r}
+    out = {"cached_img_s": r["cached"]["median"], "supervised_img_s": r["supervised"]["median"],
+           "ratio": r["cached"]["median"] / r["supervised"]["median"], "workers": cfg.workers, "detail": r}
+    out.update(_view_vs_timm(cfg, data))
+    return out
+
+
+def _view_vs_timm(cfg: BenchConfig, data) -> dict:
+    """A view's pixels from a decoded image (ours, uint8) against timm's own training transform
+    (RandomResizedCrop + flip + RandAugment + ToTensor + Normalize) on the same decoded images."""
+    from timm.data import create_transform
+
+    from .views import RECIPES, ViewRenderer, decode_image
+
+    images = [decode_image(data.source.read(i)) for i in range(min(32, len(data.source)))]
+    renderer = ViewRenderer(RECIPES["usi"], 0, cfg.img_size)
+    timm_tf = create_transform(cfg.img_size, is_training=True, auto_augment=RECIPES["usi"].randaugment,
+                               interpolation="bicubic", re_prob=0.0)
+    calls = [0]
+
+    def ours():
+        calls[0] += 1
+        for i, img in enumerate(images):
+            renderer.render(f"k{i}", calls[0], img)
+        return len(images)
+
+    def timm_transform():
+        for img in images:
+            timm_tf(img)
+        return len(images)
+
+    r = measure({"view": ours, "timm": timm_transform}, cfg.repeats)
+    return {"view_img_s": r["view"]["median"], "timm_transform_img_s": r["timm"]["median"],
+            "view_vs_timm": r["view"]["median"] / r["timm"]["median"]}
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -375,7 +406,8 @@ def machine(cfg: BenchConfig) -> dict:
 _TARGETS = {  # (key, target, direction)
     "step": [("supervised_img_s", None, ""), ("cached_img_s", None, ""), ("online_img_s", None, ""),
              ("cached_vs_supervised", 0.97, ">="), ("cached_vs_online", 1.7, ">=")],
-    "loader": [("supervised_img_s", None, ""), ("cached_img_s", None, ""), ("ratio", 0.97, ">=")],
+    "loader": [("supervised_img_s", None, ""), ("cached_img_s", None, ""), ("ratio", 0.97, ">="),
+               ("view_img_s", None, ""), ("timm_transform_img_s", None, ""), ("view_vs_timm", 1.0, ">=")],
     "labels": [("epoch_views_per_s", 5e6, ">="), ("random_views_per_s", 1e5, ">=")],
     "generate": [("views_per_s", None, ""), ("teacher_only_views_per_s", None, ""), ("ratio", 0.85, ">=")],
     "size": [(f"{m}_k{k}", 24 if (m == "bytes_per_view" and k == 10) else (1e-3 if m == "kl_loss" else None),

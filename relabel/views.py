@@ -18,7 +18,8 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -76,7 +77,7 @@ class Recipe:
     def mixes(self) -> bool:
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
-    @property
+    @cached_property  # on the per-view path: parsed once per recipe object
     def ra(self) -> RandAugmentConfig | None:
         return parse_randaugment(self.randaugment) if self.randaugment else None
 
@@ -92,7 +93,7 @@ class Recipe:
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
-    @property
+    @cached_property  # keys every view's RNG stream: hashed once per recipe object
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 

@@ -7,7 +7,7 @@ from conftest import run_cli
 
 KEYS = {
     "step": ("supervised_img_s", "cached_img_s", "online_img_s"),
-    "loader": ("cached_img_s", "supervised_img_s"),
+    "loader": ("cached_img_s", "supervised_img_s", "view_img_s", "timm_transform_img_s"),
     "labels": ("epoch_views_per_s", "random_views_per_s"),
     "generate": ("views_per_s", "teacher_only_views_per_s"),
     "size": ("bytes_per_view_k5", "bytes_per_view_k10", "bytes_per_view_k20", "kl_loss_k10", "kl_full_k10"),
