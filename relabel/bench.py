@@ -308,17 +308,19 @@ def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
         loader, sampler = make_loader(data, tcfg, torch.device("cpu"))
         epoch = [0]
 
-        def run(data=data, loader=loader, sampler=sampler, mode=mode):
-            sampler.set_epoch(epoch[0] % data.header.views)
-            labels = None
-            if mode == "cached":
-                labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
+        def run(data=data, loader=loader, sampler=sampler, mode=mode, epoch=epoch, epochs=4):
             n = 0
-            for batch in loader:
-                if labels is not None:
-                    pos = batch["positions"]
-                    labels[0][pos], labels[1][pos]
-                n += len(batch["positions"])
+            for _ in range(epochs):  # long enough to time: the data set is small
+                sampler.set_epoch(epoch[0] % data.header.views)
+                epoch[0] += 1
+                labels = None
+                if mode == "cached":
+                    labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
+                for batch in loader:
+                    if labels is not None:
+                        pos = batch["positions"]
+                        labels[0][pos], labels[1][pos]
+                    n += len(batch["positions"])
             return n
 
         contenders[mode] = run

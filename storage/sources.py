@@ -108,23 +108,28 @@ class ImageFolderSource(ImageSource):
             return f.read()
 
 
-def _expand_shards(spec: str) -> list[str]:
-    """A folder, a glob or a brace pattern (``train-{000000..000009}.tar``) -> sorted tar paths."""
-    if os.path.isdir(spec):
-        paths = sorted(glob.glob(os.path.join(spec, "*.tar")))
-    else:
-        import braceexpand
+def _expand_shards(spec: str):
+    """A folder, a glob or a brace pattern (``train-{000000..000009}.tar``), local or an fsspec URL
+    (``s3://bucket/wds``) -> (filesystem, sorted tar paths)."""
+    import braceexpand
+    import fsspec
 
-        paths = []
-        for pat in braceexpand.braceexpand(spec):
-            hits = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat]
-            paths.extend(hits)
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise UserError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
+    fs, root = fsspec.core.url_to_fs(spec)
+    try:
+        if fs.isdir(root):
+            paths = sorted(p for p in fs.glob(root.rstrip("/") + "/*.tar"))
+        else:
+            paths = []
+            for pat in braceexpand.braceexpand(root):
+                paths.extend(sorted(fs.glob(pat)) if any(c in pat for c in "*?[") else [pat])
+            missing = [p for p in paths if not fs.isfile(p)]
+            if missing:
+                raise UserError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
+    except (OSError, ValueError) as e:  # unreachable bucket, bad credentials, ...
+        raise UserError(f"{spec}: cannot list shards ({type(e).__name__}: {str(e)[:120]})") from None
     if not paths:
         raise UserError(f"{spec}: no .tar shards found")
-    return paths
+    return fs, paths
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -151,11 +156,11 @@ class TarShardSource(ImageSource):
 
     def __init__(self, spec: str):
         self.root = spec
-        self._paths = _expand_shards(spec)
+        self._fs, self._paths = _expand_shards(spec)
         members: dict[str, dict] = {}
         for si, path in enumerate(self._paths):
             try:
-                with tarfile.open(path, "r:") as tf:
+                with self._fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
                     for m in tf:
                         if not m.isfile():
                             continue
@@ -187,25 +192,23 @@ class TarShardSource(ImageSource):
         self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
         self._members = [e[2] for e in entries]
         self.class_names = self._class_names(int(self.labels.max()) + 1)
-        self._handles: dict[int, object] = {}
         self._pid = os.getpid()
 
     def _class_names(self, n: int) -> list[str]:
-        folder = self._paths[0] if os.path.isdir(self.root) else os.path.dirname(self._paths[0])
-        folder = self.root if os.path.isdir(self.root) else folder
-        txt, js = os.path.join(folder, "classes.txt"), os.path.join(folder, "classes.json")
-        export_index = os.path.join(folder, "index.json")  # written by 'relabel export --images'
-        if os.path.isfile(export_index):
-            with open(export_index) as f:
-                names = json.load(f).get("class_names")
-            if names:
-                return [str(x) for x in names]
-        if os.path.isfile(txt):
-            with open(txt) as f:
-                names = [line.strip() for line in f if line.strip()]
-        elif os.path.isfile(js):
-            with open(js) as f:
-                names = [str(x) for x in json.load(f)]
+        folder = self._paths[0].rpartition("/")[0]
+        fs = self._fs
+
+        def text(name: str) -> str | None:
+            path = f"{folder}/{name}" if folder else name
+            return fs.cat_file(path).decode() if fs.isfile(path) else None
+
+        export_index = text("index.json")  # written by 'relabel export --images'
+        if export_index and json.loads(export_index).get("class_names"):
+            return [str(x) for x in json.loads(export_index)["class_names"]]
+        if (txt := text("classes.txt")) is not None:
+            names = [line.strip() for line in txt.splitlines() if line.strip()]
+        elif (js := text("classes.json")) is not None:
+            names = [str(x) for x in json.loads(js)]
         else:
             return [str(i) for i in range(n)]
         if len(names) < n:
@@ -213,24 +216,22 @@ class TarShardSource(ImageSource):
         return names
 
     def read(self, i: int) -> bytes:
-        if os.getpid() != self._pid:  # a forked worker must not share file offsets
-            self._handles, self._pid = {}, os.getpid()
-        m = self._members[i]
-        f = self._handles.get(m.shard)
-        if f is None:
-            f = self._handles[m.shard] = open(self._paths[m.shard], "rb")
-        f.seek(m.offset)
-        return f.read(m.size)
+        """One ranged read: a local seek, or one HTTP range request."""
+        if os.getpid() != self._pid:  # a forked worker: async filesystems (s3fs) are not fork-safe
+            import fsspec
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_handles"] = {}
-        return state
+            self._fs = fsspec.core.url_to_fs(self.root, skip_instance_cache=True)[0]
+            self._pid = os.getpid()
+        m = self._members[i]
+        return self._fs.cat_file(self._paths[m.shard], start=m.offset, end=m.offset + m.size)
 
 
 def open_source(spec: str | os.PathLike) -> ImageSource:
-    """An ImageFolder tree or webdataset shards (folder of .tar, glob, or brace pattern)."""
+    """An ImageFolder tree, or webdataset shards (a folder of .tar, a glob or a brace pattern; local
+    or any fsspec URL such as s3://bucket/shards)."""
     spec = str(spec)
+    if "://" in spec:
+        return TarShardSource(spec)
     if os.path.isdir(spec):
         if glob.glob(os.path.join(spec, "*.tar")):
             return TarShardSource(spec)

@@ -350,32 +350,7 @@ def test_hub_destination_offline(built, tmp_path):
                             env={"HF_HUB_OFFLINE": "1"}), "hf://datasets/nobody/labels")
 
 
-# --------------------------------------------------------------------------- S3 (moto server on loopback)
-@pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("labels-bucket")
-    try:
-        yield env
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
-
-
+# --------------------------------------------------------------------------- S3 (the s3 fixture: conftest.py)
 def test_publish_to_s3_open_and_pull(built, exported, s3, tmp_path):
     url = "s3://labels-bucket/labels"
     r = run_cli("publish", built["store"], url, "--shards", exported, env=s3)

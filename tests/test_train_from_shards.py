@@ -58,3 +58,18 @@ def test_tampered_export_refused(exported, tmp_path):
     tar.write_bytes(bytes(data))
     r = run_cli("train", folder, "--labels", bad, "--out", tmp_path / "run", "--workers", "0", *COMMON, check=False)
     assert r.returncode == 2 and "sha256" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_from_s3_shards(exported, s3, tmp_path):
+    """Images and labels read straight from an S3 API (moto on 127.0.0.1): ranged reads, 2 workers."""
+    import s3fs
+
+    root, folder = exported
+    s3fs.S3FileSystem().put(str(root / "wds") + "/", "labels-bucket/wds/", recursive=True)
+    url = "s3://labels-bucket/wds"
+    run_cli("train", url, "--labels", url, "--out", tmp_path / "s3run", "--workers", "2", *COMMON, env=s3)
+    run_cli("train", root / "wds", "--labels", root / "wds", "--out", tmp_path / "local", "--workers", "0", *COMMON)
+    assert _losses(tmp_path / "s3run") == _losses(tmp_path / "local")
+    r = run_cli("train", "s3://no-such-bucket/wds", "--labels", url, "--out", tmp_path / "x", *COMMON,
+                check=False, env=s3)
+    assert r.returncode == 2 and "no-such-bucket" in r.stderr and len(r.stderr.strip().splitlines()) == 1
