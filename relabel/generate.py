@@ -108,9 +108,10 @@ class _ShardBuffer:
 
 
 def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
-    """Settings that must match for a store to be continued; views may grow."""
+    """Settings that must match for a store to be continued; views may grow, and the shard layout
+    is the store's own (it does not change a label)."""
     out = []
-    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size", "samples_per_shard", "views_per_shard"):
+    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size"):
         if getattr(old, name) != getattr(new, name):
             out.append(f"{name} (store: {getattr(old, name)}, now: {getattr(new, name)})")
     if json.dumps(old.recipe, sort_keys=True) != json.dumps(new.recipe, sort_keys=True):
@@ -182,7 +183,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         class_names=list(source.class_names), fingerprint=source.fingerprint,
         teacher=teacher_record(teacher), recipe=recipe.to_dict(), seed=cfg.seed,
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
-        views_per_shard=min(cfg.views_per_shard, cfg.views), writer=__version__)
+        views_per_shard=cfg.views_per_shard, writer=__version__)
     store = open_or_create_store(cfg, header, source, dist)
     h = store.header
     if cfg.repair:

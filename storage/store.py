@@ -323,9 +323,8 @@ class LabelStore:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
         if self.group["done"][shard.vb, shard.sb]:  # written: its files must be there
             self._check_present([shard])
-        idx = self._read("topk_index", sel, lambda: shard.name).astype(np.int64)
-        lp = self.header.encoding.decode(self._read("topk_logp", sel, lambda: shard.name))
-        return idx, lp
+        idx, lp = self._read_labels(sel, lambda: shard.name)
+        return idx.astype(np.int64), self.header.encoding.decode(lp)
 
     def gather(self, positions: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels of arbitrary (sample, view) pairs, reading each touched shard once."""

@@ -108,3 +108,17 @@ def test_more_views_later_and_changed_settings(data, store, tmp_path):
     r = run_cli("generate", folder, "--out", out, "--teacher-checkpoint", ckpt, "--quiet", check=False)
     assert r.returncode == 2 and "weights do not fit" in r.stderr and "Traceback" not in r.stderr
     assert LabelStore.open(out).complete  # nothing lost
+
+
+def test_more_views_with_the_default_layout(data, tmp_path):
+    """The shard layout is the store's: growing --views needs no layout flags and keeps old views."""
+    root, folder, ckpt, _ = data
+    base = ["generate", folder, "--out", tmp_path / "s", "--teacher", "test_resnet", "--teacher-checkpoint", ckpt,
+            "--topk", "2", "--img-size", "32", "--workers", "0", "--quiet"]
+    run_cli(*base, "--views", "2")
+    before = [LabelStore.open(tmp_path / "s").read_view(v) for v in range(2)]
+    run_cli(*base, "--views", "3")
+    s = LabelStore.open(tmp_path / "s")
+    assert s.header.views == 3 and s.complete and s.header.views_per_shard == 10
+    for v in range(2):
+        assert all(np.array_equal(a, b) for a, b in zip(before[v], s.read_view(v)))
