@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import typer
@@ -371,8 +371,6 @@ def _scale_child(cfg: BenchConfig, tmp: str, q) -> None:
 
 def run_bench(parts: list[str], cfg: BenchConfig, json_out: str | None = None) -> dict:
     import multiprocessing as mp
-
-    import torch
 
     results: dict = {"machine": machine(cfg), "config": asdict(cfg)}
     with tempfile.TemporaryDirectory(prefix="relabel-bench-") as tmp:

@@ -9,7 +9,6 @@ disjoint shards can write at once; each shard's completion is its own tiny chunk
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -423,7 +422,3 @@ class LabelStore:
             "schema_version": h.schema_version,
             "writer": h.writer,
         }
-
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

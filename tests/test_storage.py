@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,8 +151,7 @@ def test_resume_after_half_written(tmp_path):
     _fill(again, left)
     assert LabelStore.open(path).complete
     with pytest.raises(UserError, match="not generated"):
-        fresh = LabelStore.create(tmp_path / "t", _header(), [f"k{i}" for i in range(100)])
-        fresh.read_view(0)
+        LabelStore.create(tmp_path / "t", _header(), [f"k{i}" for i in range(100)]).read_view(0)
 
 
 def test_extend_views_keeps_old(tmp_path):
@@ -180,7 +177,7 @@ def test_bad_stores(tmp_path):
     zarr.open_group(str(tmp_path / "plain"), mode="w").attrs["x"] = 1
     with pytest.raises(UserError, match="not a relabel label store"):
         LabelStore.open(tmp_path / "plain")
-    store = LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
+    LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
     with pytest.raises(UserError, match="already exists"):
         LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
     assert LabelStore.open(tmp_path / "s").header.num_samples == 100  # untouched
