@@ -60,6 +60,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -569,7 +570,7 @@ class ExportedLabelStore:
         self.keys, self._index, self._logp, self._status = r.keys, r.index, r.logp, r.status
         self.complete = True
 
-    @property
+    @cached_property
     def key_index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
 
