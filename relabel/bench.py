@@ -457,6 +457,8 @@ def bench_command(
     parts = list(PARTS) if part == "all" else [part]
     if any(p not in PARTS for p in parts):
         raise UserError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
+    if os.path.isdir(json_out):
+        raise UserError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
     if repeats < 1 or batch_size < 2 or steps < 1:
         raise UserError("--repeats and --steps must be >= 1 and --batch-size >= 2")
     cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
