@@ -308,7 +308,7 @@ def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
         loader, sampler = make_loader(data, tcfg, torch.device("cpu"))
         epoch = [0]
 
-        def run(data=data, loader=loader, sampler=sampler, mode=mode, epoch=epoch, epochs=4):
+        def run(data=data, loader=loader, sampler=sampler, mode=mode, epoch=epoch, epochs=12):
             n = 0
             for _ in range(epochs):  # long enough to time: the data set is small
                 sampler.set_epoch(epoch[0] % data.header.views)
@@ -344,16 +344,20 @@ def _view_vs_timm(cfg: BenchConfig, data) -> dict:
                                interpolation="bicubic", re_prob=0.0)
     calls = [0]
 
+    rounds = 8  # RandAugment's op mix varies per call: average over many views
+
     def ours():
-        calls[0] += 1
-        for i, img in enumerate(images):
-            renderer.render(f"k{i}", calls[0], img)
-        return len(images)
+        for _ in range(rounds):
+            calls[0] += 1
+            for i, img in enumerate(images):
+                renderer.render(f"k{i}", calls[0], img)
+        return rounds * len(images)
 
     def timm_transform():
-        for img in images:
-            timm_tf(img)
-        return len(images)
+        for _ in range(rounds):
+            for img in images:
+                timm_tf(img)
+        return rounds * len(images)
 
     r = measure({"view": ours, "timm": timm_transform}, cfg.repeats)
     return {"view_img_s": r["view"]["median"], "timm_transform_img_s": r["timm"]["median"],
