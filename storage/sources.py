@@ -114,8 +114,8 @@ def _expand_shards(spec: str):
     import braceexpand
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(spec)
     try:
+        fs, root = fsspec.core.url_to_fs(spec)
         if fs.isdir(root):
             paths = sorted(p for p in fs.glob(root.rstrip("/") + "/*.tar"))
         else:
@@ -125,6 +125,8 @@ def _expand_shards(spec: str):
             missing = [p for p in paths if not fs.isfile(p)]
             if missing:
                 raise UserError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
+    except ImportError as e:  # fsspec names the driver to install (s3fs, gcsfs, ...)
+        raise UserError(f"{spec}: {e}") from None
     except (OSError, ValueError) as e:  # unreachable bucket, bad credentials, ...
         raise UserError(f"{spec}: cannot list shards ({type(e).__name__}: {str(e)[:120]})") from None
     if not paths:

@@ -171,6 +171,8 @@ class LabelStore:
         try:
             g = zarr.open_group(path, mode=mode, zarr_format=3)
             attrs = dict(g.attrs)
+        except ImportError as e:  # a URL whose fsspec driver is missing (s3fs, gcsfs, ...)
+            raise UserError(f"{path}: {e}") from None
         except Exception as e:  # zarr raises several types for "not a group"
             raise UserError(f"{path}: not a relabel label store ({type(e).__name__}); pass the --out of 'relabel generate'") from None
         d = attrs.get("relabel")
