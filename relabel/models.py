@@ -58,8 +58,12 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
-def _classifier_rows(model: torch.nn.Module, sd: dict) -> int | None:
-    names = model.pretrained_cfg.get("classifier", "fc")
+def _classifier_rows(full: str, sd: dict) -> int | None:
+    """Classes in a checkpoint: rows of the classifier weight named by the model's pretrained_cfg."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(full)
+    names = (cfg.classifier if cfg is not None and cfg.classifier else None) or "fc"
     for name in (names if isinstance(names, (list, tuple)) else [names]):
         w = sd.get(f"{name}.weight")
         if w is not None:
@@ -91,8 +95,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
     full = resolve_name(name)
     sd = load_state_dict(checkpoint) if checkpoint else None
     if sd is not None:
-        probe = timm.create_model(full, pretrained=False, **kwargs)
-        ck_classes = _classifier_rows(probe, sd)
+        ck_classes = _classifier_rows(full, sd)
         if num_classes is not None and ck_classes is not None and ck_classes != num_classes:
             raise UserError(f"{checkpoint}: has {ck_classes} classes but {num_classes} are needed")
         num_classes = ck_classes or num_classes

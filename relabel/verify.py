@@ -34,12 +34,13 @@ class VerifyReport:
         return not self.damaged and self.pending_shards == 0 and self.max_logp_error <= self.allowed_error
 
 
-def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray) -> torch.Tensor:
+def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray,
+                        status: np.ndarray) -> torch.Tensor:
     """Rebuild the exact pixels the teacher saw for (position, view) pairs, partners included."""
     h = store.header
     recipe = create_recipe(h.recipe)
     renderer = ViewRenderer(recipe, h.seed, h.img_size)
-    src, status, G = source.index(), store.status(), recipe.mix_group
+    src, G = source.index(), recipe.mix_group
     out = []
     for p, v in zip(positions.tolist(), views.tolist()):
         g0 = p - p % G
@@ -90,7 +91,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     errs, kls, agree = [], [], []
     for b in range(0, len(pos), batch_size):
         sl = slice(b, b + batch_size)
-        logits = teacher.logits(render_stored_views(store, source, pos[sl], views[sl])).cpu()
+        logits = teacher.logits(render_stored_views(store, source, pos[sl], views[sl], status)).cpu()
         logp = torch.log_softmax(logits, -1)
         si = torch.from_numpy(s_idx[sl])
         top = logp.gather(1, si)

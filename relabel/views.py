@@ -30,7 +30,7 @@ from .randaug import OpParams, RandAugmentConfig, apply_ops, parse_randaugment, 
 from .rng import CounterRNG, derive_key
 
 RECIPE_VERSION = 1
-_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
@@ -56,8 +56,8 @@ class Recipe:
     mix_group: int = 64
 
     def __post_init__(self):
-        if self.interpolation not in _INTERP:
-            raise UserError(f"recipe {self.name}: unknown interpolation {self.interpolation!r}; use one of {', '.join(_INTERP)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"recipe {self.name}: unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
             raise UserError(f"recipe {self.name}: scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not (0 < self.ratio[0] <= self.ratio[1]):
@@ -267,11 +267,11 @@ def render_view(img: Image.Image, params: ViewParams, recipe: Recipe, size: int 
     W, H = img.size
     top, left, h, w = params.crop
     box = (left * W, top * H, (left + w) * W, (top + h) * H)
-    x = img.resize((out_w, out_h), _INTERP[recipe.interpolation], box=box)
+    x = img.resize((out_w, out_h), INTERPOLATIONS[recipe.interpolation], box=box)
     if params.flip:
         x = x.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if params.ops:
-        x = apply_ops(x, params.ops, fill=tuple(recipe.fill), resample=_INTERP[recipe.interpolation],
+        x = apply_ops(x, params.ops, fill=tuple(recipe.fill), resample=INTERPOLATIONS[recipe.interpolation],
                       magnitude_max=recipe.ra.magnitude_max)
     arr = np.asarray(x, dtype=np.uint8)
     if params.erase is not None:

@@ -10,13 +10,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from relabel.models import autocast
-from relabel.views import decode_image
+from relabel.views import INTERPOLATIONS, decode_image
 from storage import UserError, open_source
 from storage.sources import ImageSource
-
-_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-           "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
-
 
 class EvalDataset(Dataset):
     """Index -> (uint8 CHW center crop, class index)."""
@@ -25,7 +21,7 @@ class EvalDataset(Dataset):
                  indices: list[int] | None = None):
         self.source, self.img_size = source, img_size
         self.scale = math.floor(img_size / crop_pct)
-        self.interp = _INTERP.get(interpolation, Image.Resampling.BICUBIC)
+        self.interp = INTERPOLATIONS.get(interpolation, Image.Resampling.BICUBIC)
         self.indices = list(range(len(source))) if indices is None else indices
 
     def __len__(self) -> int:
