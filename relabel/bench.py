@@ -89,7 +89,7 @@ def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rn
                      samples_per_shard: int = 16384):
     """A store written by a stub teacher: rows drawn from a pool of precomputed top-k rows (speed),
     or fresh logits for every view when ``pool`` is None (sizes: no repeats for zstd to find)."""
-    from storage import LabelStore, StoreHeader
+    from relabel.storage import LabelStore, StoreHeader
 
     if pool is not None:  # in slices: the pool's logits never sit in memory at once
         parts = [stub_teacher_topk(synthetic_logits(min(4096, pool - i), num_classes, rng), k) for i in range(0, pool, 4096)]
@@ -122,7 +122,7 @@ def _rss_mib() -> float:
 
 
 def bench_labels(cfg: BenchConfig, tmp: str) -> dict:
-    from storage import LabelStore
+    from relabel.storage import LabelStore
 
     rng = np.random.default_rng(0)
     views = 10
@@ -152,7 +152,7 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
     """Bytes per view on disk and the fidelity of the stored encoding, at k = 5, 10, 20."""
     import torch
 
-    from storage.encoding import ValueEncoding
+    from relabel.storage.encoding import ValueEncoding
 
     from .teacher import topk_logprobs
 
@@ -261,7 +261,7 @@ def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
 
 
 def _train_cfg(cfg: BenchConfig, tmp: str, mode: str, workers: int = 0):
-    from train.loop import TrainConfig
+    from relabel.train.loop import TrainConfig
 
     folder, store = _train_store(cfg, tmp)
     return TrainConfig(data=folder, labels=store, out=os.path.join(tmp, f"run-{mode}"), student=cfg.student, mode=mode,
@@ -273,7 +273,7 @@ def bench_step(cfg: BenchConfig, tmp: str) -> dict:
     """Train-step img/s of one student: supervised, cached-KD (lookup + target build), online-KD."""
     import torch
 
-    from train.loop import bench_setup
+    from relabel.train.loop import bench_setup
 
     steps = {}
     for mode in ("supervised", "cached", "online"):
@@ -299,7 +299,7 @@ def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
     """Data loading alone (decode + replay + mix, and for cached the epoch's label gather)."""
     import torch
 
-    from train.loop import build, make_loader
+    from relabel.train.loop import build, make_loader
 
     contenders = {}
     for mode in ("supervised", "cached"):
@@ -456,7 +456,7 @@ def bench_command(
     json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
 ):
     """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
-    from storage import UserError
+    from relabel.storage import UserError
 
     parts = list(PARTS) if part == "all" else [part]
     if any(p not in PARTS for p in parts):

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from storage.errors import UserError
+from relabel.storage.errors import UserError
 
 from . import __version__
 
@@ -73,7 +73,7 @@ def generate(
 def info(store: str = typer.Argument(..., help="Label store."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Summarize a label store."""
-    from storage import LabelStore
+    from relabel.storage import LabelStore
 
     s = LabelStore.open(store).summary()
     if as_json:
@@ -114,7 +114,7 @@ def verify(store: str = typer.Argument(..., help="Label store."),
 
 def _register() -> None:
     """Commands that live beside the code they drive (each module keeps heavy imports in its body)."""
-    from train.command import train_command
+    from relabel.train.command import train_command
 
     from .bench import bench_command
     from .demo import demo_command

@@ -73,7 +73,7 @@ def _say(msg: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from train.loop import TrainConfig, train
+    from relabel.train.loop import TrainConfig, train
 
     from .generate import GenerateConfig, generate
 
@@ -194,7 +194,7 @@ def demo_command(
 ):
     """Run the whole pipeline on real images that ship with scikit-learn, and compare the three modes."""
     if seeds < 1 or epochs < 1 or teacher_epochs < 1:
-        from storage import UserError
+        from relabel.storage import UserError
 
         raise UserError("--seeds, --epochs and --teacher-epochs must be >= 1")
     r = run_demo(DemoConfig(out=out, seeds=seeds, epochs=epochs, views=epochs, teacher_epochs=teacher_epochs,

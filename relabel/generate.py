@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from storage import LabelStore, StoreHeader, UserError, open_source
-from storage.encoding import ValueEncoding
-from storage.sources import ImageSource
-from storage.store import STATUS_OK, STATUS_UNREADABLE, Shard
+from relabel.storage import LabelStore, StoreHeader, UserError, open_source
+from relabel.storage.encoding import ValueEncoding
+from relabel.storage.sources import ImageSource
+from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard
 
 from . import __version__
 from .dist import Dist

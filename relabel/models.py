@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import timm
 
-from storage.errors import UserError
-from storage.manifest import sha256_file
+from relabel.storage.errors import UserError
+from relabel.storage.manifest import sha256_file
 
 # Short names people use for common models -> timm names.
 ALIASES = {

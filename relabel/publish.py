@@ -2,8 +2,8 @@
 manifest + dataset card to a folder, an fsspec URL or the Hugging Face Hub) and ``relabel pull``
 (checked download, optionally of a range of views).
 
-The file formats and transport live in ``storage.export``, ``storage.manifest`` and
-``storage.card``; this module gathers the pieces and is the CLI face.
+The file formats and transport live in ``relabel.storage.export``, ``relabel.storage.manifest`` and
+``relabel.storage.card``; this module gathers the pieces and is the CLI face.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from storage.errors import UserError
+from relabel.storage.errors import UserError
 
 
 def _say(msg: str) -> None:
@@ -23,9 +23,9 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------- library functions
 def export(store: str, to: str, images: str | None = None, shard_size: int | None = None, prefix: str = "train",
            progress: bool = False):
-    """Export a label store as webdataset shards; returns ``storage.export.ExportResult``."""
-    from storage import LabelStore, open_source
-    from storage.export import export_webdataset
+    """Export a label store as webdataset shards; returns ``relabel.storage.export.ExportResult``."""
+    from relabel.storage import LabelStore, open_source
+    from relabel.storage.export import export_webdataset
 
     from .progress import progress_bar
 
@@ -56,13 +56,13 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
             private: bool = False, jobs: int = 8):
     """Upload a store (+ exported shards) with a manifest and a dataset card; only what changed.
 
-    Returns ``storage.manifest.PublishResult``.
+    Returns ``relabel.storage.manifest.PublishResult``.
     """
-    from storage import LabelStore
-    from storage.card import dataset_card
-    from storage.export import INDEX_NAME, load_index
-    from storage.manifest import CARD_NAME, MANIFEST_NAME, SHARDS_DIR, local_files, publish_files
-    from storage.store import STATUS_UNREADABLE
+    from relabel.storage import LabelStore
+    from relabel.storage.card import dataset_card
+    from relabel.storage.export import INDEX_NAME, load_index
+    from relabel.storage.manifest import CARD_NAME, MANIFEST_NAME, SHARDS_DIR, local_files, publish_files
+    from relabel.storage.store import STATUS_UNREADABLE
 
     if "://" in store:
         raise UserError(f"{store}: publish reads a local store folder; 'relabel pull' it first")
@@ -114,9 +114,9 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
 
 
 def pull(src: str, dest: str, views: str | None = None, shards: bool | None = None, jobs: int = 8):
-    """Download and check a published store; returns ``storage.manifest.PullResult``."""
-    from storage import LabelStore
-    from storage.manifest import pull_files
+    """Download and check a published store; returns ``relabel.storage.manifest.PullResult``."""
+    from relabel.storage import LabelStore
+    from relabel.storage.manifest import pull_files
 
     res = pull_files(src, dest, views=views, shards=shards, jobs=jobs)
     LabelStore.open(res.dest)  # the copy must open; raises a UserError if not

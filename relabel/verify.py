@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from storage import LabelStore, UserError, open_source
-from storage.manifest import sha256_file
-from storage.store import STATUS_OK
+from relabel.storage import LabelStore, UserError, open_source
+from relabel.storage.manifest import sha256_file
+from relabel.storage.store import STATUS_OK
 
 from .teacher import Teacher
 from .views import ViewRenderer, create_recipe, decode_image, group_partners, mix_batch

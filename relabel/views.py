@@ -24,7 +24,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from storage.errors import UserError
+from relabel.storage.errors import UserError
 
 from .randaug import OpParams, RandAugmentConfig, apply_ops, parse_randaugment, sample_ops
 from .rng import CounterRNG, derive_key

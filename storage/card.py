@@ -103,7 +103,7 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
     ]
     if shards_index:
         lines.append(f"- `{SHARDS_DIR}/`: webdataset tar shards, one `<key>.labels.npy` per sample holding all "
-                     "its views (`index.json` documents the layout; `storage.export.iter_exported_samples` "
+                     "its views (`index.json` documents the layout; `relabel.storage.export.iter_exported_samples` "
                      "decodes them).")
     lines += [
         "", "## Recipe", "", "```json", json.dumps(r, indent=1, sort_keys=True), "```", "",

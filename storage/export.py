@@ -36,7 +36,7 @@ Members of one sample, in this order (names sorted), all regular files, USTAR/GN
       A[V, 1] + 65536*A[V, 2]  the sample's store position (what mix pairing is computed from)
       A[V, 3:]               0
 
-  ``storage.export.unpack_labels(A, k, encoding)`` does this decoding.
+  ``relabel.storage.export.unpack_labels(A, k, encoding)`` does this decoding.
 
 ``__key__`` is the store key (ImageFolder: path relative to the root without extension; webdataset:
 the image's ``__key__``), so the shards line up with image shards that use the same keys. Keys whose
@@ -555,7 +555,7 @@ class ExportedLabelStore:
     needs from LabelStore (header, keys, status, read_view), so tars can stand in for the zarr store.
 
     Every shard is read once and checked against index.json's sha256; an epoch's labels are then a
-    slice in memory. The trainer reads images by key with random access (storage.sources), so there
+    slice in memory. The trainer reads images by key with random access (relabel.storage.sources), so there
     is no shard-to-worker split and no DDP hang however few shards there are.
     """
 

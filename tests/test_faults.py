@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, make_imagefolder, run_cli, save_teacher, write_image
-from storage import LabelStore, UserError, open_source
+from relabel.storage import LabelStore, UserError, open_source
 
 pytestmark = pytest.mark.faults
 

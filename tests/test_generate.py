@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_imagefolder, run_cli, save_teacher
-from storage import LabelStore
+from relabel.storage import LabelStore
 
 GEN = ["--teacher", "test_resnet", "--views", "4", "--topk", "2", "--img-size", "32", "--samples-per-shard", "64",
        "--views-per-shard", "2", "--batch-size", "32", "--quiet"]

@@ -9,10 +9,10 @@ import pytest
 import zarr
 
 from conftest import folder_to_shards, make_imagefolder, run_cli
-from storage import LabelStore, StoreHeader, UserError, open_source
-from storage.encoding import ValueEncoding, index_dtype
-from storage.sources import fingerprint
-from storage.store import STATUS_OK
+from relabel.storage import LabelStore, StoreHeader, UserError, open_source
+from relabel.storage.encoding import ValueEncoding, index_dtype
+from relabel.storage.sources import fingerprint
+from relabel.storage.store import STATUS_OK
 
 
 def _header(n=100, views=5, k=3, classes=10, **kw) -> StoreHeader:

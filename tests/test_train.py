@@ -46,7 +46,7 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, out, **kw):
-    from train.loop import TrainConfig
+    from relabel.train.loop import TrainConfig
 
     base = dict(data=str(world / "train"), labels=str(world / "labels_f32"), out=str(out), student=STUDENT,
                 epochs=1, batch_size=8, workers=0, warmup_epochs=0, model_ema=False, progress=False, log=False)
@@ -80,8 +80,8 @@ def _dense_kl(logits, idx, logp, T=1.0, renorm=False):
 @pytest.mark.parametrize("C,k", [(10, 3), (1000, 10), (5, 5)])
 def test_kd_loss_matches_dense_reference(C, k):
     from relabel.teacher import topk_logprobs
-    from storage.encoding import ValueEncoding
-    from train.losses import kd_loss
+    from relabel.storage.encoding import ValueEncoding
+    from relabel.train.losses import kd_loss
 
     g = torch.Generator().manual_seed(C)
     teacher, student = torch.randn(6, C, generator=g) * 3, torch.randn(6, C, generator=g) * 2
@@ -107,7 +107,7 @@ def test_kd_loss_matches_dense_reference(C, k):
         assert kd_loss(exact, idx, logp).abs().max() < 1e-5
 
 def test_mixed_ce_matches_dense():
-    from train.losses import mixed_ce
+    from relabel.train.losses import mixed_ce
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4, 7, generator=g)
@@ -122,7 +122,7 @@ def test_mixed_ce_matches_dense():
 # ------------------------------------------------------------------------------------ data
 def test_view_schedule_and_pair_batches(world):
     from relabel.views import pairs_for_view
-    from train.data import TrainData, view_for_epoch
+    from relabel.train.data import TrainData, view_for_epoch
 
     sched = [view_for_epoch(7, 4, e) for e in range(12)]
     for r in range(3):
@@ -141,7 +141,7 @@ def test_view_schedule_and_pair_batches(world):
         halves = [data.batches(7, e, 8, rank=r, world=2) for r in (0, 1)]
         assert len(halves[0]) == len(halves[1]) == 2
     assert data.batches(7, 0, 8) == data.batches(7, 0, 8) and data.batches(7, 0, 8) != data.batches(7, 1, 8)
-    from storage import UserError
+    from relabel.storage import UserError
 
     with pytest.raises(UserError, match="even"):
         data.batches(7, 0, 7)
@@ -150,8 +150,8 @@ def test_view_schedule_and_pair_batches(world):
 # ------------------------------------------------------------------------------------ 1. cached == online
 @pytest.mark.parametrize("enc", ["f32", "q8"])
 def test_cached_matches_online(world, tmp_path, enc):
-    from storage import LabelStore
-    from train.loop import train
+    from relabel.storage import LabelStore
+    from relabel.train.loop import train
 
     kw = dict(labels=str(world / f"labels_{enc}"), epochs=2, stop_epoch=1)
     cached = train(_cfg(world, tmp_path / "cached", mode="cached", **kw))["losses"]
@@ -186,7 +186,7 @@ def test_supervised_cli_runs_and_writes_metrics(world, tmp_path):
 
 # ------------------------------------------------------------------------------------ 3. resume
 def test_resume_is_bit_exact(world, tmp_path):
-    from train.loop import train
+    from relabel.train.loop import train
 
     kw = dict(epochs=2, model_ema=True, drop=0.3, drop_path=0.2, warmup_epochs=1)  # dropout: the RNG matters
     straight = train(_cfg(world, tmp_path / "a", **{**kw, "workers": 2}))  # worker count must not matter either
@@ -201,7 +201,7 @@ def test_resume_is_bit_exact(world, tmp_path):
     assert [m["losses"] for m in a["history"]] == [m["losses"] for m in b["history"]]
     assert straight["losses"] == resumed["losses"]
     assert [m["epoch"] for m in _metrics(tmp_path / "b")] == [1, 2]
-    from storage import UserError
+    from relabel.storage import UserError
 
     with pytest.raises(UserError, match="--resume"):  # a finished run is not overwritten by accident
         train(_cfg(world, tmp_path / "b", **kw))
@@ -262,7 +262,7 @@ def test_ddp_two_processes(world, tmp_path):
 
 # ------------------------------------------------------------------------------------ 6. bad input, subsets
 def test_other_dataset_subset_and_bad_names(world, tmp_path):
-    from train.data import TrainData
+    from relabel.train.data import TrainData
 
     sub = tmp_path / "sub"
     shutil.copytree(world / "train", sub)
@@ -297,8 +297,8 @@ def test_other_dataset_subset_and_bad_names(world, tmp_path):
     r = run_cli(*args, "--out", tmp_path / "r2", "--student", "no_such_net", check=False, env=ONE_THREAD)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown model"), r.stderr
-    from storage import UserError
-    from train.loop import train
+    from relabel.storage import UserError
+    from relabel.train.loop import train
 
     for bad, match in (({"batch_size": 7}, "even"), ({"mode": "nope"}, "mode"), ({"labels": str(tmp_path / "no")}, "no label store"),
                        ({"data": str(tmp_path / "no")}, "no such"), ({"mode": "online"}, "--teacher-checkpoint"),

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from relabel.views import (RECIPES, MixParams, Recipe, ViewRenderer, create_recipe, decode_image, mix_batch,
                            mix_params, mix_pixels, pairs_for_view, render_view, store_order, view_params)
-from storage import UserError
+from relabel.storage import UserError
 
 
 def _image(seed=0, size=(96, 72)) -> Image.Image:

@@ -1,6 +1,6 @@
 """Stage two: train any timm student from cached top-k soft labels, replaying the stored views.
 
-``train.loop.train(TrainConfig(...))`` is the entry point; ``train.loop.build`` gives the pieces
+``relabel.train.loop.train(TrainConfig(...))`` is the entry point; ``relabel.train.loop.build`` gives the pieces
 (data, student, optimizer, loss) one step at a time for benchmarks. Modules: ``data`` (which view
 each epoch replays, pair-keeping batches, decode + render + mix in workers), ``losses`` (sparse KD
 from top-k + rest, mixed ground-truth CE), ``evaluate`` (timm-style eval, top-1/top-5),

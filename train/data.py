@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from relabel.rng import CounterRNG
 from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
                            store_order)
-from storage import StoreHeader, UserError, open_source
-from storage.export import open_labels
-from storage.sources import ImageSource
-from storage.store import STATUS_OK
+from relabel.storage import StoreHeader, UserError, open_source
+from relabel.storage.export import open_labels
+from relabel.storage.sources import ImageSource
+from relabel.storage.store import STATUS_OK
 
 Item = tuple[int, int, int]  # (store position, view, partner position or -1)
 

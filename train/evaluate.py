@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from relabel.models import autocast
 from relabel.views import INTERPOLATIONS, decode_image
-from storage import UserError, open_source
-from storage.sources import ImageSource
+from relabel.storage import UserError, open_source
+from relabel.storage.sources import ImageSource
 
 class EvalDataset(Dataset):
     """Index -> (uint8 CHW center crop, class index)."""

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from relabel import __version__
+from .. import __version__
 from relabel.dist import Dist
 from relabel.models import Normalize, autocast, create, pick_device, resolve_name
 from relabel.progress import progress_bar
 from relabel.rng import derive_key
 from relabel.teacher import Teacher, topk_logprobs
-from storage import UserError
+from relabel.storage import UserError
 
 from .data import EpochBatchSampler, TrainData
 from .evaluate import eval_loader, evaluate
