@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import typer
 
-PARTS = ("step", "loader", "labels", "generate", "size", "scale")
+PARTS = ("step", "loader", "labels", "generate", "size", "scale", "precision")
 
 
 @dataclass
@@ -40,6 +40,8 @@ class BenchConfig:
     gen_images: int = 32  # generate: images (each gets gen_views views)
     gen_views: int = 4
     steps: int = 3  # step: train steps per timed repeat
+    teacher_checkpoint: str | None = None  # precision: a trained teacher (random weights understate the noise)
+    data: str | None = None  # precision: images whose views the teacher sees (default: synthetic JPEGs)
 
 
 def measure(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -203,6 +205,14 @@ def _jpeg_folder(root: Path, n: int, size=(320, 256)) -> Path:
     return root
 
 
+def _class_map(folder: Path, tmp: str) -> str:
+    """The bench's few folders as the first classes of a 1000-class (random-weight) teacher."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+    path = os.path.join(tmp, f"classmap-{Path(folder).name}.json")
+    Path(path).write_text(json.dumps({n: i for i, n in enumerate(names)}))
+    return path
+
+
 def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
     """Stage one's views/s against the teacher's forward pass alone on the same pixels and batch."""
     import shutil
@@ -214,6 +224,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
 
     folder = _jpeg_folder(Path(tmp) / "gen_images", cfg.gen_images)
     gcfg = GenerateConfig(data=str(folder), out="", teacher=cfg.teacher, views=cfg.gen_views, topk=5,
+                          class_map=_class_map(folder, tmp),
                           img_size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                           precision=cfg.precision, samples_per_shard=64, views_per_shard=cfg.gen_views,
                           progress=False, random_teacher=True)
@@ -244,6 +255,50 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
             "views_per_run": total, "workers": cfg.workers}
 
 
+def bench_precision(cfg: BenchConfig, tmp: str) -> dict:
+    """How far reduced-precision teacher outputs are from fp32 on the same views, next to the q8
+    rounding (step/2): the evidence behind the GPU default. Not a speed: errors in nats."""
+    import torch
+
+    from relabel.storage import open_source
+    from relabel.storage.encoding import ValueEncoding
+
+    from .teacher import Teacher, topk_logprobs
+    from .views import ViewRenderer, create_recipe, decode_image
+
+    folder = cfg.data or str(_jpeg_folder(Path(tmp) / "prec_images", max(cfg.gen_images, 64)))
+    src = open_source(folder)
+    teachers = {p: Teacher(cfg.teacher, cfg.teacher_checkpoint, device=cfg.device, precision=p,
+                           pretrained=False) for p in ("fp32", "bf16", "fp16")}
+    size = cfg.img_size or teachers["fp32"].info.input_size
+    r = ViewRenderer(create_recipe("usi"), 0, size)
+    n = min(len(src), 256)
+    pix = torch.from_numpy(np.stack([r.render(src.keys[i], v, decode_image(src.read(i)))
+                                     for i in range(n) for v in range(2)])).permute(0, 3, 1, 2)
+    k = min(10, teachers["fp32"].num_classes - 1)
+    ref_logits = torch.cat([teachers["fp32"].logits(pix[b:b + cfg.batch_size]).cpu()
+                            for b in range(0, len(pix), cfg.batch_size)])
+    idx, ref = topk_logprobs(ref_logits, k)
+    out = {"views": len(pix), "topk": k, "q8_half_step": ValueEncoding("q8").max_error,
+           "weights": "checkpoint" if cfg.teacher_checkpoint else "random"}
+    for p in ("bf16", "fp16"):
+        t = teachers[p]
+        try:
+            logits = torch.cat([t.logits(pix[b:b + cfg.batch_size]).cpu() for b in range(0, len(pix), cfg.batch_size)])
+        except RuntimeError as e:  # a device without that autocast dtype
+            out[f"{p}_error"] = str(e)[:100]
+            continue
+        lp = torch.log_softmax(logits.float(), -1)
+        top = lp.gather(1, idx)
+        rest = torch.logsumexp(lp.scatter(1, idx, float("-inf")), 1, keepdim=True)
+        err = (torch.cat([top, rest], 1) - ref).abs()
+        out[f"{p}_max_err"] = float(err.max())
+        out[f"{p}_mean_err"] = float(err.mean())
+        out[f"{p}_top1_agree"] = float((lp.argmax(1) == idx[:, 0]).float().mean())
+        out[f"{p}_vs_q8"] = out[f"{p}_mean_err"] / out["q8_half_step"]
+    return out
+
+
 # ------------------------------------------------------------------------------------ step / loader
 def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     """Real images and a real label store (random-weight teacher) for stage-two timing."""
@@ -254,6 +309,7 @@ def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     if not os.path.isdir(store):
         _jpeg_folder(Path(folder), max(2 * cfg.batch_size, 64))
         generate(GenerateConfig(data=folder, out=store, teacher=cfg.teacher, views=1, topk=10, img_size=cfg.img_size,
+                                class_map=_class_map(Path(folder), tmp),
                                 batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                                 precision=cfg.precision, samples_per_shard=1024, progress=False,
                                 random_teacher=True))
@@ -366,7 +422,7 @@ def _view_vs_timm(cfg: BenchConfig, data) -> dict:
 
 # ------------------------------------------------------------------------------------ driver
 _RUNNERS = {"step": bench_step, "loader": bench_loader, "labels": bench_labels, "generate": bench_generate,
-            "size": bench_size, "scale": None}
+            "size": bench_size, "scale": None, "precision": bench_precision}
 
 
 def _scale_child(cfg: BenchConfig, tmp: str, q) -> None:
@@ -417,6 +473,8 @@ _TARGETS = {  # (key, target, direction)
     "size": [(f"{m}_k{k}", 24 if (m == "bytes_per_view" and k == 10) else (1e-3 if m == "kl_loss" else None),
               "<=") for k in (5, 10, 20) for m in ("bytes_per_view", "kl_loss", "kl_full")],
     "scale": [("views", None, ""), ("views_per_s", None, ""), ("peak_rss_mib", 1024, "<=")],
+    "precision": [(f"{p}_{m}", None, "") for p in ("bf16", "fp16") for m in ("max_err", "mean_err", "vs_q8",
+                                                                               "top1_agree")],
 }
 
 
@@ -453,6 +511,8 @@ def bench_command(
     gen_images: int = typer.Option(32, help="generate: images."),
     gen_views: int = typer.Option(4, help="generate: views per image."),
     steps: int = typer.Option(3, help="step: train steps per timed repeat."),
+    teacher_checkpoint: str = typer.Option(None, help="precision: trained teacher weights (random ones understate)."),
+    data: str = typer.Option(None, help="precision: an ImageFolder whose views the teacher sees."),
     json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
 ):
     """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
@@ -467,7 +527,8 @@ def bench_command(
         raise UserError("--repeats and --steps must be >= 1 and --batch-size >= 2")
     cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
                       precision=precision, repeats=repeats, workers=workers, label_views=label_views,
-                      scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps)
+                      scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps,
+                      teacher_checkpoint=teacher_checkpoint, data=data)
     r = run_bench(parts, cfg, json_out)
     typer.echo(markdown(r))
     typer.echo(f"wrote {json_out} and {Path(json_out).with_suffix('.md')}")

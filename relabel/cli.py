@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -37,8 +37,13 @@ def _say(msg: str) -> None:
 def generate(
     data: str = typer.Argument(..., help="ImageFolder tree or webdataset shards (folder, glob, brace pattern)."),
     out: str = typer.Option(..., "--out", "-o", help="Label store folder (created, or resumed)."),
-    teacher: str = typer.Option("tresnet_l_v2", help="timm model name or alias (tresnet_l_v2 = USI's teacher)."),
-    teacher_checkpoint: Optional[str] = typer.Option(None, help="Teacher weights; default: timm's pretrained download."),
+    teacher: List[str] = typer.Option(["tresnet_l_v2"], help="timm model name or alias (tresnet_l_v2 = USI's "
+                                      "teacher); repeat it for an ensemble (the average of the members' probabilities)."),
+    teacher_checkpoint: List[str] = typer.Option([], help="Teacher weights, one per --teacher; default: timm's "
+                                                 "pretrained download."),
+    teacher_weight: List[float] = typer.Option([], help="Ensemble: one weight per --teacher (default: equal)."),
+    teacher_own_size: bool = typer.Option(False, "--teacher-own-size", help="Ensemble: each member sees the view "
+                                          "resized to its own input size."),
     views: int = typer.Option(10, help="Views per sample; a larger value on an existing store adds views."),
     topk: int = typer.Option(10, help="Classes kept per view."),
     recipe: str = typer.Option("usi", help="Augmentation recipe: usi, simple, or a .yaml/.json file."),
@@ -52,16 +57,20 @@ def generate(
     samples_per_shard: int = typer.Option(16384, help="Samples per shard (a multiple of the recipe's mix group); larger reads faster."),
     views_per_shard: int = typer.Option(10, help="Views per shard: each image is decoded once per shard."),
     repair: bool = typer.Option(False, "--repair", help="Recompute shards that verify finds damaged."),
+    class_map: Optional[str] = typer.Option(None, help="When the teacher's classes are not the dataset's: a JSON "
+                                            "file {folder name: teacher class index}, 'name index' lines, or "
+                                            "'imagenet1k' (folders named by ImageNet synset)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stage one: run the teacher over stored views and write top-k labels."""
     from .generate import GenerateConfig, generate as run
 
-    s = run(GenerateConfig(data=data, out=out, teacher=teacher, teacher_checkpoint=teacher_checkpoint, views=views,
+    s = run(GenerateConfig(data=data, out=out, teacher=teacher, teacher_checkpoint=teacher_checkpoint or None,
+                           teacher_weight=teacher_weight or None, teacher_own_size=teacher_own_size, views=views,
                            topk=topk, recipe=recipe, seed=seed, img_size=img_size, batch_size=batch_size,
                            workers=workers, device=device, precision=precision, encoding=encoding,
                            samples_per_shard=samples_per_shard, views_per_shard=views_per_shard, repair=repair,
-                           progress=not quiet))
+                           class_map=class_map, progress=not quiet))
     if int(os.environ.get("RANK", "0")) == 0:
         _say(f"wrote {s['views_written']:,} views in {s['shards_written']} shard(s) in {s['seconds']:.1f}s "
              f"({s['views_per_s']:,.1f} views/s); store: {s['num_samples']:,} samples x {s['views']} views, "
@@ -74,12 +83,16 @@ def info(store: str = typer.Argument(..., help="Label store."),
          as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Summarize a label store."""
     from relabel.storage import LabelStore
-
     s = LabelStore.open(store).summary()
+    if s["missing_files"]:
+        _say(f"damaged: {len(s['missing_files'])} file(s) of finished shards are missing or empty (first: "
+             f"{s['missing_files'][0]}); run 'relabel generate --repair' with the same DATA and settings")
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
     t = s["teacher"]
+    if t.get("members"):
+        t = {"model": " + ".join(f"{m['model']} x{m['weight']:.3g}" for m in t["members"]), "checkpoint_sha256": "ensemble"}
     typer.echo(f"{s['path']}\n  samples      {s['num_samples']:,} ({s['corrupt_samples']} unreadable)\n"
                f"  views        {s['views']} (complete: {s['complete']})\n  top-k        {s['topk']} of {s['num_classes']} classes\n"
                f"  teacher      {t.get('model')} ({t.get('checkpoint_sha256') or 'pretrained'}) at {s['img_size']}px\n"
@@ -92,17 +105,20 @@ def info(store: str = typer.Argument(..., help="Label store."),
 def verify(store: str = typer.Argument(..., help="Label store."),
            data: str = typer.Argument(..., help="The images the labels were made from."),
            samples: int = typer.Option(64, help="Random stored views to recompute (0: integrity only)."),
-           teacher_checkpoint: Optional[str] = typer.Option(None, help="Teacher weights the store was made with."),
+           teacher_checkpoint: List[str] = typer.Option([], help="Teacher weights the store was made with (one per "
+                                                        "ensemble member, in order)."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
            seed: int = typer.Option(0, help="Seed for picking the views.")):
     """Recompute random stored views with the teacher; check completeness and shard integrity."""
     from .verify import verify as run
 
-    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint, device=device, seed=seed)
+    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint or None, device=device, seed=seed)
     for line in r.damaged:
         _say(f"damaged: {line}")
     for line in r.notes:
         _say(f"note: {line}")
+    if r.drift:
+        _say(f"drift: {r.drift}")
     typer.echo(f"checked {r.checked} views: top-1 agreement {r.top1_agreement:.4f}, max log-prob error "
                f"{r.max_logp_error:.4g} (allowed {r.allowed_error:.4g}), mean KL {r.mean_kl:.3g}; "
                f"pending shards {r.pending_shards}, damaged shards {len(r.damaged)}")
@@ -120,8 +136,11 @@ def _register() -> None:
     from .demo import demo_command
     from .publish import export_command, publish_command, pull_command
 
+    from .study import study_command
+
     for name, fn in (("train", train_command), ("export", export_command), ("publish", publish_command),
-                     ("pull", pull_command), ("bench", bench_command), ("demo", demo_command)):
+                     ("pull", pull_command), ("bench", bench_command), ("demo", demo_command),
+                     ("study", study_command)):
         app.command(name)(fn)
 
 
@@ -137,14 +156,54 @@ def _click_exceptions():
     return ex
 
 
+def _one_line(msg: str) -> str:
+    """A UserError raised in a DataLoader worker arrives wrapped in torch's multi-line report
+    ("Caught UserError in DataLoader worker ... Original Traceback ..."): keep the original line."""
+    if "Original Traceback" not in msg:
+        return msg
+    last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+    return last.split("UserError: ", 1)[-1]
+
+
+def _log_to_stderr() -> None:
+    """The library logs (``logging.getLogger("relabel...")``); the CLI shows INFO and above on stderr."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):  # the stderr of the moment (tests redirect it)
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _):
+            pass
+
+    log = logging.getLogger("relabel")
+    if not any(isinstance(h, _Stderr) or getattr(h, "_relabel", False) for h in log.handlers):
+        h = _Stderr()
+        h._relabel = True
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     ex = _click_exceptions()
+    # zarr reads chunks as concurrent tasks: when one fails (damage, reported as one line), asyncio
+    # would log its still-pending siblings at exit, burying that line.
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    _log_to_stderr()
     try:
         rv = app(args=argv, standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl-C into Exit(130) before it can reach the handler below
+            raise KeyboardInterrupt
         sys.exit(rv if isinstance(rv, int) else 0)
     except UserError as e:
-        _say(f"error: {e}")
+        _say(f"error: {_one_line(str(e))}")
         sys.exit(2)
     except (typer.Exit, ex.Exit if hasattr(ex, "Exit") else typer.Exit) as e:
         sys.exit(getattr(e, "exit_code", 0))
@@ -163,6 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, getattr(ex, "Abort", KeyboardInterrupt)):
         _say("interrupted; rerun the same command to resume")
         sys.exit(130)
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        # The OOM killer (or a user) ended a worker; everything finished so far is on disk.
+        first = str(e).strip().splitlines()[0].rstrip(".")
+        _say(f"error: {first} (killed, perhaps out of memory); rerun the same command to resume, with fewer "
+             f"--workers if it happens again")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

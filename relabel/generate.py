@@ -8,6 +8,7 @@ its groups are in. Under torchrun each rank owns every world-th pending shard.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -18,22 +19,28 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
 from relabel.storage.encoding import ValueEncoding
+from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard
+from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
 
-from . import __version__
+from . import __version__, replay_check
+from .classmap import resolve_class_map
 from .dist import Dist
 from .progress import progress_bar
-from .teacher import Teacher, teacher_record
+from .teacher import NonFiniteOutput, build_teacher, teacher_identity
 from .views import Recipe, ViewRenderer, create_recipe, decode_image, group_partners, mix_batch, store_order
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class GenerateConfig:
     data: str
     out: str
-    teacher: str = "tresnet_l_v2"
-    teacher_checkpoint: str | None = None
+    teacher: str | list[str] = "tresnet_l_v2"  # several: an ensemble averaging their probabilities
+    teacher_checkpoint: str | list[str] | None = None  # one per teacher
+    teacher_weight: list[float] | None = None  # ensemble weights (default: equal)
+    teacher_own_size: bool = False  # ensemble members see the view resized to their own input size
     views: int = 10
     topk: int = 10
     recipe: str = "usi"
@@ -47,8 +54,29 @@ class GenerateConfig:
     samples_per_shard: int = 16384
     views_per_shard: int = 10
     repair: bool = False
+    class_map: str | None = None  # file or "imagenet1k": dataset class -> teacher class
+    read_retries: int = 4  # tries of a failing read (I/O) before its shard is given up for this run
+    retry_wait: float = 0.5  # seconds before the first retry; doubles each time
     progress: bool = True
     random_teacher: bool = False  # benchmarks: speed does not depend on weights
+
+
+class ReadFailed(Exception):
+    """Bytes could not be read after every retry: an I/O fault, never a property of the image."""
+
+
+def read_with_retry(source: ImageSource, i: int, tries: int, wait: float) -> bytes:
+    """Read a sample's bytes, retrying with backoff: a network or NFS hiccup must not become a label."""
+    for t in range(tries):
+        try:
+            return source.read(i)
+        except UserError:  # a refusal (size cap, not a regular file): retrying cannot help
+            raise
+        except Exception as e:
+            if t == tries - 1:
+                raise ReadFailed(f"{type(e).__name__}: {e}") from None
+            time.sleep(wait * 2 ** t)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -63,24 +91,41 @@ class ViewStream(IterableDataset):
     of pixels at a time: several views of a small group, or slices of one view of a large group."""
 
     def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: ViewRenderer, num_samples: int,
-                 units: list[_Unit], keys: list[str], batch_size: int):
+                 units: list[_Unit], keys: list[str], batch_size: int, sticky: np.ndarray | None = None,
+                 tries: int = 4, wait: float = 0.5):
         self.source, self.src_index, self.renderer = source, src_index, renderer
         self.N, self.units, self.keys, self.batch_size = num_samples, units, keys, batch_size
+        self.sticky = np.zeros(num_samples, bool) if sticky is None else sticky
+        self.tries, self.wait = tries, wait
 
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         r = self.renderer
         for u in self.units[wid::nw]:
-            images, bad = {}, []
-            for p in range(u.g0, u.g1):
-                try:
-                    images[p] = decode_image(self.source.read(int(self.src_index[p])))
-                except Exception:  # unreadable or not an image: recorded, never fatal
-                    bad.append(p)
-            ok = sorted(images)
             sh = u.shard
             views = list(range(sh.v0 + sh.done, sh.v1))
+            images, bad, failed = {}, [], None
+            for p in range(u.g0, u.g1):
+                if self.sticky[p]:  # unreadable in another view block: the same verdict here
+                    bad.append(p)
+                    continue
+                try:
+                    data = read_with_retry(self.source, int(self.src_index[p]), self.tries, self.wait)
+                except ReadFailed as e:
+                    failed = f"sample {self.keys[p]!r}: {e}"
+                    break
+                except UserError:  # refused for what the file is (not a regular file, too large): no image
+                    bad.append(p)
+                    continue
+                try:
+                    images[p] = decode_image(data)
+                except Exception:  # bytes that were read but are no image: recorded, never fatal
+                    bad.append(p)
+            if failed is not None:  # the unit's cells arrive as "failed": its shard is not written
+                yield sh, views, np.arange(u.g0, u.g1, dtype=np.int64), None, failed
+                continue
+            ok = sorted(images)
             per = max(1, self.batch_size // max(1, len(ok)))
             for c in range(0, len(views), per):
                 chunk, pix = views[c:c + per], []
@@ -105,28 +150,48 @@ class _ShardBuffer:
         self.index = np.zeros((nv, ns, k), np.int64)
         self.logp = np.zeros((nv, ns, k + 1), np.float32)
         self.status = np.full(ns, STATUS_OK, np.uint8)
+        self.failed: str | None = None  # a read that failed for good: the shard stays pending
 
 
 def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     """Settings that must match for a store to be continued; views may grow, and the shard layout
     is the store's own (it does not change a label)."""
     out = []
-    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size"):
+    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size", "class_map"):
         if getattr(old, name) != getattr(new, name):
             out.append(f"{name} (store: {getattr(old, name)}, now: {getattr(new, name)})")
     if json.dumps(old.recipe, sort_keys=True) != json.dumps(new.recipe, sort_keys=True):
         out.append(f"recipe (store: {old.recipe.get('name')}, now: {new.recipe.get('name')})")
     if old.encoding != new.encoding:
         out.append(f"encoding (store: {old.encoding.name}, now: {new.encoding.name})")
-    for name in ("model", "checkpoint_sha256", "precision"):
+    a, b = teacher_identity(old.teacher), teacher_identity(new.teacher)
+    if a[:-2] != b[:-2]:
+        names = lambda t: ", ".join(f"{m.get('model')} {(m.get('checkpoint_sha256') or m.get('weights') or '')[:12]}"  # noqa: E731
+                                    for m in t.get("members") or [t])
+        out.append(f"teacher (store: {names(old.teacher)}, now: {names(new.teacher)})")
+    for name in ("precision", "tf32"):
         if old.teacher.get(name) != new.teacher.get(name):
             out.append(f"teacher {name} (store: {old.teacher.get(name)}, now: {new.teacher.get(name)})")
     return out
 
 
+# Bounds that keep every allocation sane: done counts are uint16, a shard is held in memory.
+MAX_VIEWS, MAX_SHARD_SAMPLES, MAX_IMG_SIZE = 65535, 1 << 20, 4096
+
+
 def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
-    if cfg.views <= 0:
-        raise UserError(f"--views must be >= 1 (got {cfg.views})")
+    if not 1 <= cfg.views <= MAX_VIEWS:
+        raise UserError(f"--views must be between 1 and {MAX_VIEWS} (got {cfg.views})")
+    if not 1 <= cfg.views_per_shard <= MAX_VIEWS:
+        raise UserError(f"--views-per-shard must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
+    if cfg.samples_per_shard > MAX_SHARD_SAMPLES or cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
+        raise UserError(f"--samples-per-shard x views per shard is too large to hold a shard in memory "
+                        f"(at most {MAX_SHARD_SAMPLES} samples and {1 << 24} views per shard)")
+    if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
+        raise UserError(f"--img-size must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
+                        f"leave it out for the teacher's own size")
+    if cfg.read_retries < 1:
+        raise UserError(f"read_retries must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
         raise UserError(f"--topk must be >= 1 (got {cfg.topk})")
     if cfg.batch_size <= 0:
@@ -138,22 +203,43 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
                         f"({recipe.mix_group}); got {cfg.samples_per_shard}")
     if os.path.isfile(cfg.out):
         raise UserError(f"{cfg.out}: is a file; --out must be a folder for the label store")
+    if os.path.isdir(cfg.data) and is_inside(cfg.out, cfg.data, strict=True):  # it would become a class
+        raise UserError(f"{cfg.out}: --out lies inside DATA ({cfg.data}); put the label store outside the images")
+
+
+def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
+    store = LabelStore.open(cfg.out, mode="r+")
+    if store.header.schema_version < header.schema_version:
+        raise UserError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
+                        f"it can be read and trained on but not extended: generate into another --out")
+    diff = _header_diff(store.header, header)
+    if diff:
+        raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
+                        f"Use the same settings to resume, or another --out")
+    store.remove_partials()  # temp files of writes a crash cut short
+    store.extend_views(header.views)
+    return store
 
 
 def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: ImageSource, dist: Dist) -> LabelStore:
     """Rank 0 creates or checks the store; the others open it once it is ready."""
     if dist.rank == 0:
         try:
+            keys = store_order(source.keys, cfg.seed)
+            renderer = ViewRenderer(create_recipe(header.recipe), header.seed, header.img_size)
+            index = source.index()
+            header.replay_check = replay_check.record(
+                renderer, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait))
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
-                store = LabelStore.open(cfg.out, mode="r+")
-                diff = _header_diff(store.header, header)
-                if diff:
-                    raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
-                                    f"Use the same settings to resume, or another --out")
-                store.remove_partials()  # temp files of writes a crash cut short
-                store.extend_views(header.views)
+                if cfg.repair:
+                    for line in LabelStore.repair_metadata(cfg.out, header, keys):
+                        log.warning("repair: %s", line)
+                store = _open_existing(cfg, header)
             else:
-                store = LabelStore.create(cfg.out, header, store_order(source.keys, cfg.seed))
+                try:
+                    store = LabelStore.create(cfg.out, header, keys)
+                except StoreExistsError:  # another generate made it first: join it if the settings agree
+                    store = _open_existing(cfg, header)
         except OSError as e:
             raise UserError(f"could not write the label store {cfg.out}: {e.strerror or e}; "
                             f"free space (or fix permissions) and rerun") from None
@@ -161,86 +247,136 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
     return LabelStore.open(cfg.out, mode="r+") if dist.rank else store
 
 
-def generate(cfg: GenerateConfig) -> dict:
-    recipe = create_recipe(cfg.recipe)
-    _validate(cfg, recipe)
-    source = open_source(cfg.data)
-    dist = Dist.from_env(cfg.device)
-    try:
-        return _generate(cfg, recipe, source, dist)
-    finally:
-        dist.close()
+def _reset(store: LabelStore, shards: set[tuple[int, int]], dist: Dist) -> None:
+    """Mark shards pending (rank 0), so this run computes them again; every rank waits for it."""
+    dist.barrier()
+    if dist.rank == 0:
+        for vb, sb in sorted(shards):
+            store.group["done"][vb, sb] = 0
+    dist.barrier()
 
 
-def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Dist) -> dict:
-    teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, device=dist.device_str(cfg.device), precision=cfg.precision,
-                      pretrained=not cfg.random_teacher)
-    if cfg.topk > teacher.num_classes:
-        raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
-    img_size = cfg.img_size or teacher.info.input_size
-    header = StoreHeader(
-        num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
-        class_names=list(source.class_names), fingerprint=source.fingerprint,
-        teacher=teacher_record(teacher), recipe=recipe.to_dict(), seed=cfg.seed,
-        img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
-        views_per_shard=cfg.views_per_shard, writer=__version__)
-    store = open_or_create_store(cfg, header, source, dist)
+def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher,
+                 dist: Dist) -> tuple[int, int, list[str]]:
+    """Compute this rank's share of the pending shards; returns (views, shards written, failures)."""
     h = store.header
-    if cfg.repair:
-        damaged = store.check_shards()
-        if dist.rank == 0 and damaged:
-            for line in damaged:
-                print(f"repair: {line}")
-        reset = {tuple(map(int, line.split(":")[0].split("/")[2:4])) for line in damaged}
-        dist.barrier()
-        if dist.rank == 0:
-            for vb, sb in reset:
-                store.group["done"][vb, sb] = 0
-        dist.barrier()
     pending = store.pending_shards()
     mine = pending[dist.rank::dist.world]
     src = source.index()
     src_index = np.asarray([src[k] for k in store.keys], np.int64)
+    sticky = (store.block_status() == STATUS_UNREADABLE).any(0)
     G = recipe.mix_group
     units = [_Unit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
     renderer = ViewRenderer(recipe, h.seed, h.img_size)
-    stream = ViewStream(source, src_index, renderer, h.num_samples, units, store.keys, cfg.batch_size)
+    stream = ViewStream(source, src_index, renderer, h.num_samples, units, store.keys, cfg.batch_size, sticky,
+                        tries=max(1, cfg.read_retries), wait=cfg.retry_wait)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                         pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
     total_views = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
     buffers: dict[tuple[int, int], _ShardBuffer] = {}
-    t0, n_views, n_shards, unreadable = time.perf_counter(), 0, 0, set()
+    n_views, n_shards, failed = 0, 0, []
     with progress_bar(cfg.progress and dist.rank == 0, "generate", total_views, unit="views") as bar:
         for sh, views, ok, pixels, bad in loader:
             key = (sh.vb, sh.sb)
             buf = buffers.get(key)
             if buf is None:
                 buf = buffers[key] = _ShardBuffer(sh, h.topk)
-            if len(bad):
-                buf.status[bad - sh.s0] = STATUS_UNREADABLE
-                unreadable.update(bad.tolist())
-            if len(ok):
-                idx, logp = teacher.topk(pixels.permute(0, 3, 1, 2), h.topk)
-                idx = idx.cpu().numpy().reshape(len(views), len(ok), h.topk)
-                logp = logp.cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
-                vi = np.asarray(views) - sh.v0 - sh.done
-                buf.index[vi[:, None], ok - sh.s0] = idx
-                buf.logp[vi[:, None], ok - sh.s0] = logp
-            step = len(views) * (len(ok) + len(bad))
+            if pixels is None:  # a read failed for good: nothing of this unit is labelled
+                buf.failed = buf.failed or f"{sh.name}, {bad}"
+                step = len(views) * len(ok)
+            else:
+                if len(bad):
+                    buf.status[bad - sh.s0] = STATUS_UNREADABLE
+                if len(ok) and buf.failed is None:
+                    try:
+                        idx, logp = teacher.topk(pixels.permute(0, 3, 1, 2), h.topk)
+                    except NonFiniteOutput as e:
+                        first = e.rows[0]
+                        raise NonFiniteOutput(e.rows, e.precision, where=(
+                            f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
+                            f"{views[first // len(ok)]}; {sh.name})")) from None
+                    idx = idx.cpu().numpy().reshape(len(views), len(ok), h.topk)
+                    logp = logp.cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
+                    vi = np.asarray(views) - sh.v0 - sh.done
+                    buf.index[vi[:, None], ok - sh.s0] = idx
+                    buf.logp[vi[:, None], ok - sh.s0] = logp
+                step = len(views) * (len(ok) + len(bad))
             buf.left -= step
             n_views += step
             bar.advance(step)
             if buf.left == 0:
+                del buffers[key]
+                if buf.failed is not None:
+                    failed.append(buf.failed)
+                    continue
                 try:
                     store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
                 except OSError as e:  # disk full, quota, I/O error: the shard stays pending
                     raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
                                     f"free space and rerun to resume") from None
-                del buffers[key]
                 n_shards += 1
     if buffers:
         raise RuntimeError(f"{len(buffers)} shard(s) were not completed; rerun to resume")
-    dist.barrier()
+    return n_views, n_shards, failed
+
+
+def generate(cfg: GenerateConfig, teacher=None) -> dict:
+    """Stage one. ``teacher``: a ready teacher object instead of ``cfg.teacher`` (e.g. a
+    ``relabel.FunctionTeacher`` wrapping any ``pixels -> logits`` callable)."""
+    recipe = create_recipe(cfg.recipe)
+    _validate(cfg, recipe)
+    source = open_source(cfg.data)
+    dist = Dist.from_env(cfg.device)
+    try:
+        return _generate(cfg, recipe, source, dist, teacher)
+    finally:
+        dist.close()
+
+
+def _as_list(x) -> list:
+    return [] if x is None else [x] if isinstance(x, str) else list(x)
+
+
+def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Dist, teacher=None) -> dict:
+    if teacher is None:
+        teacher = build_teacher(_as_list(cfg.teacher), _as_list(cfg.teacher_checkpoint), cfg.teacher_weight,
+                                device=dist.device_str(cfg.device), precision=cfg.precision,
+                                pretrained=not cfg.random_teacher, own_size=cfg.teacher_own_size)
+    if cfg.topk > teacher.num_classes:
+        raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
+    class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
+    img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
+    header = StoreHeader(
+        num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
+        class_names=list(source.class_names), fingerprint=source.fingerprint,
+        teacher=teacher.record(), recipe=recipe.to_dict(), seed=cfg.seed,
+        img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
+        views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map)
+    store = open_or_create_store(cfg, header, source, dist)
+    if cfg.repair:
+        damaged = store.check_shards()
+        if dist.rank == 0:
+            for d in damaged:
+                log.warning("repair: %s", d)
+        _reset(store, {(d.shard.vb, d.shard.sb) for d in damaged}, dist)
+    t0 = time.perf_counter()
+    n_views = n_shards = 0
+    failed: list[str] = []
+    # A second round redoes shards that labelled a sample another view block (written at the same
+    # time by another rank) found unreadable, so "unreadable" ends up the same in every block.
+    for _ in range(2):
+        v, s, f = _run_pending(cfg, recipe, source, store, teacher, dist)
+        n_views, n_shards, failed = n_views + v, n_shards + s, failed + f
+        dist.barrier()
+        redo = {(sh.vb, sh.sb) for sh in store.inconsistent_shards()}
+        if not redo or dist.sum(len(failed)):  # every rank takes the same decision
+            break
+        _reset(store, redo, dist)
+    n_failed = dist.sum(len(failed))
+    if n_failed:
+        first = f" (first here: {failed[0]})" if failed else ""
+        raise UserError(f"{n_failed} shard(s) could not be read and stay pending{first}; the rest is written: "
+                        f"fix the storage and rerun the same command to resume")
     elapsed = time.perf_counter() - t0
     store = LabelStore.open(cfg.out)
     summary = store.summary()

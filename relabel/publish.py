@@ -26,9 +26,14 @@ def export(store: str, to: str, images: str | None = None, shard_size: int | Non
     """Export a label store as webdataset shards; returns ``relabel.storage.export.ExportResult``."""
     from relabel.storage import LabelStore, open_source
     from relabel.storage.export import export_webdataset
+    from relabel.storage.paths import is_inside
 
     from .progress import progress_bar
 
+    # Shards inside the store would be published with it; inside DATA they would become a class.
+    for what, src in (("the label store", store), ("the --images folder", images)):
+        if src and (is_inside(to, src) or is_inside(src, to, strict=True)):
+            raise UserError(f"{to}: --to lies inside {what} {src} (or holds it); export to a folder outside it")
     st = LabelStore.open(store)
     source = open_source(images) if images else None
     with contextlib.ExitStack() as stack:
@@ -114,7 +119,9 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
 
 
 def pull(src: str, dest: str, views: str | None = None, shards: bool | None = None, jobs: int = 8):
-    """Download and check a published store; returns ``relabel.storage.manifest.PullResult``."""
+    """Download and check a published store; returns ``relabel.storage.manifest.PullResult``.
+
+    A pull cut short is resumed by the same call; until then DEST is no store (see storage/manifest.py)."""
     from relabel.storage import LabelStore
     from relabel.storage.manifest import pull_files
 

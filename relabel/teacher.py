@@ -1,9 +1,23 @@
-"""The teacher: batched inference on uint8 views -> top-k log-probabilities (+ the rest bin)."""
+"""The teacher: batched inference on uint8 views -> top-k log-probabilities (+ the rest bin).
+
+Three kinds answer the same calls (``logits``, ``topk``, ``record``, ``num_classes``, ``device``):
+a timm model (``Teacher``), an ensemble averaging its members' probabilities (``EnsembleTeacher``,
+as Apple's ImageNet+ and MEAL V2 do), and any callable ``pixels uint8 NCHW -> logits``
+(``FunctionTeacher``: a torchvision or Hugging Face model, an ONNX session).
+"""
 from __future__ import annotations
 
-import torch
+import math
+import os
+from typing import Callable, Sequence
 
-from .models import Normalize, autocast, create, pick_device
+import torch
+import torch.nn.functional as F
+
+from relabel.storage.errors import UserError
+from relabel.storage.manifest import sha256_file
+
+from .models import Normalize, autocast, create, pick_device, resolve_precision
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,32 +32,201 @@ class Teacher:
     """A timm classifier in eval mode that sees uint8 pixels and normalizes them its own way."""
 
     def __init__(self, name: str, checkpoint: str | None = None, device: str = "auto",
-                 precision: str = "auto", pretrained: bool = True, num_classes: int | None = None):
+                 precision: str = "auto", pretrained: bool = True, num_classes: int | None = None,
+                 own_size: bool = False):
         self.device = pick_device(device)
+        self.own_size = own_size  # resize each view to this model's own input size (ensembles)
         model, self.info = create(name, checkpoint=checkpoint, pretrained=pretrained, num_classes=num_classes)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.normalize = Normalize(self.info.mean, self.info.std).to(self.device)
-        self.precision = precision
+        self.precision = resolve_precision(self.device, precision)  # what runs, never "auto"
+        # TF32 changes fp32 matmuls on Ampere and later: part of what the labels were made with.
+        self.tf32 = bool(self.device.type == "cuda" and self.precision == "fp32"
+                         and torch.backends.cuda.matmul.allow_tf32)
         self.weights = "checkpoint" if checkpoint else ("pretrained" if pretrained else "random")
 
     @property
     def num_classes(self) -> int:
         return self.info.num_classes
 
+    @property
+    def input_size(self) -> int:
+        return self.info.input_size
+
     @torch.inference_mode()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels: uint8 (B, 3, H, W) on any device."""
         x = self.normalize(pixels.to(self.device, non_blocking=True))
+        if self.own_size and x.shape[-1] != self.info.input_size:  # the same crop at this model's size
+            x = F.interpolate(x, size=(self.info.input_size,) * 2, mode="bilinear", align_corners=False,
+                              antialias=True).contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             return self.model(x).float()
 
-    @torch.inference_mode()
     def topk(self, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return topk_logprobs(self.logits(pixels), k)
+        return _checked_topk(self, pixels, k)
+
+    def record(self) -> dict:
+        """What the store header says about the teacher: weights (checkpoint, pretrained or random)
+        and the precision, device type and TF32 setting it really ran in."""
+        d = self.info.to_dict()
+        d.update(precision=self.precision, device_type=self.device.type, tf32=self.tf32, weights=self.weights)
+        if self.own_size:
+            d["own_size"] = True
+        return d
 
 
-def teacher_record(teacher: Teacher) -> dict:
-    """What the store header says about the teacher (weights: checkpoint, pretrained or random)."""
-    d = teacher.info.to_dict()
-    d.update(precision=teacher.precision, weights=teacher.weights)
-    return d
+@torch.inference_mode()
+def _checked_topk(teacher, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k + rest log-probs; raises NonFiniteOutput (with the rows) rather than store NaN."""
+    logits = teacher.logits(pixels)
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteOutput(torch.nonzero(bad)[:, 0].cpu().tolist(), teacher.precision)
+    return topk_logprobs(logits, k)
+
+
+class EnsembleTeacher:
+    """Members see the same view (each at its own normalization); the label is the top-k of the
+    weighted average of their probabilities. ``logits`` returns log of that average: a valid set
+    of logits, since log_softmax(log p) = log p."""
+
+    def __init__(self, members: Sequence[Teacher], weights: Sequence[float] | None = None):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        classes = {m.num_classes for m in members}
+        if len(classes) != 1:
+            raise UserError(f"ensemble members disagree on the number of classes "
+                            f"({', '.join(f'{m.info.model}: {m.num_classes}' for m in members)})")
+        w = [1.0] * len(members) if weights is None else [float(x) for x in weights]
+        if len(w) != len(members) or any(not math.isfinite(x) or x <= 0 for x in w):
+            raise UserError(f"--teacher-weight needs one positive weight per teacher ({len(members)}); got {list(w)}")
+        self.members, self.weights = list(members), [x / sum(w) for x in w]
+        self.device, self.precision = members[0].device, members[0].precision
+        self.tf32 = members[0].tf32
+        self._logw = torch.tensor(self.weights, dtype=torch.float32, device=self.device).log()
+
+    @property
+    def num_classes(self) -> int:
+        return self.members[0].num_classes
+
+    @property
+    def input_size(self) -> int:
+        return self.members[0].input_size
+
+    @torch.inference_mode()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        lp = torch.stack([torch.log_softmax(m.logits(pixels), -1) for m in self.members])  # (M, B, C)
+        return torch.logsumexp(lp + self._logw[:, None, None], dim=0)
+
+    def topk(self, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _checked_topk(self, pixels, k)
+
+    def record(self) -> dict:
+        members = [{**m.record(), "weight": w} for m, w in zip(self.members, self.weights)]
+        first = members[0]
+        return {"name": "ensemble", "model": "ensemble", "members": members, "num_classes": self.num_classes,
+                "input_size": first["input_size"], "mean": first["mean"], "std": first["std"],
+                "interpolation": first["interpolation"], "crop_pct": first["crop_pct"], "checkpoint_sha256": None,
+                "weights": "ensemble", "precision": self.precision, "device_type": self.device.type,
+                "tf32": self.tf32}
+
+
+class FunctionTeacher:
+    """Any callable ``pixels (uint8 B x 3 x H x W, on ``device``) -> logits (B x C)`` as a teacher.
+
+    ``name`` identifies it in the store header (resume and verify compare it); give a new name
+    whenever the function's weights change. Pixels are raw uint8: normalization is the callable's.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_classes: int, name: str,
+                 input_size: int = 224, device: str = "cpu", precision: str = "fp32"):
+        self.fn, self.name, self._num_classes, self._input_size = fn, name, int(num_classes), int(input_size)
+        self.device, self.precision, self.tf32 = pick_device(device), precision, False
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @torch.inference_mode()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = torch.as_tensor(self.fn(pixels.to(self.device))).float()
+        if out.shape != (pixels.shape[0], self.num_classes):
+            raise UserError(f"teacher function {self.name!r} returned shape {tuple(out.shape)}; expected "
+                            f"({pixels.shape[0]}, {self.num_classes})")
+        return out
+
+    def topk(self, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _checked_topk(self, pixels, k)
+
+    def record(self) -> dict:
+        return {"name": self.name, "model": f"function:{self.name}", "num_classes": self.num_classes,
+                "input_size": self.input_size, "mean": None, "std": None, "interpolation": None, "crop_pct": None,
+                "checkpoint_sha256": None, "weights": "function", "precision": self.precision,
+                "device_type": self.device.type, "tf32": False}
+
+
+def build_teacher(names: Sequence[str], checkpoints: Sequence[str] | None = None, weights=None,
+                  device: str = "auto", precision: str = "auto", pretrained: bool = True, own_size: bool = False,
+                  num_classes: int | None = None):
+    """One timm teacher, or an ensemble of several (``names[i]`` with ``checkpoints[i]``)."""
+    names = list(names)
+    ckpts = list(checkpoints or [])
+    if ckpts and len(ckpts) != len(names):
+        raise UserError(f"give one --teacher-checkpoint per --teacher ({len(names)} teachers, {len(ckpts)} checkpoints)")
+    members = [Teacher(n, ckpts[i] if ckpts else None, device=device, precision=precision, pretrained=pretrained,
+                       num_classes=num_classes, own_size=own_size and len(names) > 1) for i, n in enumerate(names)]
+    if len(members) == 1:
+        if weights and len(weights) != 1:
+            raise UserError("--teacher-weight is for ensembles: give one per --teacher")
+        return members[0]
+    return EnsembleTeacher(members, weights)
+
+
+def teacher_identity(record: dict) -> list:
+    """What must match for labels to be continued or compared: models, weights, precision."""
+    members = record.get("members") or [record]
+    return [(m.get("model"), m.get("checkpoint_sha256"), round(float(m.get("weight", 1.0)), 9), m.get("own_size", False))
+            for m in members] + [record.get("precision"), record.get("tf32")]
+
+
+class NonFiniteOutput(UserError):
+    """The teacher gave NaN or inf logits: such a view has no true label, so nothing is stored."""
+
+    def __init__(self, rows: list[int], precision: str, where: str = ""):
+        self.rows, self.precision = rows, precision
+        hint = " (fp16 can overflow: try --precision fp32 or bf16)" if precision == "fp16" else ""
+        super().__init__(f"the teacher's output is not finite (NaN or inf) for {len(rows)} view(s){where}; "
+                         f"check the teacher checkpoint{hint}")
+
+
+def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: str = "fp32"):
+    """The store's teacher (one model or an ensemble) from its header record and the checkpoints
+    the user gives again; notes where a checkpoint is not the one the labels were made with."""
+    members = record.get("members") or [record]
+    ckpts = [] if checkpoints is None else [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    if any(m.get("weights") == "function" for m in members):
+        raise UserError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
+    if ckpts and len(ckpts) != len(members):
+        raise UserError(f"the store's teacher has {len(members)} member(s): give one --teacher-checkpoint each, in order")
+    notes = []
+    for i, c in enumerate(ckpts):
+        if not os.path.isfile(c):
+            raise UserError(f"{c}: checkpoint not found")
+        want = members[i].get("checkpoint_sha256")
+        if want and want != sha256_file(c)[1]:
+            notes.append(f"the checkpoint of teacher {i + 1} ({members[i].get('model')}) differs from the one the "
+                         f"store was made with")
+    missing = [m.get("model") for i, m in enumerate(members) if m.get("checkpoint_sha256") and not ckpts]
+    if missing:
+        raise UserError(f"the store's teacher {', '.join(missing)} was loaded from a checkpoint; pass it with "
+                        f"--teacher-checkpoint")
+    teacher = build_teacher([m["model"] for m in members], ckpts or None,
+                            [m.get("weight", 1.0) for m in members] if len(members) > 1 else None, device=device,
+                            precision=precision, pretrained=not ckpts and members[0].get("weights") != "random",
+                            own_size=bool(members[0].get("own_size")))
+    return teacher, notes

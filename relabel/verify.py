@@ -1,21 +1,22 @@
 """``relabel verify``: recompute stored views with the teacher and check the store's integrity."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from relabel.storage import LabelStore, UserError, open_source
-from relabel.storage.manifest import sha256_file
 from relabel.storage.store import STATUS_OK
 
-from .teacher import Teacher
+from . import replay_check
+from .teacher import rebuild_teacher
 from .views import ViewRenderer, create_recipe, decode_image, group_partners, mix_batch
 
-# Recomputation noise on top of the stored rounding (batch composition, kernels, reduced precision).
-_TOLERANCE = {"fp32": 2e-3, "auto": 2e-3, "fp16": 0.05, "bf16": 0.1}
+# Recomputation noise on top of the stored rounding, by the precision the labels were made in
+# (verify itself recomputes in fp32): batch composition and kernels, plus reduced precision.
+# Schema-1 stores recorded "auto" without saying what ran: the loosest tolerance applies.
+_TOLERANCE = {"fp32": 2e-3, "fp16": 0.05, "bf16": 0.1, "auto": 0.1}
 
 
 @dataclass
@@ -26,12 +27,14 @@ class VerifyReport:
     mean_kl: float = 0.0
     allowed_error: float = 0.0
     pending_shards: int = 0
-    damaged: list[str] = field(default_factory=list)
+    damaged: list = field(default_factory=list)  # ShardDamage records
     notes: list[str] = field(default_factory=list)
+    drift: str | None = None  # replayed pixels differ from stage one's (relabel.replay_check)
 
     @property
     def ok(self) -> bool:
-        return not self.damaged and self.pending_shards == 0 and self.max_logp_error <= self.allowed_error
+        return (not self.damaged and self.pending_shards == 0 and self.max_logp_error <= self.allowed_error
+                and self.drift is None)
 
 
 def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray,
@@ -52,8 +55,13 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
-def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: str | None = None,
-           device: str = "auto", batch_size: int = 64, seed: int = 0) -> VerifyReport:
+def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=None,
+           device: str = "auto", batch_size: int = 64, seed: int = 0, teacher=None) -> VerifyReport:
+    """Recompute random stored views in fp32 and compare; check shards, completeness and pixel drift.
+    ``teacher_checkpoint``: a path, or one per ensemble member; ``teacher``: a ready teacher object
+    (a ``FunctionTeacher``) instead of rebuilding the store's."""
+    if samples < 0:
+        raise UserError(f"--samples must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
     h = store.header
     rep = VerifyReport()
@@ -64,16 +72,24 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     if missing:
         raise UserError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
                         f"(first: {missing[0]!r}); verify needs the images the labels were made from")
+    drift = replay_check.check(h.replay_check, ViewRenderer(create_recipe(h.recipe), h.seed, h.img_size),
+                               lambda k: source.read(source.index()[k]), lambda k: k in source.index())
+    if drift:
+        rep.drift = drift.message()
     if samples <= 0:
         return rep
     t = h.teacher
-    if teacher_checkpoint and not os.path.isfile(teacher_checkpoint):
-        raise UserError(f"{teacher_checkpoint}: checkpoint not found")
-    if teacher_checkpoint and t.get("checkpoint_sha256") and t["checkpoint_sha256"] != sha256_file(teacher_checkpoint)[1]:
-        rep.notes.append("the teacher checkpoint differs from the one the store was made with")
-    teacher = Teacher(t["model"], teacher_checkpoint, device=device, precision=t.get("precision", "auto"),
-                      pretrained=teacher_checkpoint is None)
-    rep.allowed_error = h.encoding.max_error + _TOLERANCE.get(t.get("precision", "auto"), 0.05)
+    if teacher is None:
+        teacher, notes = rebuild_teacher(t, teacher_checkpoint, device=device)
+        rep.notes.extend(notes)
+    made_in = t.get("precision", "auto")
+    if made_in not in _TOLERANCE:
+        raise UserError(f"{store_path}: the header records teacher precision {made_in!r}, which this relabel "
+                        f"does not know; upgrade relabel")
+    if made_in == "auto":
+        rep.notes.append("the store does not record the precision its teacher ran in (made by relabel < 0.2): "
+                         "checked with the bf16 tolerance")
+    rep.allowed_error = h.encoding.max_error + _TOLERANCE[made_in]
     done = store.done_views()
     status = store.status()
     rng = np.random.default_rng(seed)
@@ -84,7 +100,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
     pos = rng.choice(cand_p, size=samples)
     views = rng.integers(0, h.views, size=samples)
     keep = done[views // h.views_per_shard, pos // h.samples_per_shard] > views % h.views_per_shard
-    damaged = {tuple(map(int, line.split(":")[0].split("/")[2:4])) for line in rep.damaged}
+    damaged = {(d.shard.vb, d.shard.sb) for d in rep.damaged}
     keep &= [(int(v) // h.views_per_shard, int(p) // h.samples_per_shard) not in damaged for p, v in zip(pos, views)]
     pos, views = pos[keep], views[keep]
     s_idx, s_lp = store.gather(pos, views)
@@ -98,11 +114,12 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint: st
         rest = torch.logsumexp(logp.scatter(1, si, float("-inf")), 1, keepdim=True)
         fresh = torch.cat([top, rest], 1)
         stored = torch.from_numpy(s_lp[sl])
-        floor = -255 * h.encoding.step if h.encoding.name == "q8" else -np.inf
-        err = (fresh.clamp(min=floor) - stored).abs()
+        fresh = fresh.clamp(min=h.encoding.floor)
+        same = fresh == stored  # both -inf (k = C: no rest mass) counts as equal, not NaN
+        err = torch.where(same, 0.0, (fresh - stored).abs())
         errs.append(err.max(1).values)
         p, q = fresh.exp(), torch.log_softmax(stored, 1)
-        kls.append((p * (fresh - q)).sum(1))
+        kls.append(torch.where(p > 0, p * (fresh - q), 0.0).sum(1))
         agree.append(logp.argmax(1) == si[:, 0])
     rep.checked = len(pos)
     if rep.checked:

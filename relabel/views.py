@@ -18,7 +18,7 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 
 import numpy as np
@@ -56,6 +56,10 @@ class Recipe:
     mix_group: int = 64
 
     def __post_init__(self):
+        self._check_types()
+        if self.version != RECIPE_VERSION:
+            raise UserError(f"recipe {self.name}: version {self.version} is not one this relabel replays "
+                            f"({RECIPE_VERSION}); {'upgrade relabel' if self.version > RECIPE_VERSION else 'regenerate'}")
         if self.interpolation not in INTERPOLATIONS:
             raise UserError(f"recipe {self.name}: unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
@@ -72,6 +76,29 @@ class Recipe:
                 parse_randaugment(self.randaugment)
             except ValueError as e:
                 raise UserError(f"recipe {self.name}: {e}") from None
+
+    def _check_types(self) -> None:
+        """A recipe file is user input: a wrong type is one clear line, not a TypeError deep in a worker."""
+        def num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("name", "interpolation"):
+                ok = isinstance(v, str)
+            elif f.name == "randaugment":
+                ok = v is None or isinstance(v, str)
+            elif f.name in ("version", "mix_group"):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif f.name == "fill":
+                ok = isinstance(v, tuple) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)
+            elif f.name in ("scale", "ratio", "erase_area", "erase_ratio"):
+                ok = isinstance(v, tuple) and len(v) == 2 and all(num(c) for c in v)
+            else:
+                ok = num(v)
+            if not ok:
+                raise UserError(f"recipe {self.name}: setting {f.name!r} has a wrong value {v!r} "
+                                f"(expected {f.type})")
 
     @property
     def mixes(self) -> bool:

@@ -97,13 +97,15 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
         "missing. See `relabel train --help` for the student, schedule and loss options.", "",
         "## Files", "",
         "- the label store at the root: `zarr.json`, `topk_index/`, `topk_logp/`, `status/`, `done/`, `keys/` "
-        "(zarr v3, sharded). In Python: `storage.LabelStore.open(\"<this location>\")` reads it in place "
+        "(zarr v3, sharded). In Python: `relabel.storage.LabelStore.open(\"<this location>\")` reads it in place "
         "(local folder or fsspec URL).",
         f"- `{MANIFEST_NAME}`: size and sha256 of every file; `relabel pull` checks them.",
     ]
     if shards_index:
         lines.append(f"- `{SHARDS_DIR}/`: webdataset tar shards, one `<key>.labels.npy` per sample holding all "
-                     "its views (`index.json` documents the layout; `relabel.storage.export.iter_exported_samples` "
+                     "its views" + (" plus `<key>.image` (the image file's bytes) and `<key>.cls`"
+                                    if shards_index.get("images") else "")
+                     + " (`index.json` documents the layout; `relabel.storage.export.iter_exported_samples` "
                      "decodes them).")
     lines += [
         "", "## Recipe", "", "```json", json.dumps(r, indent=1, sort_keys=True), "```", "",

@@ -4,7 +4,7 @@ Why tars at all when the zarr store exists: streaming training straight from tar
 image *and* its labels (``--images``), and loaders that only speak webdataset / Hugging Face
 ``datasets``. For labels alone the zarr store is smaller and random-access; prefer it.
 
-Export format ("relabel-webdataset", version 1)
+Export format ("relabel-webdataset", version 2)
 ===============================================
 
 A folder holding ``<prefix>-NNNNNN.tar`` (``train-000000.tar``, ...; six digits, from 0) and
@@ -20,9 +20,12 @@ Members of one sample, in this order (names sorted), all regular files, USTAR/GN
 (``tarfile.GNU_FORMAT``; no PAX records), mtime 0, uid/gid 0, uname/gname ``root``, mode 0444:
 
 - ``<key>.cls``            (only with ``--images``) class index, ASCII decimal, from the image source.
-- ``<key>.<ext>``          (only with ``--images``) the image file's bytes, unchanged; ``ext`` is
-                           sniffed from the bytes (``jpg``, ``png``, ``webp``, ``bmp``, ``gif``), else
-                           the source file's extension, else ``jpg``.
+- ``<key>.image``          (only with ``--images``) the image file's bytes, unchanged, whatever their
+                           format (JPEG, PNG, WebP, ...: readers sniff it from the bytes, as PIL does).
+                           One member name for every sample, so that loaders which require every
+                           sample to have the same fields (Hugging Face ``datasets``) accept a folder
+                           that mixes formats. Version 1 named it ``<key>.<ext>`` (``jpg``, ``png``,
+                           ...); readers here accept both.
 - ``<key>.labels.npy``     every view of the sample, a NumPy ``.npy`` (format 1.0, no pickle)
                            holding ONE 2-D array ``A`` of shape ``(V + 1, 2k + 1)``, dtype ``<u2``
                            (``<u4`` when the store has more than 65536 classes or ``f32`` values):
@@ -44,12 +47,19 @@ file name holds a '.' cannot be exported (webdataset cuts keys at the first dot 
 
 ``index.json`` (sorted keys, deterministic): ``format``, ``version``, ``num_samples``, ``views``,
 ``topk``, ``num_classes``, ``class_names``, ``encoding``, ``labels_member``, ``labels_dtype``,
-``images`` (bool), ``image_fingerprint`` (fingerprint of the image source, or null),
+``images`` (bool), ``image_member`` (``"image"``, or null without images), ``image_fingerprint``
+(fingerprint of the image source, or null),
 ``shard_size``, ``header`` (the full store header: recipe, seed, teacher, fingerprint, ... enough to
 rebuild the views), and ``shards``: a list of ``{name, samples, first_position, bytes, sha256}``.
 
 Running the export again on the same store (and images) writes byte-identical files.
 Per-sample cost: 512-byte member header + the data rounded up to 512 bytes, per member.
+
+Readers treat an export as data from others: index.json is size-capped and checked field by field
+(shard names are plain ``*.tar`` file names beside it, never paths or URLs), every member's size is
+checked before it is read, a labels member's ``.npy`` header is parsed and checked against the
+index's views and top-k before anything is allocated (no pickles, ever), and any violation is one
+``UserError`` naming the file and member.
 """
 from __future__ import annotations
 
@@ -67,13 +77,20 @@ import numpy as np
 
 from .encoding import ValueEncoding
 from .errors import UserError
+from .paths import check_regular
+from .sources import MAX_CLS_BYTES, MAX_IMAGE_BYTES, MAX_TEXT_BYTES, TAR_IMAGE_MEMBER, _parse_cls
 from .store import STATUS_PENDING, LabelStore, StoreHeader
 
 EXPORT_FORMAT = "relabel-webdataset"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: one image member name, ``<key>.image``, whatever the image format
 INDEX_NAME = "index.json"
 LABELS_MEMBER = "labels.npy"
+IMAGE_MEMBER = TAR_IMAGE_MEMBER
 _SHARD_RE = r"{prefix}-(\d{{6}})\.tar"
+# Image fields of version-1 exports and of other webdatasets, besides ``image``.
+_IMAGE_FIELDS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", IMAGE_MEMBER}
+MAX_LABELS_BYTES = 64 << 20  # one sample's labels member: (views + 1) x (2k + 1) x 4 bytes at most
+_NPY_HEADER_MAX = 4096
 
 
 # --------------------------------------------------------------------------- the labels member
@@ -126,8 +143,29 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _load_npy(data: bytes) -> np.ndarray:
-    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+def _load_npy(data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A labels member: its header is parsed and checked (shape, dtype, byte count) before any array
+    exists, so a header claiming 10^18 elements costs nothing; object dtypes (pickles) are refused."""
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            got, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_NPY_HEADER_MAX)
+        elif version in ((2, 0), (3, 0)):
+            got, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_NPY_HEADER_MAX)
+        else:
+            raise ValueError(f"npy version {version}")
+    except Exception as e:
+        raise UserError(f"{where}: not a readable .npy ({type(e).__name__}: {str(e)[:80]})") from None
+    if dtype.str not in ("<u2", "<u4") or fortran:
+        raise UserError(f"{where}: .npy dtype {dtype.str}{' (Fortran order)' if fortran else ''}; expected <u2 or <u4")
+    if tuple(got) != tuple(shape):
+        raise UserError(f"{where}: .npy shape {tuple(got)}; index.json says {tuple(shape)} (views + 1, 2k + 1)")
+    payload = data[fp.tell():]
+    if len(payload) != int(np.prod(shape)) * dtype.itemsize:
+        raise UserError(f"{where}: .npy holds {len(payload)} data bytes; its header says "
+                        f"{int(np.prod(shape)) * dtype.itemsize}")
+    return np.frombuffer(payload, dtype).reshape(shape)
 
 
 # --------------------------------------------------------------------------- keys and images
@@ -330,8 +368,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                 if images is not None:
                     si = int(src_index[p])
                     data = images.read(si)
-                    ext = sniff_image_ext(data) or _source_ext(images, si) or "jpg"
-                    members += [(f"{key}.{ext}", data), (f"{key}.cls", str(int(images.labels[si])).encode())]
+                    members += [(f"{key}.{IMAGE_MEMBER}", data), (f"{key}.cls", str(int(images.labels[si])).encode())]
                     image_bytes += _member_cost(members[-2][0], len(data))
                 for name, data in sorted(members):
                     writer.add(name, data)
@@ -358,6 +395,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
         "labels_member": LABELS_MEMBER,
         "labels_dtype": ldt.str,
         "images": images is not None,
+        "image_member": IMAGE_MEMBER if images is not None else None,
         "image_fingerprint": images.fingerprint if images is not None else None,
         "shard_size": S,
         "header": h.to_dict(),
@@ -370,20 +408,13 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
     return ExportResult(out, shards, h.num_samples, total, label_bytes, image_bytes, notes)
 
 
-def _source_ext(images, i: int) -> str | None:
-    files = getattr(images, "_files", None)  # ImageFolderSource keeps relative file names
-    if files is None:
-        return None
-    ext = files[i].rpartition(".")[2].lower()
-    return ext or None
-
-
 # --------------------------------------------------------------------------- reading back
 def _open(url: str, mode: str = "rb"):
     if "://" in url:
         import fsspec
 
         return fsspec.open(url, mode).open()
+    check_regular(url, "an export file")  # a FIFO would block the open
     return open(url, mode)
 
 
@@ -391,9 +422,67 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
+def _read_capped(url: str, cap: int) -> bytes:
+    with _open(url) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise UserError(f"{url}: larger than {cap >> 20} MiB; not an index written by 'relabel export'")
+    return data
+
+
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+
+
+def _check_index(d, url: str) -> dict:
+    """index.json from others: every field the readers use has its type and a sane range, and shard
+    names are plain file names beside index.json (no '/', '..', absolute paths or URLs)."""
+    if not isinstance(d, dict) or d.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{url}: not a relabel webdataset export index")
+
+    def bad(field: str, why: str) -> UserError:
+        return UserError(f"{url}: field {field!r} {why}; not a valid export index (export again)")
+
+    def integer(field: str, lo: int, hi: int, obj=d) -> int:
+        v = obj.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad(field, f"is {str(v)[:40]!r}, not an integer in [{lo}, {hi}]")
+        return v
+
+    if integer("version", 1, 1 << 30) > EXPORT_VERSION:
+        raise UserError(f"{url}: export version {d['version']} is newer than this relabel understands; upgrade")
+    V, k = integer("views", 1, 1 << 24), integer("topk", 1, 1 << 24)
+    integer("num_samples", 0, 1 << 32)
+    integer("num_classes", 1, 1 << 32)
+    if (V + 1) * (2 * k + 1) * 4 > MAX_LABELS_BYTES:
+        raise bad("views", f"and topk ({V} x {k}) make a labels member above {MAX_LABELS_BYTES >> 20} MiB")
+    try:
+        ValueEncoding.from_dict(d.get("encoding"))
+    except Exception:
+        raise bad("encoding", f"is {str(d.get('encoding'))[:60]!r}") from None
+    if not isinstance(d.get("header"), dict):
+        raise bad("header", "is not an object")
+    if not isinstance(d.get("class_names", []), list):
+        raise bad("class_names", "is not a list")
+    shards = d.get("shards")
+    if not isinstance(shards, list):
+        raise bad("shards", "is not a list")
+    for s in shards:
+        if not isinstance(s, dict):
+            raise bad("shards", "holds an entry that is not an object")
+        name = s.get("name")
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise UserError(f"{url}: shard name {str(name)[:80]!r} is not a plain .tar file name beside index.json; "
+                            f"refusing it")
+        integer("samples", 0, 1 << 32, s)
+        integer("first_position", 0, 1 << 32, s)
+        if "sha256" in s and not (isinstance(s["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", s["sha256"])):
+            raise bad("shards", f"has a malformed sha256 for {name}")
+    return d
+
+
 def load_index(path_or_url: str) -> dict:
-    """index.json of an export folder (local or fsspec URL), or the one beside a .tar."""
-    base = path_or_url
+    """index.json of an export folder (local or fsspec URL), or the one beside a .tar; checked."""
+    base = str(path_or_url)
     if base.endswith(".tar"):
         base = base.rpartition("/")[0] or "."
     if base.endswith(INDEX_NAME):
@@ -401,21 +490,16 @@ def load_index(path_or_url: str) -> dict:
     else:
         url = _join(base, INDEX_NAME)
     try:
-        with _open(url) as f:
-            d = json.loads(f.read())
+        d = json.loads(_read_capped(url, MAX_TEXT_BYTES))
     except FileNotFoundError:
         raise UserError(f"{url}: not found; pass a folder written by 'relabel export'") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{url}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{url}: not valid JSON ({str(e)[:80]})") from None
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{url}: cannot read ({type(e).__name__}: {e})") from None
-    if d.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{url}: not a relabel webdataset export index")
-    if int(d.get("version", 0)) > EXPORT_VERSION:
-        raise UserError(f"{url}: export version {d['version']} is newer than this relabel understands; upgrade")
-    return d
+        raise UserError(f"{url}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+    return _check_index(d, url)
 
 
 def shard_urls(path_or_url: str, index: dict | None = None) -> list[str]:
@@ -461,11 +545,11 @@ def iter_exported_samples(urls, verify: bool = False) -> Iterator[dict]:
     """Stream samples from exported shards, in shard order.
 
     Yields dicts: ``__key__``, ``__url__``, ``position``, ``status``, ``index`` int64 (V, k),
-    ``logp`` float32 (V, k+1), ``image`` (bytes or None), ``image_ext`` (or None), ``cls`` (int or
-    None). ``verify`` checks each shard's sha256 against index.json (after its last sample).
+    ``logp`` float32 (V, k+1), ``image`` (bytes or None), ``image_ext`` (the format sniffed from the
+    bytes: ``jpg``, ``png``, ...; a version-1 member's own extension; or None), ``cls`` (int or None). ``verify`` checks each shard's sha256 against index.json (after its last sample).
     """
     tar_urls, index = _resolve(urls)
-    k, enc = int(index["topk"]), ValueEncoding.from_dict(index["encoding"])
+    V, k, enc = index["views"], index["topk"], ValueEncoding.from_dict(index["encoding"])
     by_name = {s["name"]: s for s in index["shards"]}
     for url in tar_urls:
         try:
@@ -475,9 +559,11 @@ def iter_exported_samples(urls, verify: bool = False) -> Iterator[dict]:
         with raw:
             f = _HashingReader(raw)
             try:
-                yield from _iter_tar(f, url, k, enc)
+                yield from _iter_tar(f, url, V, k, enc)
             except tarfile.TarError as e:
                 raise UserError(f"{url}: not a readable tar ({e})") from None
+            except UnicodeError as e:  # a member name that is not UTF-8, ...
+                raise UserError(f"{url}: unreadable member ({type(e).__name__}: {str(e)[:80]})") from None
             if verify:
                 f.drain()
                 want = by_name.get(url.rpartition("/")[2], {}).get("sha256")
@@ -487,13 +573,22 @@ def iter_exported_samples(urls, verify: bool = False) -> Iterator[dict]:
                     raise UserError(f"{url}: sha256 mismatch with index.json; the shard was changed or damaged")
 
 
-def _iter_tar(f, url: str, k: int, enc: ValueEncoding) -> Iterator[dict]:
+def _iter_tar(f, url: str, V: int, k: int, enc: ValueEncoding) -> Iterator[dict]:
     cur: dict | None = None
+    labels_cap = _NPY_HEADER_MAX + (V + 1) * (2 * k + 1) * 4
     with tarfile.open(fileobj=f, mode="r|") as tf:
         for m in tf:
             if not m.isfile():
                 continue
+            where = f"{url}: member {m.name!r}"
+            if m.name.startswith("/") or ".." in m.name.split("/") or "\\" in m.name:
+                raise UserError(f"{where} has an absolute or '..' path; refusing this shard")
             key, field = split_key(m.name)
+            cap = {LABELS_MEMBER: labels_cap, "cls": MAX_CLS_BYTES}.get(field, MAX_IMAGE_BYTES)
+            if field != LABELS_MEMBER and field != "cls" and field.lower() not in _IMAGE_FIELDS:
+                continue  # a field this reader does not use: skipped unread
+            if m.size > cap:  # checked before the read
+                raise UserError(f"{where} is {m.size:,} bytes, above the {cap:,} a {field} member may have")
             if cur is not None and cur["__key__"] != key:
                 yield _finish(cur, url)
                 cur = None
@@ -501,12 +596,14 @@ def _iter_tar(f, url: str, k: int, enc: ValueEncoding) -> Iterator[dict]:
                 cur = {"__key__": key, "__url__": url, "image": None, "image_ext": None, "cls": None, "_labels": None}
             data = tf.extractfile(m).read()
             if field == LABELS_MEMBER:
-                cur["position"], cur["status"], cur["index"], cur["logp"] = unpack_labels(_load_npy(data), k, enc)
+                a = _load_npy(data, (V + 1, 2 * k + 1), where)
+                cur["position"], cur["status"], cur["index"], cur["logp"] = unpack_labels(a, k, enc)
                 cur["_labels"] = True
             elif field == "cls":
-                cur["cls"] = int(data.decode().strip())
+                cur["cls"] = _parse_cls(data, key, url)
             else:
-                cur["image"], cur["image_ext"] = data, field
+                ext = field.lower()
+                cur["image"], cur["image_ext"] = data, sniff_image_ext(data) if ext == IMAGE_MEMBER else ext
     if cur is not None:
         yield _finish(cur, url)
 
@@ -562,7 +659,16 @@ class ExportedLabelStore:
     def __init__(self, path_or_url: str):
         r = read_exported(path_or_url, verify=True)
         self.path = str(path_or_url)
-        self.header = StoreHeader.from_dict(r.header)
+        try:
+            self.header = StoreHeader.from_dict(r.header)
+        except UserError as e:
+            raise UserError(f"{path_or_url}: index.json's store header: {e}") from None
+        except Exception as e:  # missing or mistyped fields in a header from others
+            raise UserError(f"{path_or_url}: index.json's store header is malformed ({type(e).__name__}: "
+                            f"{str(e)[:80]}); export again") from None
+        if (self.header.views, self.header.topk) != (r.index.shape[1], r.index.shape[2]):
+            raise UserError(f"{path_or_url}: index.json's store header ({self.header.views} views, top-"
+                            f"{self.header.topk}) does not match its labels; export again")
         n = self.header.num_samples
         if len(r.keys) != n or not np.array_equal(r.positions, np.arange(n)):
             raise UserError(f"{path_or_url}: export holds {len(r.keys)} of the store's {n} samples; "
@@ -588,15 +694,22 @@ class ExportedLabelStore:
 
 def is_export(path_or_url: str) -> bool:
     """A folder (or URL) with an export's index.json, rather than a zarr store."""
+    url = _join(str(path_or_url), INDEX_NAME)
+    local = "://" not in url
     try:
-        with _open(_join(str(path_or_url), INDEX_NAME)) as f:
-            return json.load(f).get("format") == EXPORT_FORMAT
-    except Exception:
-        return False
+        if local and not os.path.lexists(url):
+            return False
+        d = json.loads(_read_capped(url, MAX_TEXT_BYTES))
+    except Exception:  # a broken index.json in a folder that is no zarr store: load_index says what is wrong
+        return local and not os.path.exists(_join(str(path_or_url), "zarr.json"))
+    return isinstance(d, dict) and d.get("format") == EXPORT_FORMAT
 
 
 def open_labels(path_or_url: str):
     """A zarr label store, or a webdataset export of one: both answer read_view/keys/status/header."""
+    from .manifest import refuse_unfinished_pull
+
+    refuse_unfinished_pull(str(path_or_url))  # half a pull: say so rather than "damaged"
     if is_export(path_or_url):
         return ExportedLabelStore(path_or_url)
     return LabelStore.open(path_or_url)

@@ -15,11 +15,18 @@ destination lists) and uploads only files whose sha256 or size differ, then writ
 last; files the old manifest listed and the new one does not are deleted. Symlinks are never
 followed: a store or shard folder holding one is refused.
 
-Pulling checks every file it downloads against the manifest (sha256 and size) and stops at the
-first mismatch with one line naming the file. ``views=(a, b)`` fetches only the view blocks that
+Pulling checks every file it downloads against the manifest (sha256 and size; a download that runs
+past its listed size is cut there) and stops at the first mismatch with one line naming the file.
+A pull is resumable: before it changes anything in DEST it writes ``.relabel-pull.json`` (the
+source), and it keeps the store's root ``zarr.json`` aside (``.relabel-pull.zarr.json``) until every
+other file is in and checked, so a copy cut short is no zarr group: nothing can open half a pull as a
+store. Running the same pull again recognizes its own marker, keeps every file whose sha256
+matches, fetches the rest, and only then puts ``zarr.json`` in place, writes ``manifest.json`` and
+removes the marker. A finished pull (``manifest.json``, no marker) can be pulled into again. ``views=(a, b)`` fetches only the view blocks that
 hold views [a, b) (label shard files ``topk_index|topk_logp/c/<view_block>/<sample_block>/0`` and
-the matching ``done/c/<view_block>/<sample_block>`` chunks) and rewrites the pulled copy so it
-opens consistently: the header's ``views`` becomes b, the label arrays are resized to b views,
+the matching ``done/c/<view_block>/<sample_block>`` and, schema 2, ``status/c/<view_block>/<sample_block>``
+chunks) and rewrites the pulled copy so it opens consistently: the header's ``views`` becomes b, the
+label arrays are resized to b views (``done`` and a per-view-block ``status`` to b's blocks),
 ``done`` is clipped to the views present, and ``attrs["relabel_pull"]`` records the source and
 range. View blocks below a's block are not fetched and stay pending (absent) in the copy.
 
@@ -39,13 +46,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .paths import check_regular, is_inside, read_regular
 
 MANIFEST_NAME = "manifest.json"
+PULL_MARKER = ".relabel-pull.json"  # present while a pull into this folder is unfinished
+PULL_ROOT_META = ".relabel-pull.zarr.json"  # the store's zarr.json, kept aside until the pull is done
+MAX_MANIFEST_BYTES = 64 << 20
 CARD_NAME = "README.md"
 SHARDS_DIR = "webdataset"
 MANIFEST_FORMAT = "relabel-manifest"
 MANIFEST_VERSION = 1
-_LABEL_BLOCK = re.compile(r"(topk_index|topk_logp)/c/(\d+)/\d+/\d+|done/c/(\d+)/\d+")
+# Files of one view block: label shards, its done chunk and (schema 2) its status chunk.
+_LABEL_BLOCK = re.compile(r"(topk_index|topk_logp)/c/(\d+)/\d+/\d+|(?:done|status)/c/(\d+)/\d+")
 
 
 # --------------------------------------------------------------------------- local files
@@ -115,19 +127,29 @@ def dump_manifest(m: dict) -> bytes:
     return (json.dumps(m, indent=1, sort_keys=True) + "\n").encode()
 
 
+def _is_int(v, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
 def parse_manifest(data: bytes, where: str) -> dict:
+    """A manifest from others: JSON, the relabel format, and every field checked for type and range."""
     try:
         m = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{where}: manifest.json is not valid JSON ({e})") from None
+        raise UserError(f"{where}: manifest.json is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
         raise UserError(f"{where}: manifest.json is not a relabel manifest")
-    if int(m.get("version", 0)) > MANIFEST_VERSION:
+    if not _is_int(m.get("version"), 1):
+        raise UserError(f"{where}: manifest.json has version {str(m.get('version'))[:20]!r}, not a positive integer")
+    if m["version"] > MANIFEST_VERSION:
         raise UserError(f"{where}: manifest version {m['version']} is newer than this relabel understands; upgrade")
+    if not isinstance(m.get("store"), (dict, type(None))) or not isinstance(m.get("shards"), (str, type(None))):
+        raise UserError(f"{where}/{MANIFEST_NAME}: 'store' must be an object and 'shards' a folder name or null")
     for rel, e in m["files"].items():
         check_relpath(rel, f"{where}/{MANIFEST_NAME}")
-        if not isinstance(e, dict) or not isinstance(e.get("size"), int) or not re.fullmatch(r"[0-9a-f]{64}", str(e.get("sha256"))):
-            raise UserError(f"{where}/{MANIFEST_NAME}: entry {rel!r} lacks a size or sha256")
+        if (not isinstance(e, dict) or not _is_int(e.get("size"))
+                or not re.fullmatch(r"[0-9a-f]{64}", str(e.get("sha256")))):
+            raise UserError(f"{where}/{MANIFEST_NAME}: entry {rel!r} lacks a size (an integer >= 0) or a sha256")
     return m
 
 
@@ -145,7 +167,8 @@ class Remote:
     def sizes(self) -> dict[str, int]:
         raise NotImplementedError
 
-    def read(self, rel: str) -> bytes | None:
+    def read(self, rel: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
+        """The whole file (None if absent); more than ``cap`` bytes is a UserError, not an allocation."""
         raise NotImplementedError
 
     def open(self, rel: str):
@@ -192,16 +215,25 @@ class FsspecRemote(Remote):
                 out[p[n:]] = int(info.get("size") or 0)
         return out
 
-    def read(self, rel: str) -> bytes | None:
+    def read(self, rel: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
         try:
+            if self.local:
+                return read_regular(self._path(rel), cap, f"a {rel}")
             with self.fs.open(self._path(rel), "rb") as f:
-                return f.read()
+                data = f.read(cap + 1)
         except FileNotFoundError:
             return None
+        except UserError:
+            raise
         except Exception as e:
             raise _err(self.url, f"reading {rel}", e) from None
+        if len(data) > cap:
+            raise UserError(f"{self.url}/{rel}: larger than {cap >> 20} MiB; not a file relabel publish wrote")
+        return data
 
     def open(self, rel: str):
+        if self.local:  # a FIFO would block the open
+            check_regular(self._path(rel), f"a published file ({rel})")
         return self.fs.open(self._path(rel), "rb")
 
     def prepare(self, private: bool = False) -> None:
@@ -289,7 +321,7 @@ class HubRemote(Remote):
         n = len(self.sub) + 1 if self.sub else 0
         return {f.path[n:]: int(f.size) for f in files}
 
-    def read(self, rel: str) -> bytes | None:
+    def read(self, rel: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -299,8 +331,7 @@ class HubRemote(Remote):
             return None
         except Exception as e:
             raise _err(self.url, f"reading {rel}", e) from None
-        with open(p, "rb") as f:
-            return f.read()
+        return read_regular(p, cap, f"a {rel}")
 
     def open(self, rel: str):
         from huggingface_hub import HfFileSystem
@@ -449,10 +480,16 @@ def _download(remote: Remote, rel: str, dst: str, size: int, sha: str) -> int:
     h, n = hashlib.sha256(), 0
     try:
         with remote.open(rel) as f, open(tmp, "wb") as out:
-            for b in iter(lambda: f.read(1 << 20), b""):
+            while n <= size:  # never past the listed size (+1 to see that there is more): /dev/zero ends here
+                b = f.read(min(1 << 20, size + 1 - n))
+                if not b:
+                    break
                 h.update(b)
                 n += len(b)
                 out.write(b)
+    except UserError:
+        _rm(tmp)
+        raise
     except FileNotFoundError:
         _rm(tmp)
         raise UserError(f"{remote.url}/{rel}: listed in manifest.json but missing at the source") from None
@@ -461,8 +498,9 @@ def _download(remote: Remote, rel: str, dst: str, size: int, sha: str) -> int:
         raise _err(remote.url, f"downloading {rel}", e) from None
     if n != size or h.hexdigest() != sha:
         _rm(tmp)
+        got = f"more than {size}" if n > size else f"{n} of {size}"
         raise UserError(f"{remote.url}/{rel}: sha256 mismatch (manifest {sha[:16]}..., got {h.hexdigest()[:16]}..., "
-                        f"{n} of {size} bytes); the file was changed or damaged after publishing")
+                        f"{got} bytes); the file was changed or damaged after publishing")
     os.replace(tmp, dst)
     return n
 
@@ -474,42 +512,104 @@ def _rm(path: str) -> None:
         pass
 
 
+def unfinished_pull(path: str) -> dict | None:
+    """The marker of a pull into ``path`` that has not finished ({"source": ...}), or None."""
+    p = os.path.join(str(path), PULL_MARKER)
+    if "://" in str(path) or not os.path.lexists(p):
+        return None
+    try:
+        d = json.loads(read_regular(p, 1 << 16, "a pull marker"))
+    except (UserError, ValueError, OSError):
+        d = None
+    return d if isinstance(d, dict) and isinstance(d.get("source"), str) else {"source": "?"}
+
+
+def refuse_unfinished_pull(path: str) -> None:
+    """One line instead of reading half a pull (the store's zarr.json is not in place yet)."""
+    m = unfinished_pull(path)
+    if m is not None:
+        raise UserError(f"{path}: an unfinished 'relabel pull' from {m['source']}; rerun "
+                        f"'relabel pull {m['source']} {path}' to finish it")
+
+
+def _pull_header(header, src: str, need_blocks: bool) -> tuple[int, int]:
+    """(views, views_per_shard) of the published store, checked: they size what a pull fetches."""
+    if not isinstance(header, dict):
+        raise UserError(f"{src}/{MANIFEST_NAME}: no store header ('store'); not a published label store")
+    views, vps = header.get("views"), header.get("views_per_shard")
+    if not _is_int(views, 1):
+        raise UserError(f"{src}/{MANIFEST_NAME}: the store header's views is {str(views)[:20]!r}, not an integer >= 1")
+    if need_blocks and not _is_int(vps, 1):
+        raise UserError(f"{src}/{MANIFEST_NAME}: the store header's views_per_shard is {str(vps)[:20]!r}, "
+                        f"not an integer >= 1")
+    return views, vps
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    with open(path + ".partial", "wb") as f:
+        f.write(data)
+    os.replace(path + ".partial", path)
+
+
 def pull_files(src: str, dest: str, views: str | None = None, shards: bool | None = None,
                jobs: int = 8) -> PullResult:
     """Download a published store into the local folder ``dest`` and check every file.
 
-    Files already in ``dest`` with the manifest's sha256 are kept (a cut-short pull resumes).
+    Resumable: a pull cut short leaves its marker, and the same command again keeps every file
+    whose sha256 matches and fetches the rest. Until it finishes the copy is not a zarr group.
     """
     if "://" in str(dest):
         raise UserError(f"{dest}: pull writes to a local folder")
     dest = os.path.abspath(dest)
+    if "://" not in str(src):
+        src = os.path.abspath(src)
+        if is_inside(dest, src) or is_inside(src, dest):
+            raise UserError(f"{dest}: DEST must not lie inside the source {src} or contain it; choose another DEST")
     remote = open_remote(src)
     raw = remote.read(MANIFEST_NAME)
     if raw is None:
         raise UserError(f"{src}: no manifest.json here; pass a destination 'relabel publish' wrote to")
     man = parse_manifest(raw, src)
-    header = man.get("store") or {}
-    if os.path.exists(dest) and (not os.path.isdir(dest) or (os.listdir(dest) and not os.path.exists(
-            os.path.join(dest, MANIFEST_NAME)))):
-        raise UserError(f"{dest}: exists and is not an empty folder or an earlier pull; choose another DEST")
-    total_views = int(header.get("views", 0))
+    marker = unfinished_pull(dest)
+    if os.path.lexists(dest):
+        if os.path.islink(dest) or not os.path.isdir(dest):
+            raise UserError(f"{dest}: exists and is not a folder; choose another DEST")
+        if marker is not None and marker["source"] != src:
+            raise UserError(f"{dest}: holds an unfinished pull of {marker['source']}; rerun 'relabel pull "
+                            f"{marker['source']} {dest}' to finish it, or choose another DEST")
+        if marker is None and os.listdir(dest) and not os.path.isfile(os.path.join(dest, MANIFEST_NAME)):
+            raise UserError(f"{dest}: exists and is not an empty folder or an earlier pull; choose another DEST")
+    header = man.get("store")
+    total_views, _ = _pull_header(header, src, need_blocks=False)
     rng = parse_views(views, total_views)
     if rng is not None and rng == (0, total_views):
         rng = None
-    blocks = view_blocks_for(rng, int(header["views_per_shard"])) if rng is not None else None
+    blocks = view_blocks_for(rng, _pull_header(header, src, need_blocks=True)[1]) if rng is not None else None
     with_shards = shards if shards is not None else rng is None
+
+    # From here on DEST is a pull in progress: the marker first, then the old copy stops being a store.
+    os.makedirs(dest, exist_ok=True)
+    _write_atomic(os.path.join(dest, PULL_MARKER), (json.dumps({"source": src}) + "\n").encode())
+    _rm(os.path.join(dest, MANIFEST_NAME))
+    root_meta, stash = os.path.join(dest, "zarr.json"), os.path.join(dest, PULL_ROOT_META)
+    if os.path.isfile(root_meta) and not os.path.islink(root_meta):
+        os.replace(root_meta, stash)
+    for dirpath, _, files in os.walk(dest):  # temp files of downloads a kill cut short
+        for f in files:
+            if f.endswith(".partial"):
+                _rm(os.path.join(dirpath, f))
+
     res = PullResult(src, dest, views=rng)
     todo = []
     for rel, e in sorted(man["files"].items()):
         if not wanted(rel, blocks, with_shards):
             res.skipped.append(rel)
             continue
-        dst = os.path.join(dest, *rel.split("/"))
+        dst = stash if rel == "zarr.json" else os.path.join(dest, *rel.split("/"))
         if os.path.isfile(dst) and not os.path.islink(dst) and sha256_file(dst) == (e["size"], e["sha256"]):
             res.reused.append(rel)
             continue
         todo.append((rel, dst, e["size"], e["sha256"]))
-    os.makedirs(dest, exist_ok=True)
     errors: list[UserError] = []
 
     def get(item):
@@ -518,6 +618,9 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
             return rel, _download(remote, rel, dst, size, sha)
         except UserError as e:
             errors.append(e)
+            return rel, -1
+        except OSError as e:  # disk full, permissions in DEST
+            errors.append(UserError(f"{dst}: could not write ({e.strerror or e}); fix it and rerun to resume"))
             return rel, -1
 
     with ThreadPoolExecutor(max(1, jobs)) as ex:
@@ -528,17 +631,30 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
     if errors:
         errors.sort(key=str)
         more = f" (and {len(errors) - 1} more file(s))" if len(errors) > 1 else ""
-        raise UserError(f"{errors[0]}{more}")
-    with open(os.path.join(dest, MANIFEST_NAME), "wb") as f:
-        f.write(raw)
+        raise UserError(f"{errors[0]}{more}; rerun the same pull to resume")
+    if os.path.isfile(stash):
+        os.replace(stash, root_meta)
     if rng is not None:
         trim_views(dest, rng, src, total_views)
+    _write_atomic(os.path.join(dest, MANIFEST_NAME), raw)
+    _rm(os.path.join(dest, PULL_MARKER))
     return res
 
 
 def trim_views(path: str, views: tuple[int, int], source: str, total_views: int) -> None:
-    """Make a pulled subset consistent: header views = b, label arrays and ``done`` resized, done
-    counts clipped to the views present; blocks below a's stay pending (absent)."""
+    """Make a pulled subset consistent: header views = b, label arrays, ``done`` and (schema 2) the
+    per-view-block ``status`` resized, done counts clipped to the views present; blocks below a's
+    stay pending (absent)."""
+    try:
+        _trim_views(path, views, source, total_views)
+    except UserError:
+        raise
+    except Exception as e:  # metadata from others that zarr cannot take
+        raise UserError(f"{source}: the pulled store's metadata cannot be trimmed to views {views[0]}-{views[1] - 1} "
+                        f"({type(e).__name__}: {str(e)[:80]}); pull all views, or ask the publisher") from None
+
+
+def _trim_views(path: str, views: tuple[int, int], source: str, total_views: int) -> None:
     import numpy as np
     import zarr
 
@@ -556,6 +672,8 @@ def trim_views(path: str, views: tuple[int, int], source: str, total_views: int)
     for vb in range(nvb):
         d[vb] = np.minimum(d[vb], min(vps, b - vb * vps)) if vb >= a // vps else 0
     done[:] = d.astype(done.dtype)
+    if g["status"].ndim == 2:  # schema 2: one status row per view block
+        g["status"].resize((nvb, g["status"].shape[1]))
     h["views"] = b
     g.attrs["relabel"] = h
     g.attrs["relabel_pull"] = {"source": source, "views": [a, b], "published_views": total_views}

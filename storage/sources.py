@@ -9,6 +9,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .paths import check_regular, read_regular
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# The extension-agnostic image member of relabel's own exports (storage/export.py, version 2).
+TAR_IMAGE_MEMBER = "image"
+
+# Bounds checked before anything is allocated: data from others is never trusted to be small.
+MAX_IMAGE_BYTES = 256 << 20  # one image file or tar member
+MAX_CLS_BYTES = 32  # a .cls member: an ASCII decimal class index
+MAX_TEXT_BYTES = 64 << 20  # index.json, classes.txt, classes.json beside shards
+MAX_CLASSES = 1 << 20  # class names in any source
+MAX_UNNAMED_CLASSES = 1 << 16  # .cls values without a class list (each becomes a class name "0", "1", ...)
 
 
 def fingerprint(keys: list[str], class_names: list[str]) -> str:
@@ -37,6 +48,19 @@ class _TarMember:
     shard: int
     offset: int
     size: int
+    name: str
+
+
+def _utf8(name: str, where: str) -> str:
+    """Keys are UTF-8 (fingerprints, the store's keys array): a name the OS gave us undecodable
+    (surrogate-escaped bytes) is refused with its bytes shown, never a UnicodeEncodeError later."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        raise UserError(f"{where}: the name {raw!r} is not valid UTF-8; rename it (sample keys and class "
+                        f"names must be UTF-8)") from None
+    return name
 
 
 class ImageSource:
@@ -80,7 +104,8 @@ class ImageFolderSource(ImageSource):
     def __init__(self, root: str | os.PathLike):
         self.root = str(root)
         rootp = Path(root)
-        classes = sorted(p.name for p in rootp.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(_utf8(p.name, str(root)) for p in rootp.iterdir()
+                         if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise UserError(f"{root}: no class folders found; an ImageFolder needs one sub-folder per class")
         entries: list[tuple[str, int, str]] = []
@@ -91,6 +116,7 @@ class ImageFolderSource(ImageSource):
                     stem, dot, ext = f.rpartition(".")
                     if dot and ext.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
                         rel = os.path.relpath(os.path.join(dirpath, f), rootp).replace(os.sep, "/")
+                        _utf8(rel, str(root))
                         entries.append((rel.rpartition(".")[0], ci, rel))
         if not entries:
             raise UserError(f"{root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
@@ -104,8 +130,9 @@ class ImageFolderSource(ImageSource):
         self.class_names = classes
 
     def read(self, i: int) -> bytes:
-        with open(os.path.join(self.root, self._files[i]), "rb") as f:
-            return f.read()
+        """Regular files only, at most MAX_IMAGE_BYTES: a FIFO or /dev/zero named *.jpg is an error
+        (stage one records the sample unreadable), never a hang or an endless read."""
+        return read_regular(os.path.join(self.root, self._files[i]), MAX_IMAGE_BYTES, "an image")
 
 
 def _expand_shards(spec: str):
@@ -125,6 +152,11 @@ def _expand_shards(spec: str):
             missing = [p for p in paths if not fs.isfile(p)]
             if missing:
                 raise UserError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
+        if _is_local(fs):
+            for p in paths:
+                check_regular(p, "a tar shard")
+    except UserError:
+        raise
     except ImportError as e:  # fsspec names the driver to install (s3fs, gcsfs, ...)
         raise UserError(f"{spec}: {e}") from None
     except (OSError, ValueError) as e:  # unreachable bucket, bad credentials, ...
@@ -132,6 +164,34 @@ def _expand_shards(spec: str):
     if not paths:
         raise UserError(f"{spec}: no .tar shards found")
     return fs, paths
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _read_small(fs, path: str, cap: int = MAX_TEXT_BYTES, what: str = "a file") -> bytes:
+    """A small side file (index.json, classes.txt): size checked before it is read."""
+    if _is_local(fs):
+        return read_regular(path, cap, what)
+    size = fs.size(path)
+    if size is not None and size > cap:
+        raise UserError(f"{path}: {size:,} bytes, above the {cap / (1 << 20):,.0f} MiB limit for {what}")
+    return fs.cat_file(path, start=0, end=cap + 1)
+
+
+def _parse_cls(data: bytes, key: str, where: str) -> int:
+    """A .cls member: ASCII decimal, optional surrounding whitespace, nothing else."""
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: sample {key!r} has a .cls that is not UTF-8 text ({data[:16]!r})") from None
+    if re.fullmatch(r"[0-9]+", text, re.ASCII):
+        return int(text)
+    if re.fullmatch(r"-[0-9]+", text, re.ASCII):
+        raise UserError(f"{where}: sample {key!r} has a negative class index {text}; classes are 0, 1, ...")
+    raise UserError(f"{where}: sample {key!r} has a non-integer .cls {text[:40]!r}")
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -160,20 +220,35 @@ class TarShardSource(ImageSource):
         self.root = spec
         self._fs, self._paths = _expand_shards(spec)
         members: dict[str, dict] = {}
+
+        def twice(key: str, first: tuple[int, str], path: str, name: str) -> UserError:
+            # A key met twice drops a sample whichever one wins: refuse, naming both places.
+            return UserError(f"{spec}: sample key {key!r} appears twice: {self._paths[first[0]]} ({first[1]}) and "
+                             f"{path} ({name}); keep one image and one .cls per key")
+
         for si, path in enumerate(self._paths):
             try:
                 with self._fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
                     for m in tf:
                         if not m.isfile():
                             continue
+                        _utf8(m.name, path)
                         if not _safe_member_name(m.name):
                             raise UserError(f"{path}: member {m.name!r} has an absolute or '..' path; refusing this shard")
                         key, ext = _split_key(m.name)
                         rec = members.setdefault(key, {})
-                        if ext in TAR_IMAGE_EXTENSIONS:
-                            rec["img"] = _TarMember(si, m.offset_data, m.size)
+                        if ext in TAR_IMAGE_EXTENSIONS or ext == TAR_IMAGE_MEMBER:
+                            if "img" in rec:
+                                raise twice(key, (rec["img"].shard, rec["img"].name), path, m.name)
+                            rec["img"] = _TarMember(si, m.offset_data, m.size, m.name)
                         elif ext == "cls":
-                            rec["cls"] = tf.extractfile(m).read().decode().strip()
+                            if "cls" in rec:
+                                raise twice(key, rec["cls_at"], path, m.name)
+                            if m.size > MAX_CLS_BYTES:
+                                raise UserError(f"{path}: sample {key!r} has a {m.size:,}-byte .cls member ({m.name}); "
+                                                f"a class index is at most {MAX_CLS_BYTES} bytes of ASCII digits")
+                            rec["cls"] = _parse_cls(tf.extractfile(m).read(), key, path)
+                            rec["cls_at"] = (si, m.name)
             except tarfile.TarError as e:
                 raise UserError(f"{path}: not a readable tar file ({e}); re-create or remove this shard") from None
         entries = []
@@ -182,40 +257,66 @@ class TarShardSource(ImageSource):
                 continue
             if "cls" not in rec:
                 raise UserError(f"{spec}: sample {key!r} has no .cls member; every sample needs a class index")
-            try:
-                label = int(rec["cls"])
-            except ValueError:
-                raise UserError(f"{spec}: sample {key!r} has a non-integer .cls {rec['cls']!r}") from None
-            entries.append((key, label, rec["img"]))
+            entries.append((key, rec["cls"], rec["img"]))
         if not entries:
             raise UserError(f"{spec}: no image samples found in {len(self._paths)} shard(s)")
         entries.sort(key=lambda e: e[0])
+        names = self._class_list()
+        bound = len(names) if names is not None else MAX_UNNAMED_CLASSES
+        top = max(entries, key=lambda e: e[1])
+        if top[1] >= bound:  # checked before any array or name list is sized by it
+            where = self._paths[top[2].shard]
+            if names is not None:
+                raise UserError(f"{where}: sample {top[0]!r} has class {top[1]} but the class list beside the shards "
+                                f"has {len(names)} names; fix the .cls or the class list")
+            raise UserError(f"{where}: sample {top[0]!r} has class {top[1]}; without a class list classes must be "
+                            f"below {MAX_UNNAMED_CLASSES:,}: put classes.txt (one name per line) beside the shards")
         self.keys = [e[0] for e in entries]
         self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
         self._members = [e[2] for e in entries]
-        self.class_names = self._class_names(int(self.labels.max()) + 1)
+        self.class_names = names if names is not None else [str(i) for i in range(top[1] + 1)]
         self._pid = os.getpid()
 
-    def _class_names(self, n: int) -> list[str]:
+    def _class_list(self) -> list[str] | None:
+        """Class names beside the shards (index.json of an export, classes.txt, classes.json), or None."""
         folder = self._paths[0].rpartition("/")[0]
         fs = self._fs
 
-        def text(name: str) -> str | None:
+        def text(name: str) -> tuple[str, str | None]:
             path = f"{folder}/{name}" if folder else name
-            return fs.cat_file(path).decode() if fs.isfile(path) else None
+            if not fs.isfile(path):
+                return path, None
+            try:
+                return path, _read_small(fs, path, what=f"a {name}").decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}: not UTF-8 text; write the class names as UTF-8") from None
 
-        export_index = text("index.json")  # written by 'relabel export --images'
-        if export_index and json.loads(export_index).get("class_names"):
-            return [str(x) for x in json.loads(export_index)["class_names"]]
-        if (txt := text("classes.txt")) is not None:
-            names = [line.strip() for line in txt.splitlines() if line.strip()]
-        elif (js := text("classes.json")) is not None:
-            names = [str(x) for x in json.loads(js)]
-        else:
-            return [str(i) for i in range(n)]
-        if len(names) < n:
-            raise UserError(f"{folder}: class list has {len(names)} names but .cls goes up to {n - 1}")
-        return names
+        def load(path: str, data: str):
+            try:
+                return json.loads(data)
+            except ValueError as e:
+                raise UserError(f"{path}: not valid JSON ({str(e)[:80]})") from None
+
+        names = None
+        path, export_index = text("index.json")  # written by 'relabel export --images'
+        if export_index is not None:
+            d = load(path, export_index)
+            if isinstance(d, dict) and d.get("class_names"):
+                names = d["class_names"]
+        if names is None:
+            path, txt = text("classes.txt")
+            if txt is not None:
+                names = [line.strip() for line in txt.splitlines() if line.strip()]
+            else:
+                path, js = text("classes.json")
+                if js is None:
+                    return None
+                names = load(path, js)
+        if not isinstance(names, list) or not all(isinstance(x, (str, int)) for x in names):
+            raise UserError(f"{path}: the class names must be a list of strings")
+        if len(names) > MAX_CLASSES:
+            raise UserError(f"{path}: {len(names):,} class names, above the limit of {MAX_CLASSES:,}")
+        return [_utf8(str(x), path) for x in names]
 
     def read(self, i: int) -> bytes:
         """One ranged read: a local seek, or one HTTP range request."""
@@ -225,7 +326,22 @@ class TarShardSource(ImageSource):
             self._fs = fsspec.core.url_to_fs(self.root, skip_instance_cache=True)[0]
             self._pid = os.getpid()
         m = self._members[i]
+        if m.size > MAX_IMAGE_BYTES:  # checked before the read: the member header says how much would come
+            raise UserError(f"{self._paths[m.shard]}: member {m.name} is {m.size:,} bytes, above the "
+                            f"{MAX_IMAGE_BYTES >> 20} MiB limit for an image")
         return self._fs.cat_file(self._paths[m.shard], start=m.offset, end=m.offset + m.size)
+
+
+def _first_image_folder(root: str) -> str | None:
+    """The first top-level folder holding an image file (what an ImageFolder would read), or None."""
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if any(f.rpartition(".")[2].lower() in IMAGE_EXTENSIONS and not f.startswith(".") for f in filenames):
+                return entry.name
+    return None
 
 
 def open_source(spec: str | os.PathLike) -> ImageSource:
@@ -235,7 +351,13 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
     if "://" in spec:
         return TarShardSource(spec)
     if os.path.isdir(spec):
-        if glob.glob(os.path.join(spec, "*.tar")):
+        tars = sorted(glob.glob(os.path.join(glob.escape(spec), "*.tar")))
+        if tars:
+            cls = _first_image_folder(spec)
+            if cls is not None:  # never guess which half the user meant
+                raise UserError(f"{spec}: holds both .tar shards ({len(tars)}, e.g. {os.path.basename(tars[0])}) and "
+                                f"class folders with images (e.g. {cls}/); pass '{os.path.join(spec, '*.tar')}' to "
+                                f"read the shards, or move the .tar files out to read the class folders")
             return TarShardSource(spec)
         return ImageFolderSource(spec)
     if spec.endswith(".tar") or any(c in spec for c in "*?{"):

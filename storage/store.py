@@ -9,9 +9,12 @@ disjoint shards can write at once; each shard's completion is its own tiny chunk
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 
@@ -23,11 +26,13 @@ from zarr.core.sync import sync
 from .encoding import ValueEncoding, index_dtype
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+# 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
+SCHEMA_VERSION = 2
 FORMAT_NAME = "relabel-labels"
 
 STATUS_PENDING, STATUS_OK, STATUS_UNREADABLE = 0, 1, 2
 LABEL_ARRAYS = ("topk_index", "topk_logp")
+REPAIR_HINT = "run 'relabel generate --repair' with the same DATA and settings to rebuild it"
 
 
 @dataclass
@@ -49,6 +54,11 @@ class StoreHeader:
     views_per_shard: int = 10
     schema_version: int = SCHEMA_VERSION
     writer: str = ""
+    # Dataset class i -> teacher class class_map[i]; None when the teacher's classes are the dataset's.
+    # num_classes is always the teacher's: labels, ground truth and evaluation live in its index space.
+    class_map: list[int] | None = None
+    # Decode environment and hashes of canonical rendered views (relabel.replay_check); plain data.
+    replay_check: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.encoding, dict):
@@ -59,6 +69,31 @@ class StoreHeader:
             raise UserError(f"views must be >= 1 (got {self.views})")
         if self.num_samples < 1:
             raise UserError("a label store needs at least one sample")
+        if self.samples_per_shard < 1 or self.views_per_shard < 1:
+            raise UserError(f"samples_per_shard and views_per_shard must be >= 1 (got {self.samples_per_shard}, "
+                            f"{self.views_per_shard})")
+        if self.class_map is None:
+            if len(self.class_names) != self.num_classes:
+                raise UserError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
+                                f"their indices mean different things; give a class map (--class-map) that says "
+                                f"which teacher class each dataset class is")
+        else:
+            self.class_map = [int(c) for c in self.class_map]
+            if len(self.class_map) != len(self.class_names):
+                raise UserError(f"class map has {len(self.class_map)} entries for {len(self.class_names)} dataset classes")
+            bad = [c for c in self.class_map if not 0 <= c < self.num_classes]
+            if bad:
+                raise UserError(f"class map points at teacher class {bad[0]}, outside 0..{self.num_classes - 1}")
+            if len(set(self.class_map)) != len(self.class_map):
+                raise UserError("class map sends two dataset classes to the same teacher class")
+
+    def teacher_class(self, dataset_class: np.ndarray) -> np.ndarray:
+        """Dataset class indices -> the teacher's index space (where labels and the student live)."""
+        dataset_class = np.asarray(dataset_class, np.int64)
+        if self.class_map is None:
+            return dataset_class
+        lut = np.asarray(self.class_map, np.int64)
+        return np.where(dataset_class >= 0, lut[np.clip(dataset_class, 0, None)], dataset_class)
 
     @property
     def index_dtype(self) -> np.dtype:
@@ -102,8 +137,82 @@ class Shard:
         return f"shard {self.vb}/{self.sb} (views {self.v0}-{self.v1 - 1}, samples {self.s0}-{self.s1 - 1})"
 
 
+@dataclass(frozen=True)
+class ShardDamage:
+    """A damaged file of a written shard: recompute the shard (``generate --repair``)."""
+
+    shard: Shard
+    file: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.problem}"
+
+
 def _is_remote(path: str) -> bool:
     return "://" in path
+
+
+class StoreExistsError(UserError):
+    """Another process created the store first; open it and check its settings instead."""
+
+
+def _remove_dead_creations(base: str) -> None:
+    """Folders ``<store>.creating-<pid>-<tag>`` left by creators that died (same host)."""
+    parent, name = os.path.split(base)
+    try:
+        entries = os.listdir(parent or ".")
+    except OSError:
+        return
+    for e in entries:
+        if not e.startswith(name + ".creating"):
+            continue
+        pid = e[len(name) + len(".creating"):].lstrip("-").split("-")[0]
+        alive = pid.isdigit() and _pid_alive(int(pid))
+        if not alive:
+            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock on the store folder (flock on its directory); remote stores: none."""
+    if _is_remote(path):
+        yield
+        return
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_label_rows(index: np.ndarray, logp: np.ndarray, num_classes: int, tolerance: float) -> np.ndarray:
+    """Rows (..., k) / (..., k+1) that cannot be a real top-k: a class twice, a class out of range,
+    or bins whose probabilities do not sum to one (all-zero rows of a never-written view do not).
+    Returns a boolean mask of the bad rows."""
+    k = index.shape[-1]
+    bad = (index < 0).any(-1) | (index >= num_classes).any(-1)
+    if k > 1:
+        srt = np.sort(index, axis=-1)
+        bad |= (srt[..., 1:] == srt[..., :-1]).any(-1)
+    lp = logp.astype(np.float64)
+    m = lp.max(-1, keepdims=True)
+    total = m[..., 0] + np.log(np.exp(lp - m).sum(-1))
+    bad |= ~np.isfinite(total) | (np.abs(total) > tolerance)
+    return bad
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LabelStore:
@@ -128,13 +237,22 @@ class LabelStore:
             raise UserError("sample keys must not contain newlines")
         if _is_remote(path):
             return cls._build(path, header, keys)
-        # Built beside its place and renamed in, so a crash never leaves a half-made store at ``path``.
-        tmp = os.path.abspath(path) + ".creating"
-        shutil.rmtree(tmp, ignore_errors=True)
-        cls._build(tmp, header, keys)
-        if os.path.isdir(path):
-            os.rmdir(path)
-        os.rename(tmp, path)
+        # Built beside its place under a name of its own and renamed in, so a crash never leaves a
+        # half-made store at ``path`` and two creators never touch each other's folder: the first
+        # rename wins, the other gets StoreExistsError and opens the winner's store instead.
+        base = os.path.abspath(path)
+        _remove_dead_creations(base)
+        tmp = f"{base}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            cls._build(tmp, header, keys)
+            if os.path.isdir(path):
+                os.rmdir(path)  # an empty folder; fails if another creator filled it meanwhile
+            os.rename(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.isdir(path) and os.listdir(path):
+                raise StoreExistsError(f"{path}: another process created this store at the same time") from None
+            raise
         store = cls.open(path, mode="r+")
         store.__dict__["keys"] = list(keys)
         return store
@@ -150,10 +268,13 @@ class LabelStore:
             g.create_array(name, shape=(V, N, width), dtype=dtype, chunks=(1, Bs, width),
                            shards=(Vb, Bs, width), compressors=comp, fill_value=0,
                            dimension_names=("view", "sample", "rank"))
-        g.create_array("status", shape=(N,), dtype=np.uint8, chunks=(Bs,), fill_value=0,
-                       dimension_names=("sample",), compressors=comp)
+        # One status row per view block: each shard writes its own status chunk, so writers of
+        # different view blocks of one sample block never overwrite each other's verdicts.
+        g.create_array("status", shape=(header.n_view_blocks, N), dtype=np.uint8, chunks=(1, Bs), fill_value=0,
+                       dimension_names=("view_block", "sample"), compressors=comp)
         g.create_array("done", shape=(header.n_view_blocks, header.n_sample_blocks), dtype=np.uint16,
-                       chunks=(1, 1), fill_value=0, compressors=None, dimension_names=("view_block", "sample_block"))
+                       chunks=(1, 1), fill_value=0, compressors=[Crc32cCodec()],
+                       dimension_names=("view_block", "sample_block"))
         blob = np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
         ka = g.create_array("keys", shape=blob.shape, dtype=np.uint8, chunks=(max(1, min(len(blob), 1 << 24)),),
                             compressors=[ZstdCodec(level=9), Crc32cCodec()], fill_value=0)
@@ -168,12 +289,18 @@ class LabelStore:
         path = str(path)
         if not _is_remote(path) and not os.path.isdir(path):
             raise UserError(f"{path}: no label store here (not a folder); pass the --out of 'relabel generate'")
+        from .manifest import refuse_unfinished_pull
+
+        refuse_unfinished_pull(path)  # half a pull is no store: say how to finish it
         try:
             g = zarr.open_group(path, mode=mode, zarr_format=3)
             attrs = dict(g.attrs)
         except ImportError as e:  # a URL whose fsspec driver is missing (s3fs, gcsfs, ...)
             raise UserError(f"{path}: {e}") from None
         except Exception as e:  # zarr raises several types for "not a group"
+            if not _is_remote(path) and os.path.isdir(os.path.join(path, "topk_index")):
+                raise UserError(f"{path}: the store's metadata (zarr.json) is damaged ({type(e).__name__}); "
+                                f"{REPAIR_HINT}") from None
             raise UserError(f"{path}: not a relabel label store ({type(e).__name__}); pass the --out of 'relabel generate'") from None
         d = attrs.get("relabel")
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
@@ -181,16 +308,116 @@ class LabelStore:
         if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
             raise UserError(f"{path}: store schema version {d['schema_version']} is newer than this relabel "
                             f"understands ({SCHEMA_VERSION}); upgrade relabel")
-        missing = [a for a in (*LABEL_ARRAYS, "status", "done", "keys") if a not in g]
-        if missing:
-            raise UserError(f"{path}: label store is missing arrays {missing}; it is damaged, regenerate it")
-        return cls(path, g, StoreHeader.from_dict(d))
+        try:
+            header = StoreHeader.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{path}: the store header is damaged ({e}); regenerate the store") from None
+        except UserError as e:
+            raise UserError(f"{path}: the store header is inconsistent: {e}") from None
+        store = cls(path, g, header)
+        store._check_arrays()
+        return store
+
+    def _array(self, name: str):
+        try:
+            return self.group[name]
+        except KeyError:
+            raise UserError(f"{self.path}: label store is missing array {name!r}; it is damaged: "
+                            f"{REPAIR_HINT}") from None
+        except Exception as e:  # unparsable zarr.json
+            raise UserError(f"{self.path}: metadata of array {name!r} ({name}/zarr.json) is damaged "
+                            f"({type(e).__name__}); {REPAIR_HINT}") from None
+
+    def _check_arrays(self) -> None:
+        """The header is only trusted where the arrays agree with it (an edited or pulled header)."""
+        h = self.header
+        N, V, k = h.num_samples, h.views, h.topk
+        expect = {"topk_index": ((V, N, k), h.index_dtype), "topk_logp": ((V, N, k + 1), h.encoding.dtype),
+                  "done": ((h.n_view_blocks, h.n_sample_blocks), np.dtype(np.uint16)),
+                  "status": ((h.n_view_blocks, N) if h.schema_version >= 2 else (N,), np.dtype(np.uint8)),
+                  "keys": (None, np.dtype(np.uint8))}
+        for name, (shape, dtype) in expect.items():
+            a = self._array(name)
+            if (shape is not None and tuple(a.shape) != shape) or a.dtype != dtype:
+                raise UserError(f"{self.path}: the header does not match array {name!r} (header implies "
+                                f"{shape or ''} {dtype}, the array is {tuple(a.shape)} {a.dtype}): the header was "
+                                f"edited or the store is damaged; regenerate it or pull it again")
+        if h.num_classes != int(h.teacher.get("num_classes", h.num_classes)):
+            raise UserError(f"{self.path}: the header says {h.num_classes} classes but its teacher has "
+                            f"{h.teacher.get('num_classes')}: the header was edited or is damaged")
+
+    @classmethod
+    def repair_metadata(cls, path: str, header: StoreHeader, keys: list[str]) -> list[str]:
+        """Rebuild what the settings and the images determine: the group's and arrays' metadata,
+        the keys, and unreadable ``done`` entries (their shards become pending). Label shards are
+        never touched here: damaged ones are found by ``check_shards`` and recomputed.
+        ``header``/``keys``: what generate computes from its arguments and DATA. Returns what was done."""
+        path = str(path)
+        if _is_remote(path):
+            return []
+        did = []
+        try:
+            on_disk = StoreHeader.from_dict(dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)["relabel"])
+        except Exception:
+            on_disk = None
+        if on_disk is not None:
+            header = on_disk
+        else:
+            try:  # the label arrays' own metadata still knows how many views exist
+                meta = json.load(open(os.path.join(path, "topk_index", "zarr.json")))
+                header.views = max(header.views, int(meta["shape"][0]))
+            except Exception:
+                pass
+        ref = f"{os.path.abspath(path)}.repair-{os.getpid()}"
+        shutil.rmtree(ref, ignore_errors=True)
+        try:
+            cls._build(ref, header, keys)
+            if on_disk is None:
+                shutil.copyfile(os.path.join(ref, "zarr.json"), os.path.join(path, "zarr.json"))
+                did.append("rebuilt the store header (zarr.json) from the command's settings")
+            g = zarr.open_group(path, mode="r+", zarr_format=3)
+            for name in (*LABEL_ARRAYS, "status", "done", "keys"):
+                try:
+                    g[name]
+                except Exception:
+                    os.makedirs(os.path.join(path, name), exist_ok=True)
+                    shutil.copyfile(os.path.join(ref, name, "zarr.json"), os.path.join(path, name, "zarr.json"))
+                    did.append(f"rebuilt the metadata of array {name!r}")
+            g = zarr.open_group(path, mode="r+", zarr_format=3)
+            try:
+                ok = bytes(np.asarray(g["keys"][:])).decode().split("\n") == list(keys)
+            except Exception:
+                ok = False
+            if not ok:
+                shutil.rmtree(os.path.join(path, "keys"))
+                shutil.copytree(os.path.join(ref, "keys"), os.path.join(path, "keys"))
+                did.append("rebuilt the keys from DATA")
+            done = g["done"]
+            for vb in range(done.shape[0]):
+                for sb in range(done.shape[1]):
+                    try:
+                        done[vb, sb]
+                    except Exception:
+                        done[vb, sb] = 0
+                        did.append(f"done entry of shard {vb}/{sb} was unreadable: recomputing that shard")
+        finally:
+            shutil.rmtree(ref, ignore_errors=True)
+        return did
 
     # ---------------------------------------------------------------- keys
     @cached_property
     def keys(self) -> list[str]:
-        blob = self.group["keys"][:]
-        return bytes(blob).decode().split("\n")
+        try:
+            blob = np.asarray(self._array("keys")[:])
+            keys = bytes(blob).decode().split("\n")
+        except UserError:
+            raise
+        except Exception as e:  # checksum or decode failure
+            raise UserError(f"{self.path}: the keys array is damaged ({type(e).__name__}); {REPAIR_HINT}") from None
+        if len(keys) != self.header.num_samples or len(set(keys)) != len(keys):
+            raise UserError(f"{self.path}: the keys array holds {len(keys)} keys ({len(set(keys))} distinct) for "
+                            f"{self.header.num_samples} samples; {REPAIR_HINT}")
+        return keys
 
     @cached_property
     def key_index(self) -> dict[str, int]:
@@ -203,7 +430,13 @@ class LabelStore:
         return Shard(vb, sb, v0, min(v0 + h.views_per_shard, h.views), s0, min(s0 + h.samples_per_shard, h.num_samples), done)
 
     def done_views(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:], dtype=np.int64)
+        try:
+            return np.asarray(self._array("done")[:], dtype=np.int64)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"{self.path}: the done array (which shards are finished) is damaged "
+                            f"({type(e).__name__}); {REPAIR_HINT}") from None
 
     def shards(self) -> list[Shard]:
         done = self.done_views()
@@ -237,24 +470,68 @@ class LabelStore:
         for name, values in (("topk_index", index.astype(h.index_dtype, copy=False)),
                              ("topk_logp", h.encoding.encode(logp))):
             self.group[name].with_config({"write_empty_chunks": True})[a:b, shard.s0:shard.s1] = values
-        self.group["status"][shard.s0:shard.s1] = status.astype(np.uint8, copy=False)
+        st = self.group["status"].with_config({"write_empty_chunks": True})
+        st[shard.vb, shard.s0:shard.s1] = status.astype(np.uint8, copy=False)
         self.group["done"][shard.vb, shard.sb] = b - shard.v0
 
     def extend_views(self, views: int) -> None:
-        """Grow the view axis; existing views stay as they are and new shards start pending."""
-        h = self.header
-        if views <= h.views:
+        """Grow the view axis; existing views stay as they are and new shards start pending.
+
+        Two writers may grow one store at once: under a lock, the header read from disk at that
+        moment decides, and the view axis never shrinks below what is on disk.
+        """
+        if views <= self.header.views:  # views only grow, so the disk has at least as many
             return
-        h.views = views
-        for name in LABEL_ARRAYS:
-            arr = self.group[name]
-            arr.resize((views, *arr.shape[1:]))
-        self.group["done"].resize((h.n_view_blocks, h.n_sample_blocks))
-        self.group.attrs["relabel"] = h.to_dict()
+        with _locked(self.path):
+            g = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            h = StoreHeader.from_dict(dict(g.attrs)["relabel"])
+            if views > h.views:
+                h.views = views
+                for name in LABEL_ARRAYS:
+                    arr = g[name]
+                    arr.resize((views, *arr.shape[1:]))
+                g["done"].resize((h.n_view_blocks, h.n_sample_blocks))
+                if h.schema_version >= 2:
+                    g["status"].resize((h.n_view_blocks, h.num_samples))
+                g.attrs["relabel"] = h.to_dict()
+        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        self.header = StoreHeader.from_dict(dict(self.group.attrs)["relabel"])
 
     # ---------------------------------------------------------------- reads
+    def block_status(self) -> np.ndarray:
+        """(view blocks, N) status as each shard recorded it; rows of unwritten shards are 0."""
+        h = self.header
+        st = self._read("status", slice(None), lambda: "the status array")
+        if st.ndim == 1:  # schema 1: one shared row
+            st = np.broadcast_to(st, (h.n_view_blocks, h.num_samples))
+        return st
+
     def status(self) -> np.ndarray:
-        return self._read("status", slice(None), lambda: "the status array")
+        """Per sample: 2 if any view block found it unreadable (sticky), 1 if labelled, 0 if pending.
+
+        A store where one view block labelled a sample and another found it unreadable is refused:
+        its pairs differ between blocks, so no single status is right for it.
+        """
+        st = self.block_status()
+        bad = (st == STATUS_UNREADABLE).any(0)
+        mixed = bad & (st == STATUS_OK).any(0)
+        if mixed.any():
+            first = int(np.nonzero(mixed)[0][0])
+            raise UserError(f"{self.path}: {int(mixed.sum())} sample(s) (first: {self.keys[first]!r}) were readable "
+                            f"for some views and unreadable for others; rerun 'relabel generate' to finish the store")
+        return np.where(bad, STATUS_UNREADABLE, st.max(0)).astype(np.uint8)
+
+    def inconsistent_shards(self) -> list[Shard]:
+        """Written shards that labelled a sample another view block found unreadable: to be redone."""
+        st, done = self.block_status(), self.done_views()
+        bad = (st == STATUS_UNREADABLE).any(0)
+        out = []
+        for vb in range(done.shape[0]):
+            for sb in range(done.shape[1]):
+                sh = self.shard(vb, sb, int(done[vb, sb]))
+                if sh.done and (bad[sh.s0:sh.s1] & (st[vb, sh.s0:sh.s1] == STATUS_OK)).any():
+                    out.append(sh)
+        return out
 
     def _shard_key(self, array: str, vb: int, sb: int) -> str:
         return f"{array}/c/{vb}/{sb}/0"
@@ -270,9 +547,15 @@ class LabelStore:
         except (FileNotFoundError, KeyError):
             return True
 
+    def _shard_files(self, sh: Shard) -> list[str]:
+        """The files a written shard must have: its label shards and (schema 2) its status chunk."""
+        keys = [self._shard_key(a, sh.vb, sh.sb) for a in LABEL_ARRAYS]
+        if self.header.schema_version >= 2:
+            keys.append(f"status/c/{sh.vb}/{sh.sb}")
+        return keys
+
     def _check_present(self, shards: list[Shard]) -> None:
-        lost = [self._shard_key(a, sh.vb, sh.sb) for sh in shards for a in LABEL_ARRAYS
-                if self._empty(self._shard_key(a, sh.vb, sh.sb))]
+        lost = [key for sh in shards for key in self._shard_files(sh) if self._empty(key)]
         if lost:
             raise UserError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
                             f"run 'relabel verify' and 'relabel generate --repair'")
@@ -301,10 +584,21 @@ class LabelStore:
             self._check_present(shards)
             if self.group.read_only and all(sh.done == sh.v1 - sh.v0 for sh in shards):
                 self._ready_blocks.add(vb)
-        names = lambda: ", ".join(b.split(":")[0] for b in self.check_shards(  # noqa: E731
+        names = lambda: ", ".join(d.file for d in self.check_shards(  # noqa: E731
             [s for s in self.shards() if s.vb == vb])) or f"view {v}"
         idx, lp = self._read_labels(v, names)
-        return idx.astype(np.int64), h.encoding.decode(lp)
+        idx, lp = idx.astype(np.int64), h.encoding.decode(lp)
+        self._check_rows(idx, lp, self.block_status()[vb] == STATUS_OK, lambda: f"view {v} ({names()})")
+        return idx, lp
+
+    def _check_rows(self, idx: np.ndarray, lp: np.ndarray, ok: np.ndarray, where) -> None:
+        """Refuse labels of samples marked OK that cannot be a real top-k (never silently train on them)."""
+        bad = check_label_rows(idx, lp, self.header.num_classes, self.header.encoding.max_error + 1e-3) & ok
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            raise UserError(f"{self.path}: {int(bad.sum())} stored label row(s) of {where()} cannot be a real top-k "
+                            f"(first: sample {self.keys[int(first[-1])]!r}: classes {idx[tuple(first)].tolist()}); "
+                            f"the store is damaged or was written wrongly: {REPAIR_HINT}")
 
     def _read_labels(self, sel, shard_names) -> tuple[np.ndarray, np.ndarray]:
         """Both label arrays in one event-loop pass, so their chunks are fetched and decoded together."""
@@ -322,10 +616,14 @@ class LabelStore:
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
-        if self.group["done"][shard.vb, shard.sb]:  # written: its files must be there
+        nd = int(self.done_views()[shard.vb, shard.sb])
+        if nd:  # written: its files must be there
             self._check_present([shard])
         idx, lp = self._read_labels(sel, lambda: shard.name)
-        return idx.astype(np.int64), self.header.encoding.decode(lp)
+        idx, lp = idx.astype(np.int64), self.header.encoding.decode(lp)
+        ok = self.block_status()[shard.vb, shard.s0:shard.s1] == STATUS_OK
+        self._check_rows(idx[:nd], lp[:nd], np.broadcast_to(ok, idx[:nd].shape[:2]), lambda: shard.name)
+        return idx, lp
 
     def gather(self, positions: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels of arbitrary (sample, view) pairs, reading each touched shard once."""
@@ -350,21 +648,22 @@ class LabelStore:
             lp[sel] = s_lp[views[sel] - sh.v0, positions[sel] - sh.s0]
         return idx, lp
 
-    def check_shards(self, shards: list[Shard] | None = None) -> list[str]:
-        """Read every completed shard in full; return a line for each one that is damaged."""
+    def check_shards(self, shards: list[Shard] | None = None) -> list["ShardDamage"]:
+        """Read every completed shard in full (labels and status); one record per damaged file."""
         bad = []
         for sh in shards if shards is not None else self.shards():
             if sh.done == 0:
                 continue
-            for name in LABEL_ARRAYS:
-                key = self._shard_key(name, sh.vb, sh.sb)
+            for key in self._shard_files(sh):
+                name = key.split("/")[0]
                 if self._empty(key):
-                    bad.append(f"{key}: missing or empty ({sh.name} is marked done)")
+                    bad.append(ShardDamage(sh, key, f"missing or empty ({sh.name} is marked done)"))
                     continue
+                sel = (sh.vb, slice(sh.s0, sh.s1)) if name == "status" else (slice(sh.v0, sh.v1), slice(sh.s0, sh.s1))
                 try:
-                    np.asarray(self.group[name][sh.v0:sh.v1, sh.s0:sh.s1])
+                    np.asarray(self.group[name][sel])
                 except Exception as e:
-                    bad.append(f"{key}: unreadable ({type(e).__name__}: {str(e)[:80]}) in {sh.name}")
+                    bad.append(ShardDamage(sh, key, f"unreadable ({type(e).__name__}: {str(e)[:80]}) in {sh.name}"))
         return bad
 
     def remove_partials(self) -> int:
@@ -400,8 +699,14 @@ class LabelStore:
                 total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
         return total
 
+    def missing_files(self) -> list[str]:
+        """Files that written shards must have and do not (a cheap existence check, no reads)."""
+        return [key for sh in self.shards() if sh.done for key in self._shard_files(sh) if self._empty(key)]
+
     def summary(self) -> dict:
         h = self.header
+        self.keys  # noqa: B018 - read (and checksum) the keys: a summary of a damaged store must say so
+        missing = self.missing_files()
         st = self.status()
         nbytes = self.bytes_on_disk()
         return {
@@ -416,7 +721,8 @@ class LabelStore:
             "img_size": h.img_size,
             "encoding": h.encoding.to_dict(),
             "fingerprint": h.fingerprint,
-            "complete": self.complete,
+            "complete": self.complete and not missing,
+            "missing_files": missing,
             "corrupt_samples": int((st == STATUS_UNREADABLE).sum()),
             "bytes_on_disk": nbytes,
             "bytes_per_view": nbytes / (h.num_samples * h.views),

@@ -1,0 +1,89 @@
+"""Which teacher class each dataset class is: the bridge between two class spaces.
+
+A teacher trained on ImageNet-1k labelling an ImageNet-100 folder has 1000 outputs for 100 folders;
+its index 7 is not folder 7. Without a map the two index spaces are silently confused, so a teacher
+whose class count differs from the dataset's is refused unless a map is given.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from relabel.storage.errors import UserError
+
+BUILTIN = ("imagenet1k",)
+_MAX_BYTES = 64 << 20
+
+
+def imagenet1k_synsets() -> list[str]:
+    """The standard ImageNet-1k class order (sorted WordNet ids: n01440764 = 0, ...), from timm."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo("imagenet-1k").label_names())
+
+
+def load_class_map(spec: str) -> dict[str, int]:
+    """``imagenet1k``, or a file: JSON ``{"folder name": teacher index}`` or lines ``name index``."""
+    if spec in BUILTIN:
+        return {name: i for i, name in enumerate(imagenet1k_synsets())}
+    if not os.path.isfile(spec):
+        raise UserError(f"--class-map {spec}: no such file; give a JSON object {{folder name: teacher class index}}, "
+                        f"a text file of 'name index' lines, or one of: {', '.join(BUILTIN)}")
+    if os.path.getsize(spec) > _MAX_BYTES:
+        raise UserError(f"--class-map {spec}: larger than {_MAX_BYTES >> 20} MiB; not a class map")
+    try:
+        text = open(spec, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise UserError(f"--class-map {spec}: not UTF-8 text") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = None
+    out: dict[str, int] = {}
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif obj is None:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2:
+                raise UserError(f"--class-map {spec}: line {n} is not 'name index'")
+            items.append((parts[0].strip(), parts[1]))
+    else:
+        raise UserError(f"--class-map {spec}: JSON must be an object {{folder name: teacher class index}}")
+    for name, idx in items:
+        try:
+            i = int(idx)
+            if isinstance(idx, float) or str(idx).strip() != str(i):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise UserError(f"--class-map {spec}: class {name!r} maps to {idx!r}, not a whole number") from None
+        if name in out and out[name] != i:
+            raise UserError(f"--class-map {spec}: class {name!r} is given twice")
+        out[str(name)] = i
+    return out
+
+
+def resolve_class_map(spec: str | None, class_names: list[str], num_classes: int) -> list[int] | None:
+    """Dataset class i -> teacher class; None when the teacher's classes are the dataset's."""
+    if spec is None:
+        if len(class_names) != num_classes:
+            raise UserError(f"the teacher has {num_classes} classes but the dataset has {len(class_names)}: "
+                            f"their indices mean different things; pass --class-map (a file mapping each folder "
+                            f"name to the teacher's class index, or 'imagenet1k' for ImageNet synset folders)")
+        return None
+    mapping = load_class_map(spec)
+    missing = [c for c in class_names if c not in mapping]
+    if missing:
+        raise UserError(f"--class-map {spec}: no entry for dataset class {missing[0]!r} "
+                        f"({len(missing)} of {len(class_names)} missing)")
+    out = [mapping[c] for c in class_names]
+    bad = [(c, i) for c, i in zip(class_names, out) if not 0 <= i < num_classes]
+    if bad:
+        raise UserError(f"--class-map {spec}: class {bad[0][0]!r} maps to {bad[0][1]}, outside the teacher's "
+                        f"0..{num_classes - 1}")
+    if len(set(out)) != len(out):
+        raise UserError(f"--class-map {spec}: two dataset classes map to the same teacher class")
+    return out
