@@ -1,2 +1,82 @@
-"""relabel: run the teacher once, train any student from cached soft labels."""
-__version__ = "0.1.0"
+"""relabel: run the distillation teacher once over replayable views, train any student from the
+cached soft labels.
+
+The public API is what ``__all__`` lists; everything else is internal and may change. Names load on
+first use, so ``import relabel`` (and the CLI's ``--help``) does not import torch.
+
+Example (your own loop)::
+
+    import relabel
+    labels = relabel.open_labels("labels.zarr")          # or exported tars, local or s3://, hf://
+    loader = relabel.ReplayLoader("/data/train", labels, batch_size=128)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for b in loader:
+            logits = model(normalize(b["pixels"]))
+            loss = relabel.kd_loss(logits, b["topk_index"], b["topk_logp"]).mean()
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # labels on disk
+    "open_labels": "relabel.storage.labels",
+    "LabelStore": "relabel.storage.store",
+    "StoreHeader": "relabel.storage.store",
+    "open_source": "relabel.storage.sources",
+    # stage one
+    "GenerateConfig": "relabel.generate",
+    "VerifyReport": "relabel.verify",
+    "Teacher": "relabel.teacher",
+    "EnsembleTeacher": "relabel.teacher",
+    "FunctionTeacher": "relabel.teacher",
+    "build_teacher": "relabel.teacher",
+    # views
+    "create_recipe": "relabel.views",
+    "Recipe": "relabel.views",
+    "ViewRenderer": "relabel.views",
+    "view_params": "relabel.views",
+    # stage two
+    "ReplayLoader": "relabel.train.replay",
+    "kd_loss": "relabel.train.losses",
+    "mixed_ce": "relabel.train.losses",
+    "TrainConfig": "relabel.train.loop",
+    # errors
+    "RelabelError": "relabel.storage.errors",
+    "ConfigError": "relabel.storage.errors",
+    "SourceError": "relabel.storage.errors",
+    "StoreError": "relabel.storage.errors",
+    "UserError": "relabel.storage.errors",
+}
+
+
+
+# Stage functions whose module has the same name (``relabel.generate`` is a module, and importing it
+# would replace a function of that name on this package) are exported under names of their own.
+_RENAMED = {"generate_labels": ("relabel.generate", "generate"), "verify_labels": ("relabel.verify", "verify"),
+            "train_student": ("relabel.train.loop", "train")}
+
+
+__all__ = sorted([*_EXPORTS, *_RENAMED]) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        module, attr = _RENAMED[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'relabel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,18 +10,19 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import typer
 
-PARTS = ("step", "loader", "labels", "generate", "size", "scale", "precision")
+PARTS = ("step", "loader", "labels", "generate", "size", "scale", "precision", "feed")
 
 
 @dataclass
@@ -42,6 +43,13 @@ class BenchConfig:
     steps: int = 3  # step: train steps per timed repeat
     teacher_checkpoint: str | None = None  # precision: a trained teacher (random weights understate the noise)
     data: str | None = None  # precision: images whose views the teacher sees (default: synthetic JPEGs)
+    compile_backend: str = "inductor"  # step/generate: the compiled contenders' torch.compile backend ("none": skip)
+    feed_images: int = 128  # feed: ImageNet-like JPEGs (~500x375, q90); two mix groups, one per worker
+    feed_views: int = 10  # feed: views per image in stage one (one shard block)
+    sweep_students: int = 5  # sweep: S students x E epochs from V stored views of N images
+    sweep_epochs: int = 300
+    sweep_views: int = 10
+    sweep_images: int = 1_281_167  # ImageNet-1k train
 
 
 def measure(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -175,6 +183,77 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
         rest = logq[:, -1:] - np.log(cfg.num_classes - k)
         recon = rest.expand(-1, cfg.num_classes).clone().scatter(1, idx, logq[:, :k])
         out[f"kl_full_k{k}"] = float((full.exp() * (full - recon)).sum(-1).mean())
+    out.update(_correlated_size(cfg, tmp, rng))
+    return out
+
+
+def correlated_views(base: np.ndarray, views: int, rng, noise: float = 0.3, mixed: bool = False):
+    """Logits of ``views`` views per sample: the sample's own logits, scaled per view (a tight crop is
+    surer than a loose one) plus per-class noise; ``mixed``: each view's probabilities mixed with a
+    random partner's (USI's recipe mixes every view, each with another partner). Yields per view."""
+    n = len(base)
+    for _ in range(views):
+        lg = rng.uniform(0.7, 1.1, (n, 1)).astype(np.float32) * base
+        lg += noise * rng.standard_normal(base.shape, dtype=np.float32)
+        if mixed:
+            p = np.exp(lg - lg.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            lam = rng.beta(1.0, 1.0, (n, 1)).astype(np.float32)
+            lg = np.log(lam * p + (1 - lam) * p[rng.permutation(n)] + 1e-30)
+        yield lg
+
+
+def _fast_topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """stub_teacher_topk with a float32 log-sum-exp (1e-6 nats apart; the q8 step is 6e-2): sizes only."""
+    m = logits.max(1, keepdims=True)
+    lse = m + np.log(np.exp(logits - m).sum(1, keepdims=True))
+    idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(logits, idx, 1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, order, 1), np.take_along_axis(top, order, 1) - lse
+    rest = np.log(np.clip(-np.expm1(np.logaddexp.reduce(top.astype(np.float64), axis=1, keepdims=True)), 1e-30, None))
+    return idx, np.concatenate([top, rest], 1).astype(np.float32)
+
+
+def _correlated_size(cfg: BenchConfig, tmp: str, rng) -> dict:
+    """Bytes per view at k=10 when a sample's views share their top classes (real teachers do; the
+    fresh-logit sizes above are the worst case), with the store's format and with the best codec
+    found for it (numcodecs: byte shuffle on indices, delta over ranks on values)."""
+    import torch
+    from numcodecs import Blosc, Zstd
+
+    from relabel.storage import LabelStore, StoreHeader
+    from relabel.storage.encoding import ValueEncoding
+
+
+    n, views, k, C = min(16384, max(1024, cfg.label_views // 10)), 10, 10, cfg.num_classes  # one chunk per view
+    base = synthetic_logits(n, C, rng)
+    enc, out = ValueEncoding(), {}
+    for mixed in (False, True):
+        h = StoreHeader(num_samples=n, views=views, topk=k, num_classes=C, class_names=[str(i) for i in range(C)],
+                        fingerprint="0" * 64, teacher={"model": "stub"}, recipe={"name": "none"}, seed=0,
+                        img_size=224, views_per_shard=views, samples_per_shard=n)
+        path = os.path.join(tmp, f"size-corr{int(mixed)}")
+        store = LabelStore.create(path, h, [f"s{i:08d}" for i in range(n)])
+        idx, lp = zip(*(_fast_topk(lg, k) for lg in correlated_views(base, views, rng, mixed=mixed)))
+        idx, lp = np.stack(idx), np.stack(lp)
+        store.write_shard(store.shard(0, 0), 0, idx, lp, np.ones(n, np.uint8))
+        tag = "_mixed" if mixed else ""
+        out[f"bytes_per_view_k10_correlated{tag}"] = store.label_bytes() / (n * views)
+        out[f"top10_overlap_with_view0{tag}"] = float(np.mean(
+            [len(np.intersect1d(idx[v, s], idx[0, s])) for v in range(1, views) for s in range(0, n, 64)]))
+        if not mixed:
+            t_lp = torch.from_numpy(lp[0])
+            q = torch.from_numpy(enc.decode(enc.encode(lp[0])))
+            out["kl_loss_k10_correlated"] = float((t_lp.exp() * (t_lp - torch.log_softmax(q, -1))).sum(-1).mean())
+            best = 0
+            for v in range(views):  # per view, as the store chunks them (the epoch read stays one chunk)
+                q8 = enc.encode(lp[v])
+                q8[:, 1:k] = np.diff(q8[:, :k].astype(np.int16), axis=1).astype(np.uint8)  # ranks ascend in -log p
+                best += len(Blosc("zstd", 9, Blosc.SHUFFLE).encode(np.ascontiguousarray(idx[v].astype(h.index_dtype))))
+                best += len(Zstd(9).encode(q8.tobytes()))
+            out["bytes_per_view_k10_correlated_best_codec"] = best / (n * views)
+        shutil.rmtree(path, ignore_errors=True)
     return out
 
 
@@ -229,6 +308,11 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
                           precision=cfg.precision, samples_per_shard=64, views_per_shard=cfg.gen_views,
                           progress=False, random_teacher=True)
     teacher = Teacher(cfg.teacher, device=cfg.device, precision=cfg.precision, pretrained=False)
+    compiled = None
+    if _backend(cfg):  # the same random weights, compiled: forward time is all that differs
+        compiled = Teacher(cfg.teacher, device=cfg.device, precision=cfg.precision, pretrained=False,
+                           compile=_backend(cfg))
+        compiled.model.load_state_dict(teacher.model.state_dict())
     total = cfg.gen_images * cfg.gen_views
     pixels = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
     runs = [0]
@@ -240,7 +324,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         return s["views_written"], s["seconds"]  # the pipeline, not model construction
 
-    def teacher_only():
+    def teacher_only(teacher=teacher):
         done = 0
         while done < total:
             teacher.topk(pixels, 5)
@@ -249,10 +333,24 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
             torch.cuda.synchronize()
         return done
 
-    r = measure({"generate": full, "teacher_only": teacher_only}, cfg.repeats)
-    return {"views_per_s": r["generate"]["median"], "teacher_only_views_per_s": r["teacher_only"]["median"],
-            "ratio": r["generate"]["median"] / r["teacher_only"]["median"], "detail": r,
-            "views_per_run": total, "workers": cfg.workers}
+    contenders = {"generate": full, "teacher_only": teacher_only}
+    if compiled is not None:  # measure()'s warm-up call pays the compilation
+        contenders["compiled_teacher_only"] = lambda: teacher_only(compiled)
+    r = measure(contenders, cfg.repeats)
+    out = {"views_per_s": r["generate"]["median"], "teacher_only_views_per_s": r["teacher_only"]["median"],
+           "ratio": r["generate"]["median"] / r["teacher_only"]["median"], "detail": r,
+           "views_per_run": total, "workers": cfg.workers}
+    if compiled is not None:
+        out.update(compiled_teacher_only_views_per_s=r["compiled_teacher_only"]["median"],
+                   compiled_vs_eager=r["compiled_teacher_only"]["median"] / r["teacher_only"]["median"],
+                   compile_backend=_backend(cfg))
+        with torch.inference_mode():  # the compiled teacher's labels are the eager one's (verify's check)
+            out["compiled_max_logit_diff"] = float((compiled.logits(pixels) - teacher.logits(pixels)).abs().max())
+    return out
+
+
+def _backend(cfg: BenchConfig) -> str | None:
+    return None if cfg.compile_backend in ("", "none") else cfg.compile_backend
 
 
 def bench_precision(cfg: BenchConfig, tmp: str) -> dict:
@@ -299,6 +397,110 @@ def bench_precision(cfg: BenchConfig, tmp: str) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------ feed
+def _photo_folder(root: Path, n: int, seed: int = 4) -> Path:
+    """ImageNet-like JPEGs: sizes around 500x375 (landscape, portrait, square), quality 90, soft
+    objects + texture + noise, ~90 KB each (ImageNet's average is ~110 KB): decode cost like a photo's."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w = int(rng.uniform(400, 600))
+        h = int(w * rng.choice([0.75, 0.75, 4 / 3, 2 / 3, 1.0]))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        arr = np.zeros((h, w, 3), np.float32) + rng.uniform(60, 180, 3)
+        for _ in range(12):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(20, 200)
+            arr += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None] * rng.uniform(-90, 90, 3)
+        f = rng.uniform(0.05, 0.4, 2)
+        arr += (18 * np.sin(xx * f[0] + yy * f[1]))[..., None] + rng.normal(0, 13, (h, w, 3))
+        d = root / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(d / f"img{i:05d}.jpg", quality=90)
+    return root
+
+
+def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
+    """The CPU side alone, no model: can it keep a GPU busy? Stage one: generate's own ViewStream
+    (read, decode once, all ``feed_views`` views of a shard block, mix) in a DataLoader; stage two:
+    make_loader over a cached store (decode, one view, mix, label gather). Views/s per worker process
+    at 1 worker and at all ``workers`` (persistent workers, as on a GPU, so start-up is not timed)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from relabel.storage import open_source
+    from relabel.storage.store import Shard
+    from relabel.train.loop import TrainConfig, build, make_loader
+
+    from .generate import GenerateConfig, ViewStream, _Unit, generate
+    from .teacher import FunctionTeacher
+    from .views import RECIPES, ViewRenderer, store_order
+
+    folder = _photo_folder(Path(tmp) / "feed_images", cfg.feed_images)
+    workers = sorted({1, cfg.workers}) if cfg.workers > 0 else [0]
+    recipe, n, nv = RECIPES["usi"], cfg.feed_images, cfg.feed_views
+    src = open_source(str(folder))
+    keys = store_order(src.keys, 0)
+    where = src.index()
+    shard = Shard(0, 0, 0, nv, 0, n, 0)  # one shard block: every image decoded once for all its views
+    units = [_Unit(shard, g0, min(g0 + recipe.mix_group, n)) for g0 in range(0, n, recipe.mix_group)]
+    stream = ViewStream(src, np.asarray([where[k] for k in keys], np.int64), ViewRenderer(recipe, 0, cfg.img_size),
+                        n, units, keys, batch_size=128)
+    contenders: dict[str, Callable] = {}
+
+    def persistent(loader_kw: dict, w: int) -> DataLoader:
+        return DataLoader(**loader_kw, num_workers=w, persistent_workers=w > 0, prefetch_factor=4 if w else None)
+
+    for w in workers:
+        loader = persistent(dict(dataset=stream, batch_size=None), w)
+
+        def stage1(loader=loader):
+            return sum(len(pix) for _, _, _, pix, _ in loader)  # pixels dropped
+
+        contenders[f"stage1_w{w}"] = stage1
+
+    # stage two: a cached store of these images (a stub teacher: labels need no model here)
+    store = os.path.join(tmp, "feed_labels")
+    weights = torch.randn(3, 1000)
+    generate(GenerateConfig(data=str(folder), out=store, views=2, topk=10, img_size=cfg.img_size, workers=cfg.workers,
+                            class_map=_class_map(folder, tmp), batch_size=128, device="cpu", progress=False),
+             teacher=FunctionTeacher(lambda px: px.float().mean((2, 3)) @ weights, 1000, "bench-feed-stub",
+                                     input_size=cfg.img_size))
+    batch = max(2, min(64, n // (2 * max(workers[-1], 1))) // 2 * 2)  # at least two batches per worker
+    for w in workers:
+        tcfg = TrainConfig(data=str(folder), labels=store, out=os.path.join(tmp, f"feed-run{w}"), student=cfg.student,
+                           mode="cached", epochs=2, batch_size=batch, img_size=cfg.img_size, device="cpu",
+                           workers=w, progress=False, log=False, warmup_epochs=0)
+        data, _ = build(tcfg)
+        made, sampler = make_loader(data, tcfg, torch.device("cpu"))
+        loader = persistent(dict(dataset=made.dataset, batch_sampler=made.batch_sampler, collate_fn=made.collate_fn,
+                                 generator=made.generator), w)
+        epoch = [0]
+
+        def stage2(data=data, loader=loader, sampler=sampler, epoch=epoch):
+            sampler.set_epoch(epoch[0] % 2)
+            epoch[0] += 1
+            labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
+            done = 0
+            for b in loader:
+                labels[0][b["positions"]], labels[1][b["positions"]]
+                done += len(b["positions"])
+            return done
+
+        contenders[f"stage2_w{w}"] = stage2
+    r = measure(contenders, cfg.repeats)
+    per = {k: r[k]["median"] / max(1, int(k.rsplit("w", 1)[1])) for k in r}
+    lo, hi = workers[0], workers[-1]
+    mean_kb = sum(p.stat().st_size for p in Path(folder).rglob("*.jpg")) / n / 1024
+    return {"stage1_views_per_s_per_worker": per[f"stage1_w{lo}"], "stage2_img_per_s_per_worker": per[f"stage2_w{lo}"],
+            "stage1_views_per_s_all_workers": r[f"stage1_w{hi}"]["median"],
+            "stage2_img_per_s_all_workers": r[f"stage2_w{hi}"]["median"],
+            "stage1_scaling": r[f"stage1_w{hi}"]["median"] / r[f"stage1_w{lo}"]["median"],
+            "stage2_scaling": r[f"stage2_w{hi}"]["median"] / r[f"stage2_w{lo}"]["median"],
+            "workers": workers, "images": n, "views_per_image_stage1": nv, "mean_jpeg_kib": mean_kb,
+            "stage2_batch": batch, "detail": r}
+
+
 # ------------------------------------------------------------------------------------ step / loader
 def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     """Real images and a real label store (random-weight teacher) for stage-two timing."""
@@ -331,23 +533,28 @@ def bench_step(cfg: BenchConfig, tmp: str) -> dict:
 
     from relabel.train.loop import bench_setup
 
+    def step(tr, batch):
+        for _ in range(cfg.steps):
+            loss = tr.train_step(batch)
+        loss.item()  # wait for the device
+        if tr.device.type == "cuda":
+            torch.cuda.synchronize()
+        return cfg.steps * len(batch["positions"])
+
     steps = {}
     for mode in ("supervised", "cached", "online"):
         tr, (batch,) = bench_setup(_train_cfg(cfg, tmp, mode), batches=1)
-
-        def step(tr=tr, batch=batch):
-            for _ in range(cfg.steps):
-                loss = tr.train_step(batch)
-            loss.item()  # wait for the device
-            if tr.device.type == "cuda":
-                torch.cuda.synchronize()
-            return cfg.steps * len(batch["positions"])
-
-        steps[mode] = step
+        steps[mode] = lambda tr=tr, batch=batch: step(tr, batch)
+    if _backend(cfg):  # the cached step with the student compiled (the warm-up pays the compilation)
+        tr, (batch,) = bench_setup(replace(_train_cfg(cfg, tmp, "cached"), compile=_backend(cfg)), batches=1)
+        steps["compiled_cached"] = lambda tr=tr, batch=batch: step(tr, batch)
     r = measure(steps, cfg.repeats)
     out = {f"{m}_img_s": r[m]["median"] for m in steps}
     out.update(cached_vs_supervised=out["cached_img_s"] / out["supervised_img_s"],
                cached_vs_online=out["cached_img_s"] / out["online_img_s"], detail=r)
+    if "compiled_cached_img_s" in out:
+        out.update(compiled_vs_eager_cached=out["compiled_cached_img_s"] / out["cached_img_s"],
+                   compile_backend=_backend(cfg))
     return out
 
 
@@ -422,7 +629,7 @@ def _view_vs_timm(cfg: BenchConfig, data) -> dict:
 
 # ------------------------------------------------------------------------------------ driver
 _RUNNERS = {"step": bench_step, "loader": bench_loader, "labels": bench_labels, "generate": bench_generate,
-            "size": bench_size, "scale": None, "precision": bench_precision}
+            "size": bench_size, "scale": None, "precision": bench_precision, "feed": bench_feed}
 
 
 def _scale_child(cfg: BenchConfig, tmp: str, q) -> None:
@@ -447,11 +654,29 @@ def run_bench(parts: list[str], cfg: BenchConfig, json_out: str | None = None) -
                 results[part] = _RUNNERS[part](cfg, tmp)
             results[part]["bench_seconds"] = time.perf_counter() - t0
             print(f"bench {part}: done in {results[part]['bench_seconds']:.1f}s", file=sys.stderr, flush=True)
+    if "step" in results and "generate" in results:
+        results["sweep"] = sweep(cfg, results)
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(results, indent=2))
         Path(json_out).with_suffix(".md").write_text(markdown(results) + "\n")
     return results
+
+
+def sweep(cfg: BenchConfig, results: dict) -> dict:
+    """End-to-end cost of S students x E epochs on N images from measured per-image costs: cached
+    runs the teacher V x N times (stage one, whole pipeline) and then the cheap step S x E x N times;
+    online pays the teacher inside every one of the S x E x N steps."""
+    S, E, V, N = cfg.sweep_students, cfg.sweep_epochs, cfg.sweep_views, cfg.sweep_images
+    t_gen = 1 / results["generate"]["views_per_s"]  # s per stored view
+    t_cached, t_online = 1 / results["step"]["cached_img_s"], 1 / results["step"]["online_img_s"]
+    stage_one, cached_steps, online = V * N * t_gen, S * E * N * t_cached, S * E * N * t_online
+    gain = t_online - t_cached  # what one student-epoch-image saves by not running the teacher
+    return {"students": S, "epochs": E, "views": V, "images": N, "s_per_view_generate": t_gen,
+            "s_per_img_cached_step": t_cached, "s_per_img_online_step": t_online,
+            "cached_hours": (stage_one + cached_steps) / 3600, "cached_stage_one_hours": stage_one / 3600,
+            "online_hours": online / 3600, "online_vs_cached": online / (stage_one + cached_steps),
+            "break_even_student_epochs": V * t_gen / gain if gain > 0 else float("inf")}
 
 
 def machine(cfg: BenchConfig) -> dict:
@@ -475,7 +700,15 @@ _TARGETS = {  # (key, target, direction)
     "scale": [("views", None, ""), ("views_per_s", None, ""), ("peak_rss_mib", 1024, "<=")],
     "precision": [(f"{p}_{m}", None, "") for p in ("bf16", "fp16") for m in ("max_err", "mean_err", "vs_q8",
                                                                                "top1_agree")],
+    "feed": [("stage1_views_per_s_per_worker", None, ""), ("stage1_scaling", None, ""),
+             ("stage2_img_per_s_per_worker", None, ""), ("stage2_scaling", None, "")],
+    "sweep": [("cached_hours", None, ""), ("online_hours", None, ""), ("online_vs_cached", None, ""),
+              ("break_even_student_epochs", None, "")],
 }
+_TARGETS["step"] += [("compiled_cached_img_s", None, ""), ("compiled_vs_eager_cached", None, "")]
+_TARGETS["generate"] += [("compiled_teacher_only_views_per_s", None, ""), ("compiled_vs_eager", None, "")]
+_TARGETS["size"] += [("bytes_per_view_k10_correlated", 16, "<="), ("kl_loss_k10_correlated", 1e-3, "<="),
+                     ("bytes_per_view_k10_correlated_mixed", None, ""), ("bytes_per_view_k10_correlated_best_codec", None, "")]
 
 
 def markdown(results: dict) -> str:
@@ -497,7 +730,8 @@ def markdown(results: dict) -> str:
 
 
 def bench_command(
-    part: str = typer.Argument("all", help=f"One of {', '.join(PARTS)} or all."),
+    part: str = typer.Argument("all", help=f"One of {', '.join(PARTS)}, several joined by commas, or all "
+                                      f"(step and generate together add the sweep)."),
     student: str = typer.Option("deit_s", help="Student model."),
     teacher: str = typer.Option("tresnet_l_v2", help="Teacher model (random weights: speed does not depend on them)."),
     batch_size: int = typer.Option(16, help="Batch size."),
@@ -513,22 +747,34 @@ def bench_command(
     steps: int = typer.Option(3, help="step: train steps per timed repeat."),
     teacher_checkpoint: str = typer.Option(None, help="precision: trained teacher weights (random ones understate)."),
     data: str = typer.Option(None, help="precision: an ImageFolder whose views the teacher sees."),
+    compile_backend: str = typer.Option("inductor", help="step/generate: torch.compile backend of the compiled "
+                                        "contenders (none: skip them)."),
+    feed_images: int = typer.Option(128, help="feed: ImageNet-like JPEGs (~500x375, q90)."),
+    feed_views: int = typer.Option(10, help="feed: stage-one views per image (one shard block)."),
+    sweep_students: int = typer.Option(5, help="sweep: students trained from one label set."),
+    sweep_epochs: int = typer.Option(300, help="sweep: epochs per student."),
+    sweep_views: int = typer.Option(10, help="sweep: stored views per image."),
+    sweep_images: int = typer.Option(1_281_167, help="sweep: training images (default: ImageNet-1k)."),
     json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
 ):
     """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
     from relabel.storage import UserError
 
-    parts = list(PARTS) if part == "all" else [part]
+    parts = list(PARTS) if part == "all" else part.split(",")  # step,generate: also the sweep, from both
     if any(p not in PARTS for p in parts):
         raise UserError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
     if os.path.isdir(json_out):
         raise UserError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
     if repeats < 1 or batch_size < 2 or steps < 1:
         raise UserError("--repeats and --steps must be >= 1 and --batch-size >= 2")
+    if feed_images < 2 or feed_views < 1 or min(sweep_students, sweep_epochs, sweep_views, sweep_images) < 1:
+        raise UserError("--feed-images must be >= 2 and --feed-views and the --sweep-* counts >= 1")
     cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
                       precision=precision, repeats=repeats, workers=workers, label_views=label_views,
                       scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps,
-                      teacher_checkpoint=teacher_checkpoint, data=data)
+                      teacher_checkpoint=teacher_checkpoint, data=data, compile_backend=compile_backend,
+                      feed_images=feed_images, feed_views=feed_views, sweep_students=sweep_students,
+                      sweep_epochs=sweep_epochs, sweep_views=sweep_views, sweep_images=sweep_images)
     r = run_bench(parts, cfg, json_out)
     typer.echo(markdown(r))
     typer.echo(f"wrote {json_out} and {Path(json_out).with_suffix('.md')}")

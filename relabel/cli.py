@@ -11,6 +11,7 @@ import typer
 from relabel.storage.errors import UserError
 
 from . import __version__
+from .runtime import default_workers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run the distillation teacher once over replayable augmentation views; train any "
@@ -50,7 +51,7 @@ def generate(
     seed: int = typer.Option(0, help="Seed of every view."),
     img_size: Optional[int] = typer.Option(None, help="Teacher input size (default: the teacher's own)."),
     batch_size: int = typer.Option(128, help="Teacher batch size."),
-    workers: int = typer.Option(min(8, os.cpu_count() or 1), help="DataLoader workers (decode + views)."),
+    workers: int = typer.Option(default_workers(), help="DataLoader workers (decode + views)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16 or bf16."),
     encoding: str = typer.Option("q8", help="Stored values: q8 (1 byte, ~2e-4 nats KL), f16 or f32."),
@@ -60,6 +61,8 @@ def generate(
     class_map: Optional[str] = typer.Option(None, help="When the teacher's classes are not the dataset's: a JSON "
                                             "file {folder name: teacher class index}, 'name index' lines, or "
                                             "'imagenet1k' (folders named by ImageNet synset)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher (faster on GPUs; the labels "
+                                 "are the same within fp32 noise, and verify accepts them against eager)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stage one: run the teacher over stored views and write top-k labels."""
@@ -70,7 +73,7 @@ def generate(
                            topk=topk, recipe=recipe, seed=seed, img_size=img_size, batch_size=batch_size,
                            workers=workers, device=device, precision=precision, encoding=encoding,
                            samples_per_shard=samples_per_shard, views_per_shard=views_per_shard, repair=repair,
-                           class_map=class_map, progress=not quiet))
+                           class_map=class_map, progress=not quiet, compile=compile))
     if int(os.environ.get("RANK", "0")) == 0:
         _say(f"wrote {s['views_written']:,} views in {s['shards_written']} shard(s) in {s['seconds']:.1f}s "
              f"({s['views_per_s']:,.1f} views/s); store: {s['num_samples']:,} samples x {s['views']} views, "
@@ -108,11 +111,13 @@ def verify(store: str = typer.Argument(..., help="Label store."),
            teacher_checkpoint: List[str] = typer.Option([], help="Teacher weights the store was made with (one per "
                                                         "ensemble member, in order)."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
-           seed: int = typer.Option(0, help="Seed for picking the views.")):
+           seed: int = typer.Option(0, help="Seed for picking the views."),
+           compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher.")):
     """Recompute random stored views with the teacher; check completeness and shard integrity."""
     from .verify import verify as run
 
-    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint or None, device=device, seed=seed)
+    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint or None, device=device, seed=seed,
+            compile=compile)
     for line in r.damaged:
         _say(f"damaged: {line}")
     for line in r.notes:

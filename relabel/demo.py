@@ -3,17 +3,18 @@
 scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes) are written out as an
 ImageFolder at 32 px with a train/val split. A teacher is trained supervised, ``generate`` labels
 the training views with it, and a smaller student is trained three ways on the same views:
-cached labels, the teacher in the loop (online), and ground truth only (supervised).
+cached labels, the teacher in the loop (online: its full softmax, USI's loss), and ground truth only
+(supervised). Every step prints the ``relabel`` command that reproduces it exactly (derived from the
+very config object the step runs). ``relabel study`` (relabel/study.py) reuses these pieces.
 """
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -64,18 +65,59 @@ def write_digits(root: Path, size: int, limit: int | None = None) -> tuple[Path,
     return train, val
 
 
-def _cmd(*args) -> str:
-    return "relabel " + " ".join(shlex.quote(str(a)) for a in args)
-
-
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def train_command_line(cfg) -> str:
+    """The ``relabel train`` command that runs exactly ``cfg`` (a TrainConfig)."""
+    from relabel.train.command import format_command, train_argv
+
+    return format_command("train", *train_argv(cfg))
+
+
+def generate_command_line(cfg) -> str:
+    """The ``relabel generate`` command that runs exactly ``cfg`` (a GenerateConfig)."""
+    import typer.main
+
+    from relabel.cli import app
+    from relabel.train.command import argv_for, format_command
+
+    cmd = typer.main.get_command(app).commands["generate"]
+    return format_command("generate", *argv_for(cmd, cfg))
+
+
+def train_teacher(train_dir: Path, val_dir: Path, recipe: Path, run: Path, teacher: str, epochs: int, common: dict) -> dict:
+    """The demo's teacher: trained supervised from scratch on fresh views (skipped if already trained)."""
     from relabel.train.loop import TrainConfig, train
 
+    cfg = TrainConfig(data=str(train_dir), labels=None, out=str(run), student=teacher, mode="supervised",
+                      val=str(val_dir), epochs=epochs, seed=0, recipe=str(recipe), **common)
+    _say(f"  {train_command_line(cfg)}")
+    t0 = time.perf_counter()
+    done = (run / "metrics.jsonl").exists() and _history(run)[-1]["epoch"] == epochs
+    if not done:  # a teacher cut short resumes (bit-exactly) instead of being taken half-trained
+        r = train(replace(cfg, resume=(run / "last.pth").exists()))
+        return {"top1": r["val_top1"], "seconds": time.perf_counter() - t0}
+    return {"top1": _history(run)[-1]["val_top1"], "seconds": None}
+
+
+def make_labels(train_dir: Path, store: Path, teacher: str, checkpoint: Path, views: int, topk: int, img_size: int,
+                recipe: Path, workers: int, device: str) -> dict:
+    """Stage one over the training images with the trained teacher (resumes an existing store)."""
     from .generate import GenerateConfig, generate
+
+    cfg = GenerateConfig(data=str(train_dir), out=str(store), teacher=teacher, teacher_checkpoint=str(checkpoint),
+                         views=views, topk=topk, img_size=img_size, workers=workers, device=device, recipe=str(recipe),
+                         samples_per_shard=1024, progress=False)
+    _say(f"  {generate_command_line(cfg)}")
+    s = generate(cfg)
+    return {"views": s["num_samples"] * s["views"], "seconds": s["seconds"],
+            "label_bytes_per_view": s["label_bytes_per_view"], "config": asdict(cfg)}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from relabel.train.loop import TrainConfig, train
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,50 +129,32 @@ def run_demo(cfg: DemoConfig) -> dict:
     results: dict = {"config": cfg.__dict__, "runs": []}
 
     teacher_run = out / "teacher"
-    _say(f"[1/3] teacher, supervised:\n  {_cmd('train', train_dir, '--mode', 'supervised', '--recipe', recipe, '--student', cfg.teacher, '--out', teacher_run, '--val', val_dir, '--epochs', cfg.teacher_epochs, '--img-size', cfg.img_size, '--batch-size', cfg.batch_size, '--no-model-ema')}")
-    t0 = time.perf_counter()
-    if not (teacher_run / "best.pth").exists():
-        r = train(TrainConfig(data=str(train_dir), labels=None, out=str(teacher_run), student=cfg.teacher, mode="supervised",
-                              val=str(val_dir), epochs=cfg.teacher_epochs, seed=0, recipe=str(recipe), **common))
-        results["teacher"] = {"top1": r["val_top1"], "seconds": time.perf_counter() - t0}
-    else:
-        results["teacher"] = {"top1": json.loads((teacher_run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"],
-                              "seconds": None}
+    _say("[1/3] teacher, supervised:")
+    results["teacher"] = train_teacher(train_dir, val_dir, recipe, teacher_run, cfg.teacher, cfg.teacher_epochs, common)
     _say(f"      teacher top-1 {results['teacher']['top1']:.2f}%")
 
     store = out / "labels.zarr"
-    gen_args = ["generate", train_dir, "--out", store, "--teacher", cfg.teacher, "--teacher-checkpoint",
-                teacher_run / "best.pth", "--views", cfg.views, "--topk", cfg.topk, "--img-size", cfg.img_size,
-                "--recipe", recipe, "--samples-per-shard", 1024]
-    _say(f"[2/3] labels, the teacher's only pass:\n  {_cmd(*gen_args)}")
-    s = generate(GenerateConfig(data=str(train_dir), out=str(store), teacher=cfg.teacher,
-                                teacher_checkpoint=str(teacher_run / "best.pth"), views=cfg.views, topk=cfg.topk,
-                                img_size=cfg.img_size, workers=cfg.workers, device=cfg.device, recipe=str(recipe),
-                                samples_per_shard=1024, progress=False))
-    results["generate"] = {"views": s["num_samples"] * s["views"], "seconds": s["seconds"],
-                           "label_bytes_per_view": s["label_bytes_per_view"]}
-    _say(f"      {s['num_samples'] * s['views']:,} views in {s['seconds']:.1f}s")
+    _say("[2/3] labels, the teacher's only pass:")
+    results["generate"] = make_labels(train_dir, store, cfg.teacher, teacher_run / "best.pth", cfg.views, cfg.topk,
+                                      cfg.img_size, recipe, cfg.workers, cfg.device)
+    _say(f"      {results['generate']['views']:,} views in {results['generate']['seconds']:.1f}s")
 
     _say("[3/3] student, three ways on the same views:")
     for seed in range(cfg.seeds):
         for mode in MODES:
             run = out / f"student-{mode}-seed{seed}"
-            args = ["train", train_dir, "--labels", store, "--mode", mode, "--student", cfg.student, "--out", run,
-                    "--val", val_dir, "--epochs", cfg.epochs, "--img-size", cfg.img_size, "--seed", seed,
-                    "--batch-size", cfg.batch_size, "--no-model-ema"]
-            if mode == "online":
-                args += ["--teacher", cfg.teacher, "--teacher-checkpoint", teacher_run / "best.pth"]
-            _say(f"  {_cmd(*args)}")
+            online = mode == "online"
+            tcfg = TrainConfig(data=str(train_dir), labels=str(store), out=str(run), student=cfg.student, mode=mode,
+                               val=str(val_dir), epochs=cfg.epochs, seed=seed,
+                               teacher=cfg.teacher if online else None,
+                               teacher_checkpoint=str(teacher_run / "best.pth") if online else None, **common)
+            _say(f"  {train_command_line(tcfg)}")
             if (run / "last.pth").exists():
                 import shutil
 
                 shutil.rmtree(run)
             t0 = time.perf_counter()
-            r = train(TrainConfig(data=str(train_dir), labels=str(store), out=str(run), student=cfg.student, mode=mode,
-                                  val=str(val_dir), epochs=cfg.epochs, seed=seed,
-                                  teacher=cfg.teacher if mode == "online" else None,
-                                  teacher_checkpoint=str(teacher_run / "best.pth") if mode == "online" else None,
-                                  **common))
+            r = train(tcfg)
             wall = time.perf_counter() - t0
             results["runs"].append({"mode": mode, "seed": seed, "top1": r["val_top1"], "seconds": wall,
                                     "train_seconds": sum(m["train_seconds"] for m in _history(run))})

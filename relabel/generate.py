@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
+from relabel.storage.errors import ConfigError
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
@@ -26,6 +27,7 @@ from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExis
 from . import __version__, replay_check
 from .classmap import resolve_class_map
 from .dist import Dist
+from .runtime import default_workers
 from .progress import progress_bar
 from .teacher import NonFiniteOutput, build_teacher, teacher_identity
 from .views import Recipe, ViewRenderer, create_recipe, decode_image, group_partners, mix_batch, store_order
@@ -47,7 +49,7 @@ class GenerateConfig:
     seed: int = 0
     img_size: int | None = None
     batch_size: int = 128
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     device: str = "auto"
     precision: str = "auto"
     encoding: str = "q8"
@@ -59,6 +61,7 @@ class GenerateConfig:
     retry_wait: float = 0.5  # seconds before the first retry; doubles each time
     progress: bool = True
     random_teacher: bool = False  # benchmarks: speed does not depend on weights
+    compile: bool | str = False  # torch.compile the teacher (a string: the backend); labels are the same
 
 
 class ReadFailed(Exception):
@@ -181,30 +184,30 @@ MAX_VIEWS, MAX_SHARD_SAMPLES, MAX_IMG_SIZE = 65535, 1 << 20, 4096
 
 def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
     if not 1 <= cfg.views <= MAX_VIEWS:
-        raise UserError(f"--views must be between 1 and {MAX_VIEWS} (got {cfg.views})")
+        raise ConfigError(f"--views must be between 1 and {MAX_VIEWS} (got {cfg.views})")
     if not 1 <= cfg.views_per_shard <= MAX_VIEWS:
-        raise UserError(f"--views-per-shard must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
+        raise ConfigError(f"--views-per-shard must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
     if cfg.samples_per_shard > MAX_SHARD_SAMPLES or cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
-        raise UserError(f"--samples-per-shard x views per shard is too large to hold a shard in memory "
+        raise ConfigError(f"--samples-per-shard x views per shard is too large to hold a shard in memory "
                         f"(at most {MAX_SHARD_SAMPLES} samples and {1 << 24} views per shard)")
     if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
-        raise UserError(f"--img-size must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
+        raise ConfigError(f"--img-size must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
                         f"leave it out for the teacher's own size")
     if cfg.read_retries < 1:
-        raise UserError(f"read_retries must be >= 1 (got {cfg.read_retries})")
+        raise ConfigError(f"read_retries must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
-        raise UserError(f"--topk must be >= 1 (got {cfg.topk})")
+        raise ConfigError(f"--topk must be >= 1 (got {cfg.topk})")
     if cfg.batch_size <= 0:
-        raise UserError(f"--batch-size must be >= 1 (got {cfg.batch_size})")
+        raise ConfigError(f"--batch-size must be >= 1 (got {cfg.batch_size})")
     if cfg.workers < 0:
-        raise UserError(f"--workers must be >= 0 (got {cfg.workers})")
+        raise ConfigError(f"--workers must be >= 0 (got {cfg.workers})")
     if cfg.samples_per_shard <= 0 or cfg.samples_per_shard % recipe.mix_group:
-        raise UserError(f"--samples-per-shard must be a positive multiple of the recipe's mix_group "
+        raise ConfigError(f"--samples-per-shard must be a positive multiple of the recipe's mix_group "
                         f"({recipe.mix_group}); got {cfg.samples_per_shard}")
     if os.path.isfile(cfg.out):
-        raise UserError(f"{cfg.out}: is a file; --out must be a folder for the label store")
+        raise ConfigError(f"{cfg.out}: is a file; --out must be a folder for the label store")
     if os.path.isdir(cfg.data) and is_inside(cfg.out, cfg.data, strict=True):  # it would become a class
-        raise UserError(f"{cfg.out}: --out lies inside DATA ({cfg.data}); put the label store outside the images")
+        raise ConfigError(f"{cfg.out}: --out lies inside DATA ({cfg.data}); put the label store outside the images")
 
 
 def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
@@ -217,6 +220,7 @@ def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
         raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
                         f"Use the same settings to resume, or another --out")
     store.remove_partials()  # temp files of writes a crash cut short
+    store.remove_stale_claims()  # claims of writers that died
     store.extend_views(header.views)
     return store
 
@@ -259,9 +263,22 @@ def _reset(store: LabelStore, shards: set[tuple[int, int]], dist: Dist) -> None:
 def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher,
                  dist: Dist) -> tuple[int, int, list[str]]:
     """Compute this rank's share of the pending shards; returns (views, shards written, failures)."""
-    h = store.header
     pending = store.pending_shards()
-    mine = pending[dist.rank::dist.world]
+    mine = [sh for sh in pending[dist.rank::dist.world] if store.claim(sh)]
+    busy = len(pending[dist.rank::dist.world]) - len(mine)
+    if busy:
+        log.warning("%d shard(s) are being computed by another process on this store; left to it "
+                    "(rerun afterwards to check the store is complete)", busy)
+    try:
+        return _compute(cfg, recipe, source, store, teacher, dist, mine)
+    finally:
+        for sh in mine:
+            store.release(sh)
+
+
+def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
+             mine: list[Shard]) -> tuple[int, int, list[str]]:
+    h = store.header
     src = source.index()
     src_index = np.asarray([src[k] for k in store.keys], np.int64)
     sticky = (store.block_status() == STATUS_UNREADABLE).any(0)
@@ -314,6 +331,7 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
                 except OSError as e:  # disk full, quota, I/O error: the shard stays pending
                     raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
                                     f"free space and rerun to resume") from None
+                store.release(sh)
                 n_shards += 1
     if buffers:
         raise RuntimeError(f"{len(buffers)} shard(s) were not completed; rerun to resume")
@@ -341,7 +359,8 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     if teacher is None:
         teacher = build_teacher(_as_list(cfg.teacher), _as_list(cfg.teacher_checkpoint), cfg.teacher_weight,
                                 device=dist.device_str(cfg.device), precision=cfg.precision,
-                                pretrained=not cfg.random_teacher, own_size=cfg.teacher_own_size)
+                                pretrained=not cfg.random_teacher, own_size=cfg.teacher_own_size,
+                                compile=cfg.compile)
     if cfg.topk > teacher.num_classes:
         raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)

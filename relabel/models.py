@@ -9,7 +9,7 @@ import torch
 import timm
 
 from relabel.storage.errors import UserError
-from relabel.storage.manifest import sha256_file
+from relabel.storage.hashing import sha256_file
 
 # Short names people use for common models -> timm names.
 ALIASES = {

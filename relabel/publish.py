@@ -2,8 +2,8 @@
 manifest + dataset card to a folder, an fsspec URL or the Hugging Face Hub) and ``relabel pull``
 (checked download, optionally of a range of views).
 
-The file formats and transport live in ``relabel.storage.export``, ``relabel.storage.manifest`` and
-``relabel.storage.card``; this module gathers the pieces and is the CLI face.
+The file formats and transport live in ``relabel.storage`` (``export_format``, ``export``, ``exported``,
+``manifest``, ``remotes``, ``publish`` and ``card``); this module gathers the pieces and is the CLI face.
 """
 from __future__ import annotations
 
@@ -61,12 +61,14 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
             private: bool = False, jobs: int = 8):
     """Upload a store (+ exported shards) with a manifest and a dataset card; only what changed.
 
-    Returns ``relabel.storage.manifest.PublishResult``.
+    Returns ``relabel.storage.publish.PublishResult``.
     """
     from relabel.storage import LabelStore
     from relabel.storage.card import dataset_card
-    from relabel.storage.export import INDEX_NAME, load_index
-    from relabel.storage.manifest import CARD_NAME, MANIFEST_NAME, SHARDS_DIR, local_files, publish_files
+    from relabel.storage.export_format import INDEX_NAME
+    from relabel.storage.exported import load_index
+    from relabel.storage.manifest import CARD_NAME, MANIFEST_NAME, SHARDS_DIR, local_files
+    from relabel.storage.publish import publish_files
     from relabel.storage.store import STATUS_UNREADABLE
 
     if "://" in store:
@@ -119,11 +121,11 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
 
 
 def pull(src: str, dest: str, views: str | None = None, shards: bool | None = None, jobs: int = 8):
-    """Download and check a published store; returns ``relabel.storage.manifest.PullResult``.
+    """Download and check a published store; returns ``relabel.storage.publish.PullResult``.
 
-    A pull cut short is resumed by the same call; until then DEST is no store (see storage/manifest.py)."""
+    A pull cut short is resumed by the same call; until then DEST is no store (see storage/publish.py)."""
     from relabel.storage import LabelStore
-    from relabel.storage.manifest import pull_files
+    from relabel.storage.publish import pull_files
 
     res = pull_files(src, dest, views=views, shards=shards, jobs=jobs)
     LabelStore.open(res.dest)  # the copy must open; raises a UserError if not

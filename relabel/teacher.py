@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from relabel.storage.errors import UserError
-from relabel.storage.manifest import sha256_file
+from relabel.storage.hashing import sha256_file
 
 from .models import Normalize, autocast, create, pick_device, resolve_precision
 
@@ -33,11 +33,16 @@ class Teacher:
 
     def __init__(self, name: str, checkpoint: str | None = None, device: str = "auto",
                  precision: str = "auto", pretrained: bool = True, num_classes: int | None = None,
-                 own_size: bool = False):
+                 own_size: bool = False, compile: bool | str = False):
         self.device = pick_device(device)
         self.own_size = own_size  # resize each view to this model's own input size (ensembles)
         model, self.info = create(name, checkpoint=checkpoint, pretrained=pretrained, num_classes=num_classes)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        # torch.compile: same labels within fp32 noise (verify checks them against eager), faster on
+        # GPUs. True means inductor; a string names another torch.compile backend.
+        self.compiled = compile_backend(compile)
+        self.forward = self.model if self.compiled is None else torch.compile(self.model, backend=self.compiled)
+        self._pad = 0  # compiled: batches padded to the largest seen, so a short last batch never recompiles
         self.normalize = Normalize(self.info.mean, self.info.std).to(self.device)
         self.precision = resolve_precision(self.device, precision)  # what runs, never "auto"
         # TF32 changes fp32 matmuls on Ampere and later: part of what the labels were made with.
@@ -60,8 +65,12 @@ class Teacher:
         if self.own_size and x.shape[-1] != self.info.input_size:  # the same crop at this model's size
             x = F.interpolate(x, size=(self.info.input_size,) * 2, mode="bilinear", align_corners=False,
                               antialias=True).contiguous(memory_format=torch.channels_last)
+        n = x.shape[0]
+        if self.compiled is not None and 0 < n < self._pad:  # eval mode: rows never see each other
+            x = torch.cat([x, x.new_zeros((self._pad - n, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+        self._pad = max(self._pad, n)
         with autocast(self.device, self.precision):
-            return self.model(x).float()
+            return self.forward(x)[:n].float()
 
     def topk(self, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _checked_topk(self, pixels, k)
@@ -74,6 +83,20 @@ class Teacher:
         if self.own_size:
             d["own_size"] = True
         return d
+
+
+def compile_backend(compile: bool | str | None) -> str | None:
+    """``--compile`` as a torch.compile backend name (None: eager)."""
+    if not compile:
+        return None
+    if compile is True:
+        return "inductor"
+    import torch._dynamo
+
+    if compile not in torch._dynamo.list_backends(exclude_tags=()):
+        raise UserError(f"unknown torch.compile backend {compile!r}; use one of "
+                        f"{', '.join(torch._dynamo.list_backends())}")
+    return compile
 
 
 @torch.inference_mode()
@@ -172,14 +195,16 @@ class FunctionTeacher:
 
 def build_teacher(names: Sequence[str], checkpoints: Sequence[str] | None = None, weights=None,
                   device: str = "auto", precision: str = "auto", pretrained: bool = True, own_size: bool = False,
-                  num_classes: int | None = None):
-    """One timm teacher, or an ensemble of several (``names[i]`` with ``checkpoints[i]``)."""
+                  num_classes: int | None = None, compile: bool | str = False):
+    """One timm teacher, or an ensemble of several (``names[i]`` with ``checkpoints[i]``); ``compile``
+    compiles every member (a FunctionTeacher's callable is the user's to compile)."""
     names = list(names)
     ckpts = list(checkpoints or [])
     if ckpts and len(ckpts) != len(names):
         raise UserError(f"give one --teacher-checkpoint per --teacher ({len(names)} teachers, {len(ckpts)} checkpoints)")
     members = [Teacher(n, ckpts[i] if ckpts else None, device=device, precision=precision, pretrained=pretrained,
-                       num_classes=num_classes, own_size=own_size and len(names) > 1) for i, n in enumerate(names)]
+                       num_classes=num_classes, own_size=own_size and len(names) > 1, compile=compile)
+               for i, n in enumerate(names)]
     if len(members) == 1:
         if weights and len(weights) != 1:
             raise UserError("--teacher-weight is for ensembles: give one per --teacher")
@@ -204,7 +229,8 @@ class NonFiniteOutput(UserError):
                          f"check the teacher checkpoint{hint}")
 
 
-def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: str = "fp32"):
+def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: str = "fp32",
+                    compile: bool | str = False):
     """The store's teacher (one model or an ensemble) from its header record and the checkpoints
     the user gives again; notes where a checkpoint is not the one the labels were made with."""
     members = record.get("members") or [record]
@@ -228,5 +254,6 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     teacher = build_teacher([m["model"] for m in members], ckpts or None,
                             [m.get("weight", 1.0) for m in members] if len(members) > 1 else None, device=device,
                             precision=precision, pretrained=not ckpts and members[0].get("weights") != "random",
-                            own_size=bool(members[0].get("own_size")))
+                            own_size=bool(members[0].get("own_size")), compile=compile,
+                            num_classes=int(record["num_classes"]) if record.get("num_classes") else None)
     return teacher, notes

@@ -56,10 +56,11 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
 
 
 def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=None,
-           device: str = "auto", batch_size: int = 64, seed: int = 0, teacher=None) -> VerifyReport:
+           device: str = "auto", batch_size: int = 64, seed: int = 0, teacher=None,
+           compile: bool | str = False) -> VerifyReport:
     """Recompute random stored views in fp32 and compare; check shards, completeness and pixel drift.
     ``teacher_checkpoint``: a path, or one per ensemble member; ``teacher``: a ready teacher object
-    (a ``FunctionTeacher``) instead of rebuilding the store's."""
+    (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it."""
     if samples < 0:
         raise UserError(f"--samples must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
@@ -80,7 +81,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
         return rep
     t = h.teacher
     if teacher is None:
-        teacher, notes = rebuild_teacher(t, teacher_checkpoint, device=device)
+        teacher, notes = rebuild_teacher(t, teacher_checkpoint, device=device, compile=compile)
         rep.notes.extend(notes)
     made_in = t.get("precision", "auto")
     if made_in not in _TOLERANCE:

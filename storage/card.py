@@ -36,6 +36,7 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
     enc = header.get("encoding") or {}
     model = t.get("model") or t.get("name") or "unknown"
     N, V, k, C = (int(header[x]) for x in ("num_samples", "views", "topk", "num_classes"))
+    names = list(header.get("class_names") or [])
     title = title or f"Soft labels from {model}: {V} views x {N:,} images, top-{k}"
     tags = ["knowledge-distillation", "soft-labels", "relabel", f"teacher:{model}"]
     meta: dict = {
@@ -53,6 +54,12 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     ckpt = t.get("checkpoint_sha256")
     teacher_src = f"checkpoint sha256 `{ckpt}`" if ckpt else "timm pretrained weights"
+    if t.get("members"):  # an ensemble: the average of its members' probabilities
+        model = "ensemble"
+        teacher_src = "average of the probabilities of " + ", ".join(
+            f"`{m.get('model')}` x {float(m.get('weight', 1)):.3g} ("
+            + (f"sha256 `{m['checkpoint_sha256'][:16]}`" if m.get("checkpoint_sha256") else "timm pretrained") + ")"
+            for m in t["members"])
     if enc.get("name") == "q8":
         enc_s = f"q8 (uint8 codes of -log p on a {enc.get('step')} nat grid)"
     else:
@@ -105,12 +112,15 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
         lines.append(f"- `{SHARDS_DIR}/`: webdataset tar shards, one `<key>.labels.npy` per sample holding all "
                      "its views" + (" plus `<key>.image` (the image file's bytes) and `<key>.cls`"
                                     if shards_index.get("images") else "")
-                     + " (`index.json` documents the layout; `relabel.storage.export.iter_exported_samples` "
+                     + " (`index.json` documents the layout; `relabel.storage.exported.iter_exported_samples` "
                      "decodes them).")
     lines += [
         "", "## Recipe", "", "```json", json.dumps(r, indent=1, sort_keys=True), "```", "",
         "## Teacher", "", "```json", json.dumps(t, indent=1, sort_keys=True), "```", "",
-        f"Class names ({C}): " + ", ".join(f"`{c}`" for c in (header.get("class_names") or [])[:50])
-        + (" ..." if C > 50 else ""), "",
+        f"Class names ({len(names)}): " + ", ".join(f"`{c}`" for c in names[:50]) + (" ..." if len(names) > 50 else ""),
+        "",
     ]
+    if header.get("class_map"):
+        lines += [f"The teacher has {C} classes; `class_map` in the header gives each dataset class its teacher "
+                  "class index (labels, ground truth and evaluation use the teacher's index space).", ""]
     return "\n".join(lines)

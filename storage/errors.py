@@ -1,5 +1,24 @@
-"""The one error type the CLI turns into a one-line message and exit code 2."""
+"""relabel's error family: problems the user can fix, each message naming the problem and the fix.
+
+The library raises these (keeping any cause); only the CLI turns them into one line and exit code 2.
+"""
 
 
-class UserError(Exception):
-    """Bad input the user can fix: the message names the problem and the fix."""
+class RelabelError(Exception):
+    """Base of every error the user can fix (bad input, damaged or mismatched data)."""
+
+
+class ConfigError(RelabelError):
+    """A setting that cannot work (out of range, contradictory, unknown)."""
+
+
+class SourceError(RelabelError):
+    """The images: missing, ambiguous, malformed or hostile input."""
+
+
+class StoreError(RelabelError):
+    """A label store or export: missing, damaged, edited, or made with other settings."""
+
+
+# The name the code base grew up with: every RelabelError is a UserError and vice versa.
+UserError = RelabelError

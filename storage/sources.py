@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import SourceError, UserError
 from .paths import check_regular, read_regular
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-# The extension-agnostic image member of relabel's own exports (storage/export.py, version 2).
+# The extension-agnostic image member of relabel's own exports (storage/export_format.py, version 2).
 TAR_IMAGE_MEMBER = "image"
 
 # Bounds checked before anything is allocated: data from others is never trusted to be small.
@@ -58,7 +58,7 @@ def _utf8(name: str, where: str) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raw = name.encode("utf-8", "surrogateescape")
-        raise UserError(f"{where}: the name {raw!r} is not valid UTF-8; rename it (sample keys and class "
+        raise SourceError(f"{where}: the name {raw!r} is not valid UTF-8; rename it (sample keys and class "
                         f"names must be UTF-8)") from None
     return name
 
@@ -107,7 +107,7 @@ class ImageFolderSource(ImageSource):
         classes = sorted(_utf8(p.name, str(root)) for p in rootp.iterdir()
                          if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise UserError(f"{root}: no class folders found; an ImageFolder needs one sub-folder per class")
+            raise SourceError(f"{root}: no class folders found; an ImageFolder needs one sub-folder per class")
         entries: list[tuple[str, int, str]] = []
         for ci, c in enumerate(classes):
             for dirpath, dirnames, filenames in os.walk(rootp / c):
@@ -119,11 +119,11 @@ class ImageFolderSource(ImageSource):
                         _utf8(rel, str(root))
                         entries.append((rel.rpartition(".")[0], ci, rel))
         if not entries:
-            raise UserError(f"{root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise SourceError(f"{root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
         entries.sort()
         for a, b in zip(entries, entries[1:]):
             if a[0] == b[0]:
-                raise UserError(f"{root}: two files share the key {a[0]!r} ({a[2]}, {b[2]}); keep one")
+                raise SourceError(f"{root}: two files share the key {a[0]!r} ({a[2]}, {b[2]}); keep one")
         self.keys = [e[0] for e in entries]
         self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
         self._files = [e[2] for e in entries]
@@ -151,18 +151,18 @@ def _expand_shards(spec: str):
                 paths.extend(sorted(fs.glob(pat)) if any(c in pat for c in "*?[") else [pat])
             missing = [p for p in paths if not fs.isfile(p)]
             if missing:
-                raise UserError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
+                raise SourceError(f"{missing[0]}: shard not found ({len(missing)} of {len(paths)} missing)")
         if _is_local(fs):
             for p in paths:
                 check_regular(p, "a tar shard")
     except UserError:
         raise
     except ImportError as e:  # fsspec names the driver to install (s3fs, gcsfs, ...)
-        raise UserError(f"{spec}: {e}") from None
+        raise SourceError(f"{spec}: {e}") from None
     except (OSError, ValueError) as e:  # unreachable bucket, bad credentials, ...
-        raise UserError(f"{spec}: cannot list shards ({type(e).__name__}: {str(e)[:120]})") from None
+        raise SourceError(f"{spec}: cannot list shards ({type(e).__name__}: {str(e)[:120]})") from None
     if not paths:
-        raise UserError(f"{spec}: no .tar shards found")
+        raise SourceError(f"{spec}: no .tar shards found")
     return fs, paths
 
 
@@ -177,7 +177,7 @@ def _read_small(fs, path: str, cap: int = MAX_TEXT_BYTES, what: str = "a file") 
         return read_regular(path, cap, what)
     size = fs.size(path)
     if size is not None and size > cap:
-        raise UserError(f"{path}: {size:,} bytes, above the {cap / (1 << 20):,.0f} MiB limit for {what}")
+        raise SourceError(f"{path}: {size:,} bytes, above the {cap / (1 << 20):,.0f} MiB limit for {what}")
     return fs.cat_file(path, start=0, end=cap + 1)
 
 
@@ -186,12 +186,12 @@ def _parse_cls(data: bytes, key: str, where: str) -> int:
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise UserError(f"{where}: sample {key!r} has a .cls that is not UTF-8 text ({data[:16]!r})") from None
+        raise SourceError(f"{where}: sample {key!r} has a .cls that is not UTF-8 text ({data[:16]!r})") from None
     if re.fullmatch(r"[0-9]+", text, re.ASCII):
         return int(text)
     if re.fullmatch(r"-[0-9]+", text, re.ASCII):
-        raise UserError(f"{where}: sample {key!r} has a negative class index {text}; classes are 0, 1, ...")
-    raise UserError(f"{where}: sample {key!r} has a non-integer .cls {text[:40]!r}")
+        raise SourceError(f"{where}: sample {key!r} has a negative class index {text}; classes are 0, 1, ...")
+    raise SourceError(f"{where}: sample {key!r} has a non-integer .cls {text[:40]!r}")
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -234,7 +234,7 @@ class TarShardSource(ImageSource):
                             continue
                         _utf8(m.name, path)
                         if not _safe_member_name(m.name):
-                            raise UserError(f"{path}: member {m.name!r} has an absolute or '..' path; refusing this shard")
+                            raise SourceError(f"{path}: member {m.name!r} has an absolute or '..' path; refusing this shard")
                         key, ext = _split_key(m.name)
                         rec = members.setdefault(key, {})
                         if ext in TAR_IMAGE_EXTENSIONS or ext == TAR_IMAGE_MEMBER:
@@ -245,21 +245,21 @@ class TarShardSource(ImageSource):
                             if "cls" in rec:
                                 raise twice(key, rec["cls_at"], path, m.name)
                             if m.size > MAX_CLS_BYTES:
-                                raise UserError(f"{path}: sample {key!r} has a {m.size:,}-byte .cls member ({m.name}); "
+                                raise SourceError(f"{path}: sample {key!r} has a {m.size:,}-byte .cls member ({m.name}); "
                                                 f"a class index is at most {MAX_CLS_BYTES} bytes of ASCII digits")
                             rec["cls"] = _parse_cls(tf.extractfile(m).read(), key, path)
                             rec["cls_at"] = (si, m.name)
             except tarfile.TarError as e:
-                raise UserError(f"{path}: not a readable tar file ({e}); re-create or remove this shard") from None
+                raise SourceError(f"{path}: not a readable tar file ({e}); re-create or remove this shard") from None
         entries = []
         for key, rec in members.items():
             if "img" not in rec:
                 continue
             if "cls" not in rec:
-                raise UserError(f"{spec}: sample {key!r} has no .cls member; every sample needs a class index")
+                raise SourceError(f"{spec}: sample {key!r} has no .cls member; every sample needs a class index")
             entries.append((key, rec["cls"], rec["img"]))
         if not entries:
-            raise UserError(f"{spec}: no image samples found in {len(self._paths)} shard(s)")
+            raise SourceError(f"{spec}: no image samples found in {len(self._paths)} shard(s)")
         entries.sort(key=lambda e: e[0])
         names = self._class_list()
         bound = len(names) if names is not None else MAX_UNNAMED_CLASSES
@@ -267,9 +267,9 @@ class TarShardSource(ImageSource):
         if top[1] >= bound:  # checked before any array or name list is sized by it
             where = self._paths[top[2].shard]
             if names is not None:
-                raise UserError(f"{where}: sample {top[0]!r} has class {top[1]} but the class list beside the shards "
+                raise SourceError(f"{where}: sample {top[0]!r} has class {top[1]} but the class list beside the shards "
                                 f"has {len(names)} names; fix the .cls or the class list")
-            raise UserError(f"{where}: sample {top[0]!r} has class {top[1]}; without a class list classes must be "
+            raise SourceError(f"{where}: sample {top[0]!r} has class {top[1]}; without a class list classes must be "
                             f"below {MAX_UNNAMED_CLASSES:,}: put classes.txt (one name per line) beside the shards")
         self.keys = [e[0] for e in entries]
         self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
@@ -289,13 +289,13 @@ class TarShardSource(ImageSource):
             try:
                 return path, _read_small(fs, path, what=f"a {name}").decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(f"{path}: not UTF-8 text; write the class names as UTF-8") from None
+                raise SourceError(f"{path}: not UTF-8 text; write the class names as UTF-8") from None
 
         def load(path: str, data: str):
             try:
                 return json.loads(data)
             except ValueError as e:
-                raise UserError(f"{path}: not valid JSON ({str(e)[:80]})") from None
+                raise SourceError(f"{path}: not valid JSON ({str(e)[:80]})") from None
 
         names = None
         path, export_index = text("index.json")  # written by 'relabel export --images'
@@ -313,9 +313,9 @@ class TarShardSource(ImageSource):
                     return None
                 names = load(path, js)
         if not isinstance(names, list) or not all(isinstance(x, (str, int)) for x in names):
-            raise UserError(f"{path}: the class names must be a list of strings")
+            raise SourceError(f"{path}: the class names must be a list of strings")
         if len(names) > MAX_CLASSES:
-            raise UserError(f"{path}: {len(names):,} class names, above the limit of {MAX_CLASSES:,}")
+            raise SourceError(f"{path}: {len(names):,} class names, above the limit of {MAX_CLASSES:,}")
         return [_utf8(str(x), path) for x in names]
 
     def read(self, i: int) -> bytes:
@@ -327,7 +327,7 @@ class TarShardSource(ImageSource):
             self._pid = os.getpid()
         m = self._members[i]
         if m.size > MAX_IMAGE_BYTES:  # checked before the read: the member header says how much would come
-            raise UserError(f"{self._paths[m.shard]}: member {m.name} is {m.size:,} bytes, above the "
+            raise SourceError(f"{self._paths[m.shard]}: member {m.name} is {m.size:,} bytes, above the "
                             f"{MAX_IMAGE_BYTES >> 20} MiB limit for an image")
         return self._fs.cat_file(self._paths[m.shard], start=m.offset, end=m.offset + m.size)
 
@@ -355,7 +355,7 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
         if tars:
             cls = _first_image_folder(spec)
             if cls is not None:  # never guess which half the user meant
-                raise UserError(f"{spec}: holds both .tar shards ({len(tars)}, e.g. {os.path.basename(tars[0])}) and "
+                raise SourceError(f"{spec}: holds both .tar shards ({len(tars)}, e.g. {os.path.basename(tars[0])}) and "
                                 f"class folders with images (e.g. {cls}/); pass '{os.path.join(spec, '*.tar')}' to "
                                 f"read the shards, or move the .tar files out to read the class folders")
             return TarShardSource(spec)
@@ -363,5 +363,5 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
     if spec.endswith(".tar") or any(c in spec for c in "*?{"):
         return TarShardSource(spec)
     if os.path.exists(spec):
-        raise UserError(f"{spec}: not an image folder or tar shards; pass a class-per-folder tree or .tar shards")
-    raise UserError(f"{spec}: no such file or directory")
+        raise SourceError(f"{spec}: not an image folder or tar shards; pass a class-per-folder tree or .tar shards")
+    raise SourceError(f"{spec}: no such file or directory")

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
@@ -24,7 +25,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from .encoding import ValueEncoding, index_dtype
-from .errors import UserError
+from .errors import StoreError, UserError
 
 # 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
 SCHEMA_VERSION = 2
@@ -32,6 +33,7 @@ FORMAT_NAME = "relabel-labels"
 
 STATUS_PENDING, STATUS_OK, STATUS_UNREADABLE = 0, 1, 2
 LABEL_ARRAYS = ("topk_index", "topk_logp")
+CLAIMS_DIR = ".claims"  # <vb>.<sb>: "<host> <pid>" of the process computing that shard (local stores)
 REPAIR_HINT = "run 'relabel generate --repair' with the same DATA and settings to rebuild it"
 
 
@@ -64,28 +66,28 @@ class StoreHeader:
         if isinstance(self.encoding, dict):
             self.encoding = ValueEncoding.from_dict(self.encoding)
         if not 1 <= self.topk <= self.num_classes:
-            raise UserError(f"top-k {self.topk} must be between 1 and the number of classes ({self.num_classes})")
+            raise StoreError(f"top-k {self.topk} must be between 1 and the number of classes ({self.num_classes})")
         if self.views < 1:
-            raise UserError(f"views must be >= 1 (got {self.views})")
+            raise StoreError(f"views must be >= 1 (got {self.views})")
         if self.num_samples < 1:
-            raise UserError("a label store needs at least one sample")
+            raise StoreError("a label store needs at least one sample")
         if self.samples_per_shard < 1 or self.views_per_shard < 1:
-            raise UserError(f"samples_per_shard and views_per_shard must be >= 1 (got {self.samples_per_shard}, "
+            raise StoreError(f"samples_per_shard and views_per_shard must be >= 1 (got {self.samples_per_shard}, "
                             f"{self.views_per_shard})")
         if self.class_map is None:
             if len(self.class_names) != self.num_classes:
-                raise UserError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
+                raise StoreError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
                                 f"their indices mean different things; give a class map (--class-map) that says "
                                 f"which teacher class each dataset class is")
         else:
             self.class_map = [int(c) for c in self.class_map]
             if len(self.class_map) != len(self.class_names):
-                raise UserError(f"class map has {len(self.class_map)} entries for {len(self.class_names)} dataset classes")
+                raise StoreError(f"class map has {len(self.class_map)} entries for {len(self.class_names)} dataset classes")
             bad = [c for c in self.class_map if not 0 <= c < self.num_classes]
             if bad:
-                raise UserError(f"class map points at teacher class {bad[0]}, outside 0..{self.num_classes - 1}")
+                raise StoreError(f"class map points at teacher class {bad[0]}, outside 0..{self.num_classes - 1}")
             if len(set(self.class_map)) != len(self.class_map):
-                raise UserError("class map sends two dataset classes to the same teacher class")
+                raise StoreError("class map sends two dataset classes to the same teacher class")
 
     def teacher_class(self, dataset_class: np.ndarray) -> np.ndarray:
         """Dataset class indices -> the teacher's index space (where labels and the student live)."""
@@ -153,7 +155,7 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-class StoreExistsError(UserError):
+class StoreExistsError(StoreError):
     """Another process created the store first; open it and check its settings instead."""
 
 
@@ -194,14 +196,16 @@ def check_label_rows(index: np.ndarray, logp: np.ndarray, num_classes: int, tole
     or bins whose probabilities do not sum to one (all-zero rows of a never-written view do not).
     Returns a boolean mask of the bad rows."""
     k = index.shape[-1]
-    bad = (index < 0).any(-1) | (index >= num_classes).any(-1)
+    if index.size and (index.min() < 0 or index.max() >= num_classes):
+        bad = (index < 0).any(-1) | (index >= num_classes).any(-1)
+    else:
+        bad = np.zeros(index.shape[:-1], bool)
     if k > 1:
         srt = np.sort(index, axis=-1)
         bad |= (srt[..., 1:] == srt[..., :-1]).any(-1)
-    lp = logp.astype(np.float64)
-    m = lp.max(-1, keepdims=True)
-    total = m[..., 0] + np.log(np.exp(lp - m).sum(-1))
-    bad |= ~np.isfinite(total) | (np.abs(total) > tolerance)
+    total = np.exp(logp.astype(np.float32, copy=False)).sum(-1)
+    lo, hi = np.float32(np.exp(-tolerance)), np.float32(np.exp(tolerance))
+    bad |= ~((total >= lo) & (total <= hi))  # NaN fails too
     return bad
 
 
@@ -224,17 +228,18 @@ class LabelStore:
         self.header = header
         # View blocks found complete and present; a read-only store cannot lose them while open.
         self._ready_blocks: set[int] = set()
+        self._checked_views: set[int] = set()  # views whose rows were checked (read-only stores)
 
     # ---------------------------------------------------------------- create / open
     @classmethod
     def create(cls, path: str | os.PathLike, header: StoreHeader, keys: list[str]) -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise UserError(f"{path}: already exists and is not an empty folder; choose another --out or remove it")
+            raise StoreError(f"{path}: already exists and is not an empty folder; choose another --out or remove it")
         if len(keys) != header.num_samples:
             raise ValueError("one key per sample")
         if any("\n" in k for k in keys):
-            raise UserError("sample keys must not contain newlines")
+            raise StoreError("sample keys must not contain newlines")
         if _is_remote(path):
             return cls._build(path, header, keys)
         # Built beside its place under a name of its own and renamed in, so a crash never leaves a
@@ -288,32 +293,32 @@ class LabelStore:
     def open(cls, path: str | os.PathLike, mode: str = "r") -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and not os.path.isdir(path):
-            raise UserError(f"{path}: no label store here (not a folder); pass the --out of 'relabel generate'")
-        from .manifest import refuse_unfinished_pull
+            raise StoreError(f"{path}: no label store here (not a folder); pass the --out of 'relabel generate'")
+        from .pull_marker import refuse_unfinished_pull
 
         refuse_unfinished_pull(path)  # half a pull is no store: say how to finish it
         try:
             g = zarr.open_group(path, mode=mode, zarr_format=3)
             attrs = dict(g.attrs)
         except ImportError as e:  # a URL whose fsspec driver is missing (s3fs, gcsfs, ...)
-            raise UserError(f"{path}: {e}") from None
+            raise StoreError(f"{path}: {e}") from None
         except Exception as e:  # zarr raises several types for "not a group"
             if not _is_remote(path) and os.path.isdir(os.path.join(path, "topk_index")):
-                raise UserError(f"{path}: the store's metadata (zarr.json) is damaged ({type(e).__name__}); "
+                raise StoreError(f"{path}: the store's metadata (zarr.json) is damaged ({type(e).__name__}); "
                                 f"{REPAIR_HINT}") from None
-            raise UserError(f"{path}: not a relabel label store ({type(e).__name__}); pass the --out of 'relabel generate'") from None
+            raise StoreError(f"{path}: not a relabel label store ({type(e).__name__}); pass the --out of 'relabel generate'") from None
         d = attrs.get("relabel")
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
-            raise UserError(f"{path}: a zarr group but not a relabel label store (no 'relabel' header)")
+            raise StoreError(f"{path}: a zarr group but not a relabel label store (no 'relabel' header)")
         if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise UserError(f"{path}: store schema version {d['schema_version']} is newer than this relabel "
+            raise StoreError(f"{path}: store schema version {d['schema_version']} is newer than this relabel "
                             f"understands ({SCHEMA_VERSION}); upgrade relabel")
         try:
             header = StoreHeader.from_dict(d)
         except (TypeError, ValueError) as e:
-            raise UserError(f"{path}: the store header is damaged ({e}); regenerate the store") from None
+            raise StoreError(f"{path}: the store header is damaged ({e}); regenerate the store") from None
         except UserError as e:
-            raise UserError(f"{path}: the store header is inconsistent: {e}") from None
+            raise StoreError(f"{path}: the store header is inconsistent: {e}") from None
         store = cls(path, g, header)
         store._check_arrays()
         return store
@@ -322,10 +327,10 @@ class LabelStore:
         try:
             return self.group[name]
         except KeyError:
-            raise UserError(f"{self.path}: label store is missing array {name!r}; it is damaged: "
+            raise StoreError(f"{self.path}: label store is missing array {name!r}; it is damaged: "
                             f"{REPAIR_HINT}") from None
         except Exception as e:  # unparsable zarr.json
-            raise UserError(f"{self.path}: metadata of array {name!r} ({name}/zarr.json) is damaged "
+            raise StoreError(f"{self.path}: metadata of array {name!r} ({name}/zarr.json) is damaged "
                             f"({type(e).__name__}); {REPAIR_HINT}") from None
 
     def _check_arrays(self) -> None:
@@ -339,11 +344,11 @@ class LabelStore:
         for name, (shape, dtype) in expect.items():
             a = self._array(name)
             if (shape is not None and tuple(a.shape) != shape) or a.dtype != dtype:
-                raise UserError(f"{self.path}: the header does not match array {name!r} (header implies "
+                raise StoreError(f"{self.path}: the header does not match array {name!r} (header implies "
                                 f"{shape or ''} {dtype}, the array is {tuple(a.shape)} {a.dtype}): the header was "
                                 f"edited or the store is damaged; regenerate it or pull it again")
         if h.num_classes != int(h.teacher.get("num_classes", h.num_classes)):
-            raise UserError(f"{self.path}: the header says {h.num_classes} classes but its teacher has "
+            raise StoreError(f"{self.path}: the header says {h.num_classes} classes but its teacher has "
                             f"{h.teacher.get('num_classes')}: the header was edited or is damaged")
 
     @classmethod
@@ -413,9 +418,9 @@ class LabelStore:
         except UserError:
             raise
         except Exception as e:  # checksum or decode failure
-            raise UserError(f"{self.path}: the keys array is damaged ({type(e).__name__}); {REPAIR_HINT}") from None
+            raise StoreError(f"{self.path}: the keys array is damaged ({type(e).__name__}); {REPAIR_HINT}") from None
         if len(keys) != self.header.num_samples or len(set(keys)) != len(keys):
-            raise UserError(f"{self.path}: the keys array holds {len(keys)} keys ({len(set(keys))} distinct) for "
+            raise StoreError(f"{self.path}: the keys array holds {len(keys)} keys ({len(set(keys))} distinct) for "
                             f"{self.header.num_samples} samples; {REPAIR_HINT}")
         return keys
 
@@ -435,7 +440,7 @@ class LabelStore:
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f"{self.path}: the done array (which shards are finished) is damaged "
+            raise StoreError(f"{self.path}: the done array (which shards are finished) is damaged "
                             f"({type(e).__name__}); {REPAIR_HINT}") from None
 
     def shards(self) -> list[Shard]:
@@ -517,7 +522,7 @@ class LabelStore:
         mixed = bad & (st == STATUS_OK).any(0)
         if mixed.any():
             first = int(np.nonzero(mixed)[0][0])
-            raise UserError(f"{self.path}: {int(mixed.sum())} sample(s) (first: {self.keys[first]!r}) were readable "
+            raise StoreError(f"{self.path}: {int(mixed.sum())} sample(s) (first: {self.keys[first]!r}) were readable "
                             f"for some views and unreadable for others; rerun 'relabel generate' to finish the store")
         return np.where(bad, STATUS_UNREADABLE, st.max(0)).astype(np.uint8)
 
@@ -557,14 +562,14 @@ class LabelStore:
     def _check_present(self, shards: list[Shard]) -> None:
         lost = [key for sh in shards for key in self._shard_files(sh) if self._empty(key)]
         if lost:
-            raise UserError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
+            raise StoreError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
                             f"run 'relabel verify' and 'relabel generate --repair'")
 
     def _read(self, array: str, sel, shard_names) -> np.ndarray:
         try:
             return np.asarray(self.group[array][sel])
         except Exception as e:
-            raise UserError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
+            raise StoreError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
                             f"run 'relabel verify' and 'relabel generate --repair'") from None
 
     def read_view(self, v: int) -> tuple[np.ndarray, np.ndarray]:
@@ -578,7 +583,7 @@ class LabelStore:
             done = self.done_views()[vb]
             gone = [sb for sb in range(h.n_sample_blocks) if done[sb] <= v - vb * h.views_per_shard]
             if gone:
-                raise UserError(f"{self.path}: view {v} is not generated for {len(gone)} sample block(s) "
+                raise StoreError(f"{self.path}: view {v} is not generated for {len(gone)} sample block(s) "
                                 f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
             shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
             self._check_present(shards)
@@ -588,7 +593,10 @@ class LabelStore:
             [s for s in self.shards() if s.vb == vb])) or f"view {v}"
         idx, lp = self._read_labels(v, names)
         idx, lp = idx.astype(np.int64), h.encoding.decode(lp)
-        self._check_rows(idx, lp, self.block_status()[vb] == STATUS_OK, lambda: f"view {v} ({names()})")
+        if v not in self._checked_views:  # once per view and process: epochs re-read the same views
+            self._check_rows(idx, lp, self.block_status()[vb] == STATUS_OK, lambda: f"view {v} ({names()})")
+            if self.group.read_only:
+                self._checked_views.add(v)
         return idx, lp
 
     def _check_rows(self, idx: np.ndarray, lp: np.ndarray, ok: np.ndarray, where) -> None:
@@ -596,7 +604,7 @@ class LabelStore:
         bad = check_label_rows(idx, lp, self.header.num_classes, self.header.encoding.max_error + 1e-3) & ok
         if bad.any():
             first = np.argwhere(bad)[0]
-            raise UserError(f"{self.path}: {int(bad.sum())} stored label row(s) of {where()} cannot be a real top-k "
+            raise StoreError(f"{self.path}: {int(bad.sum())} stored label row(s) of {where()} cannot be a real top-k "
                             f"(first: sample {self.keys[int(first[-1])]!r}: classes {idx[tuple(first)].tolist()}); "
                             f"the store is damaged or was written wrongly: {REPAIR_HINT}")
 
@@ -610,7 +618,7 @@ class LabelStore:
         try:
             idx, lp = sync(both())
         except Exception as e:
-            raise UserError(f"{self.path}: label data is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
+            raise StoreError(f"{self.path}: label data is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
                             f"run 'relabel verify' and 'relabel generate --repair'") from None
         return np.asarray(idx), np.asarray(lp)
 
@@ -665,6 +673,57 @@ class LabelStore:
                 except Exception as e:
                     bad.append(ShardDamage(sh, key, f"unreadable ({type(e).__name__}: {str(e)[:80]}) in {sh.name}"))
         return bad
+
+    # ---------------------------------------------------------------- claims
+    def claim(self, sh: Shard) -> bool:
+        """Claim a shard for this process before computing it, so two writers on one store split the
+        work instead of both computing every shard. False: a live process on this host holds it.
+        A claim whose process is gone (a crash, kill -9) is taken over. Remote stores: no claims."""
+        if _is_remote(self.path):
+            return True
+        d = os.path.join(self.path, CLAIMS_DIR)
+        os.makedirs(d, exist_ok=True)
+        path, me = os.path.join(d, f"{sh.vb}.{sh.sb}"), f"{socket.gethostname()} {os.getpid()}"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = open(path).read().split()
+            except (OSError, ValueError):
+                host, pid = "", "0"
+            if f"{host} {pid}" != me and not (host == socket.gethostname() and not _pid_alive(int(pid))):
+                return False
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(me)
+            os.replace(tmp, path)
+            return True
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+
+    def remove_stale_claims(self) -> int:
+        """Delete claims whose process (on this host) is gone; returns how many."""
+        d = os.path.join(self.path, CLAIMS_DIR)
+        if _is_remote(self.path) or not os.path.isdir(d):
+            return 0
+        n = 0
+        for name in os.listdir(d):
+            try:
+                host, pid = open(os.path.join(d, name)).read().split()
+                stale = host == socket.gethostname() and not _pid_alive(int(pid))
+            except (OSError, ValueError):
+                stale = True
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(d, name))
+                n += 1
+        return n
+
+    def release(self, sh: Shard) -> None:
+        if not _is_remote(self.path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.path, CLAIMS_DIR, f"{sh.vb}.{sh.sb}"))
 
     def remove_partials(self) -> int:
         """Delete the temporary files (``<name>.<uuid>.partial``) a killed writer left; returns how many."""
@@ -730,3 +789,50 @@ class LabelStore:
             "schema_version": h.schema_version,
             "writer": h.writer,
         }
+
+
+# ---------------------------------------------------------------- store files by view block, pulled subsets
+def view_block_of(rel: str) -> int | None:
+    """The view block a store file belongs to, from its chunk key: a label shard
+    (``topk_index|topk_logp/c/<view_block>/<sample_block>/0``) or a ``done`` or (schema 2) ``status``
+    chunk (``done|status/c/<view_block>/<sample_block>``); None for files every view needs."""
+    parts = rel.split("/")
+    if (len(parts) == 5 and parts[0] in LABEL_ARRAYS) or (len(parts) == 4 and parts[0] in ("done", "status")):
+        if parts[1] == "c" and all(p.isdecimal() for p in parts[2:]):
+            return int(parts[2])
+    return None
+
+
+def trim_views(path: str, views: tuple[int, int], source: str, total_views: int) -> None:
+    """Make a pulled subset consistent: header views = b, label arrays, ``done`` and (schema 2) the
+    per-view-block ``status`` resized, done counts clipped to the views present; blocks below a's
+    stay pending (absent)."""
+    try:
+        _trim_views(path, views, source, total_views)
+    except UserError:
+        raise
+    except Exception as e:  # metadata from others that zarr cannot take
+        raise UserError(f"{source}: the pulled store's metadata cannot be trimmed to views {views[0]}-{views[1] - 1} "
+                        f"({type(e).__name__}: {str(e)[:80]}); pull all views, or ask the publisher") from None
+
+
+def _trim_views(path: str, views: tuple[int, int], source: str, total_views: int) -> None:
+    a, b = views
+    g = zarr.open_group(path, mode="r+", zarr_format=3)
+    h = dict(g.attrs["relabel"])
+    vps = int(h["views_per_shard"])
+    for name in LABEL_ARRAYS:
+        arr = g[name]
+        arr.resize((b, *arr.shape[1:]))
+    done = g["done"]
+    nvb = -(-b // vps)
+    done.resize((nvb, done.shape[1]))
+    d = np.asarray(done[:], dtype=np.int64)
+    for vb in range(nvb):
+        d[vb] = np.minimum(d[vb], min(vps, b - vb * vps)) if vb >= a // vps else 0
+    done[:] = d.astype(done.dtype)
+    if g["status"].ndim == 2:  # schema 2: one status row per view block
+        g["status"].resize((nvb, g["status"].shape[1]))
+    h["views"] = b
+    g.attrs["relabel"] = h
+    g.attrs["relabel_pull"] = {"source": source, "views": [a, b], "published_views": total_views}

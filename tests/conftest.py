@@ -58,6 +58,11 @@ def folder_to_shards(folder: Path, out: Path, per_shard: int = 10) -> Path:
     return out
 
 
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file under a folder, by relative path: for byte-for-byte store comparisons."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
 def save_teacher(path: Path, num_classes: int = 3, name: str = "test_resnet", seed: int = 0) -> Path:
     import timm
 

@@ -81,7 +81,11 @@ def test_ensemble_labels_are_the_average_of_member_probabilities(world, tmp_path
                       *GEN)
     assert r.returncode == 2 and "store was made with other settings: teacher" in r.stderr
     r = cli_inprocess(capsys, "info", out)
-    assert "ensemble" in r.stdout or "x0.75" in r.stdout
+    assert "test_resnet x0.75 + test_resnet x0.25" in r.stdout
+    from relabel.storage.card import dataset_card
+
+    card = dataset_card(store.header.to_dict(), "s3://bucket/ens")
+    assert "average of the probabilities of `test_resnet` x 0.75" in card and t["members"][1]["checkpoint_sha256"] in card
 
 
 def test_ensemble_members_must_share_a_class_space(world, tmp_path, capsys):
@@ -113,3 +117,22 @@ def test_a_function_teacher_makes_the_same_labels_as_the_model(world, tmp_path):
     with pytest.raises(Exception, match="teacher"):
         generate(GenerateConfig(**{**cfg.__dict__, "out": str(tmp_path / "fn"), "views": 3}), teacher=other)
     assert json.loads((tmp_path / "fn" / "zarr.json").read_text())["attributes"]["relabel"]["views"] == 2
+
+
+def test_online_mode_uses_the_same_ensemble(world, tmp_path, capsys):
+    """Cached labels of an ensemble and the ensemble in the loop give the same losses (f32 labels)."""
+    from relabel.train.loop import TrainConfig, train
+
+    root, folder, (a, b, _) = world
+    out = tmp_path / "ens"
+    r = cli_inprocess(capsys, "generate", folder, "--out", out, "--teacher", "test_resnet", "--teacher", "test_resnet",
+                      "--teacher-checkpoint", a, "--teacher-checkpoint", b, *GEN)
+    assert r.returncode == 0, r.stderr
+    kw = dict(data=str(folder), labels=str(out), student="test_resnet", epochs=1, batch_size=6, workers=0,
+              img_size=32, progress=False, log=False, model_ema=False)
+    cached = train(TrainConfig(out=str(tmp_path / "c"), mode="cached", **kw))["losses"]
+    online = train(TrainConfig(out=str(tmp_path / "o"), mode="online", kd_target="topk",
+                               teacher_checkpoint=[str(a), str(b)], **kw))["losses"]
+    assert len(cached) == len(online) > 0 and np.abs(np.asarray(cached) - np.asarray(online)).max() < 1e-4
+    with pytest.raises(Exception, match="was loaded from a checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "o2"), mode="online", **kw))

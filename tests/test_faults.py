@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, make_imagefolder, run_cli, save_teacher, write_image
+from conftest import ROOT, make_imagefolder, run_cli, save_teacher, tree_bytes, write_image
 from relabel.storage import LabelStore, UserError, open_source
 
 pytestmark = pytest.mark.faults
@@ -79,10 +79,6 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert x.shape == y.shape and x.dtype == y.dtype, name
         assert np.array_equal(x[...], y[...]), f"{name} differs"
     assert tree_bytes(a) == tree_bytes(b)
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def partials(path: Path) -> list[Path]:
@@ -441,13 +437,14 @@ def test_odd_images_decode_or_are_recorded_unreadable(tmp_path, base):
 
 # ------------------------------------------------------------------------------------------ CLI input
 _G = ["--teacher-checkpoint", "{ckpt}", *GEN]
+_G_NO_TEACHER = [a for i, a in enumerate(_G) if a != "--teacher" and (i == 0 or _G[i - 1] != "--teacher")]
 _T = TRAIN
 # (id, argv with {placeholders}, what the one line must say; None: the command's own wording)
 CLI_CASES = [
     ("generate-missing-data", ["generate", "{nope}", "--out", "{out}", *_G], "no such file"),
     ("generate-missing-checkpoint", ["generate", "{data}", "--out", "{out}", "--teacher-checkpoint", "{nope}", *GEN],
      "checkpoint not found"),
-    ("generate-wrong-model", ["generate", "{data}", "--out", "{out}", *_G, "--teacher", "no_such_model_xyz"],
+    ("generate-wrong-model", ["generate", "{data}", "--out", "{out}", *_G_NO_TEACHER, "--teacher", "no_such_model_xyz"],
      "unknown model 'no_such_model_xyz'"),
     ("generate-k-above-classes", ["generate", "{data}", "--out", "{out}", *_G, "--topk", "9"],
      "above the teacher's number of classes (3)"),

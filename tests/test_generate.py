@@ -5,20 +5,15 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_imagefolder, run_cli, save_teacher
+from conftest import ROOT, make_imagefolder, run_cli, save_teacher, tree_bytes
 from relabel.storage import LabelStore
 
 GEN = ["--teacher", "test_resnet", "--views", "4", "--topk", "2", "--img-size", "32", "--samples-per-shard", "64",
        "--views-per-shard", "2", "--batch-size", "32", "--quiet"]
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ def test_pull_cut_short_resumes_and_is_not_a_store_meanwhile(tmp_path, tiny, cap
     one_line(run_main(capsys, "pull", pub, dest), victim)
     assert dest.is_dir() and any(dest.iterdir())
     # the partial copy is not a store: nothing reads half a pull as complete labels
-    from relabel.storage.export import open_labels
+    from relabel.storage.labels import open_labels
 
     with pytest.raises(UserError):
         LabelStore.open(dest)
@@ -314,7 +314,8 @@ def _tamper_index(src: Path, dst: Path, edit) -> Path:
 @pytest.mark.parametrize("case", ["escape", "absolute", "url", "shards-not-list", "topk-text", "views-huge",
                                   "bad-json", "huge-file"])
 def test_malformed_export_index_gives_one_line(tmp_path, export_dir, case):
-    from relabel.storage.export import open_labels, read_exported
+    from relabel.storage.exported import read_exported
+    from relabel.storage.labels import open_labels
 
     d = tmp_path / "x"
     shutil.copy(export_dir / "train-000000.tar", tmp_path / "secret.tar")  # what an escaping name would read
@@ -350,7 +351,7 @@ def _rewrite_member(shard: Path, suffix: str, new: bytes) -> None:
 
 @pytest.mark.parametrize("case", ["npy-giant-shape", "npy-pickle", "npy-garbage", "cls-text", "member-name-escape"])
 def test_malformed_export_shards_give_one_line(tmp_path, export_dir, case):
-    from relabel.storage.export import read_exported
+    from relabel.storage.exported import read_exported
 
     d = tmp_path / "x"
     shutil.copytree(export_dir, d)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import zarr
 
-from conftest import cli_inprocess, make_imagefolder, save_teacher
+from conftest import cli_inprocess, make_imagefolder, save_teacher, tree_bytes
 from relabel.generate import GenerateConfig, generate
 from relabel.storage import LabelStore, StoreHeader, UserError
 from relabel.storage.encoding import ValueEncoding
@@ -21,10 +21,6 @@ pytestmark = pytest.mark.faults
 
 GEN = dict(teacher="test_resnet", views=5, topk=2, img_size=32, samples_per_shard=64, views_per_shard=3,
            batch_size=32, progress=False, retry_wait=0.01)
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +235,14 @@ def test_pixel_drift_is_detected_by_verify(world, tmp_path, capsys):
     Image.open(path).convert("RGB").rotate(1).save(path, format=Image.open(path).format)
     r = cli_inprocess(capsys, "verify", out, data, "--teacher-checkpoint", ckpt, "--samples", "0")
     assert r.returncode == 1 and f"image {victim!r} decodes to other pixels" in r.stderr
+    # train refuses before a single step, naming it; --allow-pixel-drift trains knowingly
+    train = ["train", data, "--labels", out, "--student", "test_resnet", "--epochs", "1", "--batch-size", "8",
+             "--workers", "0", "--quiet", "--allow-subset"]
+    r = cli_inprocess(capsys, *train, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "decodes to other pixels" in r.stderr and "--allow-pixel-drift" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "last.pth").exists()
+    r = cli_inprocess(capsys, *train, "--out", tmp_path / "run2", "--allow-pixel-drift")
+    assert r.returncode == 0 and "training anyway" in r.stderr, r.stderr
     # an op that renders differently on "another machine": the recorded hash names it
     g = zarr.open_group(str(out), mode="r+")
     attrs = dict(g.attrs["relabel"])

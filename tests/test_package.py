@@ -59,3 +59,49 @@ def test_wheel_has_one_top_level_package(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"relabel"}
     assert {"relabel/storage/store.py", "relabel/train/loop.py", "relabel/storage/FORMAT.md"} <= set(names)
+
+
+def test_progress_without_a_terminal_is_plain_lines(tmp_path, monkeypatch, capsys):
+    """A cluster job's log gets a line per interval with rate and ETA, not a silent minute."""
+    import io
+    import logging
+
+    from relabel.cli import _log_to_stderr
+    from relabel.progress import progress_bar
+
+    _log_to_stderr()
+    monkeypatch.setenv("RELABEL_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    import sys
+
+    with progress_bar(True, "generate", 4, unit="views") as bar:
+        for _ in range(4):
+            bar.advance(1)
+    lines = sys.stderr.getvalue().splitlines()
+    assert lines[0].startswith("generate: 1/4 views (25.0%)") and "views/s" in lines[0] and "ETA" in lines[0]
+    assert lines[-1].startswith("generate: 4/4 views (100.0%)")
+    assert logging.getLogger("relabel").handlers
+
+
+def test_format_doc_header_example_matches_a_fresh_store(tmp_path):
+    """storage/FORMAT.md shows a machine-produced header; it must have the keys a store really has."""
+    import json
+    import re
+
+    from relabel.generate import GenerateConfig, generate
+
+    text = (ROOT / "storage" / "FORMAT.md").read_text()
+    example = json.loads(re.search(r"## Header example.*?```json\n(.*?)```", text, re.S).group(1))
+    folder = make_imagefolder(tmp_path / "train", per_class=2)
+    generate(GenerateConfig(data=str(folder), out=str(tmp_path / "s"), teacher="test_resnet",
+                            teacher_checkpoint=str(save_teacher(tmp_path / "t.pth")), views=2, topk=2, img_size=32,
+                            samples_per_shard=64, views_per_shard=2, workers=0, progress=False))
+    real = json.loads((tmp_path / "s" / "zarr.json").read_text())["attributes"]["relabel"]
+
+    def shape(d):
+        return {k: shape(v) for k, v in d.items()} if isinstance(d, dict) and "samples" not in d else type(d).__name__
+
+    assert set(example) == set(real)
+    for key in ("teacher", "recipe", "encoding"):
+        assert shape(example[key]) == shape(real[key]), key
+    assert set(example["replay_check"]) == set(real["replay_check"]) and example["schema_version"] == real["schema_version"]

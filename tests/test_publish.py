@@ -62,7 +62,7 @@ def _sha(p: Path) -> str:
 
 # --------------------------------------------------------------------------- export
 def test_export_is_deterministic_and_indexed(built, exported):
-    from relabel.storage.export import read_exported, read_exported_labels
+    from relabel.storage.exported import read_exported, read_exported_labels
 
     again = built["root"] / "export_again"
     run_cli("export", built["store"], "--to", again, "--shard-size", 10, "-q")
@@ -105,7 +105,7 @@ def test_export_is_deterministic_and_indexed(built, exported):
 def test_export_loads_with_webdataset(built, exported):
     import webdataset as wds
 
-    from relabel.storage.export import unpack_labels
+    from relabel.storage.export_format import unpack_labels
 
     index = json.loads((exported / "index.json").read_text())
     urls = [str(exported / s["name"]) for s in index["shards"]]
@@ -129,7 +129,7 @@ def test_export_loads_with_hf_datasets_offline(built, exported, monkeypatch, tmp
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     import datasets
 
-    from relabel.storage.export import unpack_labels
+    from relabel.storage.export_format import unpack_labels
 
     index = json.loads((exported / "index.json").read_text())
     files = [str(exported / s["name"]) for s in index["shards"]]
@@ -145,7 +145,7 @@ def test_export_loads_with_hf_datasets_offline(built, exported, monkeypatch, tmp
 
 
 def test_export_with_images(built):
-    from relabel.storage.export import iter_exported_samples
+    from relabel.storage.exported import iter_exported_samples
 
     out = built["root"] / "export_images"
     r = run_cli("export", built["store"], "--to", out, "--images", built["data"], "-q")
@@ -184,7 +184,7 @@ def test_export_with_images(built):
 
 def test_export_unreadable_sample(tmp_path, teacher_ckpt):
     from relabel.generate import GenerateConfig, generate
-    from relabel.storage.export import read_exported
+    from relabel.storage.exported import read_exported
 
     data = make_imagefolder(tmp_path / "data", per_class=3)
     (data / "bee" / "broken.jpg").write_bytes(b"not an image at all")
@@ -197,7 +197,7 @@ def test_export_unreadable_sample(tmp_path, teacher_ckpt):
     np.testing.assert_array_equal(r.status, store.status())
     bad = r.keys.index("bee/broken")
     assert r.status[bad] == 2 and (r.index[bad] == 0).all()
-    from relabel.storage.export import iter_exported_samples
+    from relabel.storage.exported import iter_exported_samples
 
     s = [x for x in iter_exported_samples(str(tmp_path / "out")) if x["__key__"] == "bee/broken"][0]
     assert s["image"] == b"not an image at all" and s["image_ext"] is None and s["status"] == 2
@@ -340,7 +340,7 @@ def test_bad_destinations_and_sources(built, tmp_path):
 
 def test_hub_destination_offline(built, tmp_path):
     """What can be checked without the Hub: URL parsing and the commit's operations."""
-    from relabel.storage.manifest import HubRemote, open_remote
+    from relabel.storage.remotes import HubRemote, open_remote
 
     r = open_remote("hf://datasets/org/name/sub/dir", write=True)
     assert isinstance(r, HubRemote) and r.repo_id == "org/name" and r.sub == "sub/dir" and r._path("a") == "sub/dir/a"
@@ -367,7 +367,7 @@ def test_publish_to_s3_open_and_pull(built, exported, s3, tmp_path):
     again = run_cli("publish", built["store"], url, "--shards", exported, env=s3)
     assert "uploaded 0 file(s)" in again.stdout, again.stdout
 
-    from relabel.storage.export import read_exported_labels
+    from relabel.storage.exported import read_exported_labels
 
     header, keys, idx, lp = read_exported_labels(url + "/webdataset")
     assert keys == built["keys"]

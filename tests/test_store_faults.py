@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import zarr
 
-from conftest import cli_inprocess as cli, make_imagefolder, save_teacher
+from conftest import cli_inprocess as cli, make_imagefolder, save_teacher, tree_bytes
 from relabel.generate import GenerateConfig, generate
 from relabel.storage import LabelStore, UserError
 
@@ -16,10 +16,6 @@ pytestmark = pytest.mark.faults
 
 GEN = dict(teacher="test_resnet", views=4, topk=2, img_size=32, samples_per_shard=64, views_per_shard=2,
            batch_size=32, progress=False, workers=0)
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +161,29 @@ def test_verify_refuses_negative_samples(world, capsys):
     root, folder, _, ref = world
     r = cli(capsys, "verify", ref, folder, "--samples", "-5")
     assert r.returncode == 2 and "--samples must be >= 0" in r.stderr
+
+
+def test_two_writers_split_the_shards_through_claims(world, tmp_path):
+    """A shard claimed by a live process is left to it; a claim of a dead one is taken over."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    cfg = _cfg(world, out)
+    store = LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys)
+    n = len(store.pending_shards())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a live "other writer"
+    try:
+        (out / ".claims").mkdir()
+        (out / ".claims" / "0.1").write_text(f"{socket.gethostname()} {other.pid}")
+        s = generate(cfg)
+        assert s["shards_written"] == n - 1 and not s["complete"]
+        assert [(sh.vb, sh.sb) for sh in LabelStore.open(out).pending_shards()] == [(0, 1)]
+    finally:
+        other.kill()
+        other.wait()
+    s = generate(cfg)  # its process is gone: the claim is stale and taken over
+    assert s["shards_written"] == 1 and s["complete"] and not os.listdir(out / ".claims")
+    assert tree_bytes(out) == tree_bytes(world[3])

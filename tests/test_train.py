@@ -42,6 +42,12 @@ def world(tmp_path_factory):
                                 teacher_checkpoint=str(root / "teacher.pth"), views=4, topk=3, img_size=32,
                                 batch_size=64, workers=0, encoding=enc, samples_per_shard=64, views_per_shard=2,
                                 progress=False))
+    # mix groups of 8 (5 groups of 40 samples): repeated augmentation can keep a fraction of them
+    (root / "g8.yaml").write_text("base: usi\nname: usi-g8\nmix_group: 8\n")
+    generate(GenerateConfig(data=str(root / "train"), out=str(root / "labels_g8"), teacher="test_resnet",
+                            teacher_checkpoint=str(root / "teacher.pth"), views=3, topk=3, img_size=32,
+                            batch_size=64, workers=0, encoding="f32", samples_per_shard=64, views_per_shard=3,
+                            recipe=str(root / "g8.yaml"), progress=False))
     return root
 
 
@@ -66,15 +72,19 @@ def _dense_target(idx, logp, C):
 
 
 def _dense_kl(logits, idx, logp, T=1.0, renorm=False):
-    """Reference: the full (B, C) target, KL with F.kl_div."""
+    """Reference: the full (B, C) target (train.losses.dense_target), tempered densely, KL with F.kl_div."""
+    from relabel.train.losses import dense_target
+
     B, C = logits.shape
     k = idx.shape[1]
-    if T != 1.0 or renorm or k == C:
-        target = torch.zeros(B, C).scatter(1, idx, torch.softmax(logp[:, :k] / T, -1))
-        return F.kl_div(torch.log_softmax(logits / T, -1), target, reduction="none").sum(-1) * T * T
-    target = _dense_target(idx, logp, C)
+    if renorm or k == C:
+        target = torch.zeros(B, C).scatter(1, idx, torch.softmax(logp[:, :k], -1))
+    else:
+        target = dense_target(idx, logp, C)
+        assert torch.allclose(target, _dense_target(idx, logp, C))
     assert torch.allclose(target.sum(-1), torch.ones(B), atol=1e-5)
-    return F.kl_div(torch.log_softmax(logits, -1), target, reduction="none").sum(-1)
+    tempered = torch.softmax(torch.log(target) / T, -1)  # every log-probability / T, renormalized
+    return F.kl_div(torch.log_softmax(logits / T, -1), tempered, reduction="none").sum(-1) * T * T
 
 
 @pytest.mark.parametrize("C,k", [(10, 3), (1000, 10), (5, 5)])
@@ -89,15 +99,19 @@ def test_kd_loss_matches_dense_reference(C, k):
     q8 = ValueEncoding("q8")
     rounded = torch.from_numpy(q8.decode(q8.encode(logp.numpy())))  # sums to 1 only after renormalizing
     for lp in (logp, rounded):
-        assert torch.allclose(kd_loss(student, idx, lp), _dense_kl(student, idx, lp), atol=1e-5, rtol=1e-5)
-        assert torch.allclose(kd_loss(student, idx, lp, renorm=True), _dense_kl(student, idx, lp, renorm=True), atol=1e-5)
-        assert torch.allclose(kd_loss(student, idx, lp, temperature=2.0), _dense_kl(student, idx, lp, T=2.0), atol=1e-5)
+        for T in (0.5, 1.0, 2.0, 4.0):  # the same target at every T: continuous in T
+            for renorm in (False, True):
+                got, ref = kd_loss(student, idx, lp, T, renorm), _dense_kl(student, idx, lp, T, renorm)
+                assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), (T, renorm, got, ref)
+        near = kd_loss(student, idx, lp, 1.0 + 1e-6)
+        assert torch.allclose(near, kd_loss(student, idx, lp), atol=1e-4)  # no jump just above T = 1
     if k < C:  # exact at T=1: the full teacher distribution is recovered when its rest is uniform
         order = teacher.topk(C, -1)
         flat = teacher.scatter(1, order.indices[:, k:], (order.values[:, k - 1:k] - 1).expand(-1, C - k))
         i2, l2 = topk_logprobs(flat, k)
-        full = F.kl_div(torch.log_softmax(student, -1), torch.softmax(flat, -1), reduction="none").sum(-1)
-        assert torch.allclose(kd_loss(student, i2, l2), full, atol=1e-5)
+        for T in (1.0, 2.0):  # ... and then at any T it is Hinton's KD on the teacher's logits
+            full = F.kl_div(torch.log_softmax(student / T, -1), torch.softmax(flat / T, -1), reduction="none").sum(-1)
+            assert torch.allclose(kd_loss(student, i2, l2, T), full * T * T, atol=1e-4)
     # the gradient flows, and a student that matches the dense target has zero loss
     z = student.clone().requires_grad_(True)
     kd_loss(z, idx, logp).mean().backward()
@@ -105,6 +119,26 @@ def test_kd_loss_matches_dense_reference(C, k):
     if k < C:
         exact = torch.log(_dense_target(idx, logp, C))
         assert kd_loss(exact, idx, logp).abs().max() < 1e-5
+        assert kd_loss(exact, idx, logp, temperature=3.0).abs().max() < 1e-5
+
+
+def test_online_full_target_and_topk_truncation():
+    """Online's full-softmax loss is Hinton KD on the teacher's logits; a top-K row truncated to top-k
+    is the top-k row of the same teacher."""
+    from relabel.teacher import topk_logprobs
+    from relabel.train.losses import kd_loss, kd_loss_full, truncate_topk
+
+    g = torch.Generator().manual_seed(1)
+    t, z = torch.randn(5, 20, generator=g) * 3, torch.randn(5, 20, generator=g)
+    for T in (0.5, 1.0, 3.0):
+        ref = F.kl_div(torch.log_softmax(z / T, -1), torch.softmax(t / T, -1), reduction="none").sum(-1) * T * T
+        assert torch.allclose(kd_loss_full(z, t, T), ref, atol=1e-5)
+    i10, l10 = topk_logprobs(t, 10)
+    i3, l3 = topk_logprobs(t, 3)
+    ti, tl = truncate_topk(i10, l10, 3)
+    assert torch.equal(ti, i3) and torch.allclose(tl, l3, atol=1e-5)
+    assert torch.allclose(kd_loss(z, ti, tl), kd_loss(z, i3, l3), atol=1e-5)
+
 
 def test_mixed_ce_matches_dense():
     from relabel.train.losses import mixed_ce
@@ -147,6 +181,67 @@ def test_view_schedule_and_pair_batches(world):
         data.batches(7, 0, 7)
 
 
+def test_repeated_augmentation_views_pairs_and_ranks(world):
+    """--aug-repeats 3: about N/3 samples, each with 3 distinct views; pairs mixed in one batch as
+    stage one mixed them; two ranks see disjoint samples."""
+    from collections import defaultdict
+
+    from relabel.storage import UserError
+    from relabel.train.data import TrainData
+    from relabel.views import ViewRenderer, decode_image, mix_batch, pairs_for_view
+
+    data = TrainData(str(world / "train"), str(world / "labels_g8"), repeats=3)
+    h = data.header
+    for e in (0, 1):
+        views = data.epoch_views(7, e)
+        assert sorted(views) == [0, 1, 2]
+        partner = {v: pairs_for_view(data.recipe, h.seed, v, 40) for v in views}
+        for world_size in (1, 2):
+            seen_by_rank = []
+            for rank in range(world_size):
+                batches = data.batches(7, e, 8, rank=rank, world=world_size)
+                seen = defaultdict(list)
+                for b in batches:
+                    assert len(b) == 8
+                    for p, v, q in b:
+                        seen[p].append(v)
+                        assert q == partner[v][p] and (q, v, p) in b  # mixed with its stage-one partner, same batch
+                assert all(sorted(vs) == [0, 1, 2] for vs in seen.values()), seen  # 3 distinct views each
+                seen_by_rank.append(set(seen))
+            assert sum(map(len, seen_by_rank)) == 16  # 2 of 5 mix groups: about N/3
+            if world_size == 2:
+                assert not seen_by_rank[0] & seen_by_rank[1] and len(seen_by_rank[0]) == len(seen_by_rank[1]) == 8
+    # a batch holding several views mixes each pair with its own view's parameters
+    batch_items = next(b for b in data.batches(7, 0, 8) if len({v for _, v, _ in b}) > 1)
+    ds, collate = data.dataset(), data.collate()
+    got = collate([ds[it] for it in batch_items])
+    assert got["views"].tolist() == [v for _, v, _ in batch_items]
+    renderer = ViewRenderer(data.recipe, h.seed, data.img_size)
+    for i, (p, v, q) in enumerate(batch_items):
+        img = lambda x: renderer.render(data.store.keys[x], v, decode_image(data.source.read(int(data.src_index[x]))))  # noqa: E731
+        want, _, _ = mix_batch(data.recipe, h.seed, v, [p, q], [img(p), img(q)], [q, p])
+        assert np.array_equal(got["pixels"][i].permute(1, 2, 0).numpy(), want[0])
+    # the first V views only
+    limited = TrainData(str(world / "train"), str(world / "labels_g8"), views_limit=2)
+    assert {limited.epoch_views(7, e)[0] for e in range(6)} == {0, 1}
+    for kw, match in ((dict(repeats=4), "--aug-repeats 4"), (dict(repeats=3, views_limit=2), "--aug-repeats 3"),
+                      (dict(views_limit=4), "--views-limit 4")):
+        with pytest.raises(UserError, match=match):
+            TrainData(str(world / "train"), str(world / "labels_g8"), **kw)
+
+
+def test_repeated_augmentation_trains_on_the_right_labels(world, tmp_path):
+    """Three views' labels in one epoch, gathered per (view, sample): cached equals the teacher in the loop."""
+    from relabel.train.loop import train
+
+    kw = dict(labels=str(world / "labels_g8"), aug_repeats=3, epochs=2, stop_epoch=1)
+    cached = train(_cfg(world, tmp_path / "c", **kw))
+    online = train(_cfg(world, tmp_path / "o", mode="online", kd_target="topk",
+                        teacher_checkpoint=str(world / "teacher.pth"), **kw))
+    assert sorted(cached["view"]) == [0, 1, 2] and cached["steps"] == 6
+    assert np.abs(np.asarray(cached["losses"]) - np.asarray(online["losses"])).max() < 1e-4
+
+
 # ------------------------------------------------------------------------------------ 1. cached == online
 @pytest.mark.parametrize("enc", ["f32", "q8"])
 def test_cached_matches_online(world, tmp_path, enc):
@@ -155,7 +250,8 @@ def test_cached_matches_online(world, tmp_path, enc):
 
     kw = dict(labels=str(world / f"labels_{enc}"), epochs=2, stop_epoch=1)
     cached = train(_cfg(world, tmp_path / "cached", mode="cached", **kw))["losses"]
-    online = train(_cfg(world, tmp_path / "online", mode="online", teacher_checkpoint=str(world / "teacher.pth"), **kw))["losses"]
+    online = train(_cfg(world, tmp_path / "online", mode="online", teacher_checkpoint=str(world / "teacher.pth"),
+                        kd_target="topk", **kw))["losses"]  # the rounding-only comparison
     assert len(cached) == len(online) == 5
     diff = np.abs(np.asarray(cached) - np.asarray(online))
     if enc == "f32":
@@ -169,6 +265,30 @@ def test_cached_matches_online(world, tmp_path, enc):
         assert (diff <= bound).all(), (diff, bound)
         assert diff.mean() < step / 2, diff
     assert (tmp_path / "online" / "last.pth").exists()
+
+
+def test_online_default_target_is_the_teachers_full_softmax(world, tmp_path):
+    """USI's online KD: KL(softmax(teacher(pixels)) || student) on the replayed pixels, no top-k."""
+    from relabel.models import Normalize, create
+    from relabel.train.loop import bench_setup
+
+    cfg = dict(mode="online", teacher_checkpoint=str(world / "teacher.pth"), labels=str(world / "labels_f32"))
+    tr, (batch,) = bench_setup(_cfg(world, tmp_path / "a", **cfg), batches=1)
+    assert tr.cfg.kd_target == "full"
+    pixels = batch["pixels"]
+    teacher, info = create("test_resnet", checkpoint=str(world / "teacher.pth"))
+    with torch.no_grad():
+        t = teacher.eval()(Normalize(info.mean, info.std)(pixels))
+    z = torch.randn(len(pixels), 8, generator=torch.Generator().manual_seed(0)) * 2
+    ref = F.kl_div(torch.log_softmax(z, -1), torch.softmax(t, -1), reduction="none").sum(-1)
+    assert torch.allclose(tr.kd_per_sample(z, batch, pixels), ref, atol=1e-5)
+    for T in (2.0,):  # Hinton: the temperature divides the teacher's full logits
+        tr.cfg.kd_temperature = T
+        refT = F.kl_div(torch.log_softmax(z / T, -1), torch.softmax(t / T, -1), reduction="none").sum(-1) * T * T
+        assert torch.allclose(tr.kd_per_sample(z, batch, pixels), refT, atol=1e-5)
+    tr.cfg.kd_temperature = 1.0
+    tr.cfg.kd_target = "topk"  # the stored top-3 + rest of 8 classes is another target: the test can tell
+    assert (tr.kd_per_sample(z, batch, pixels) - ref).abs().max() > 1e-3
 
 
 # ------------------------------------------------------------------------------------ 2. supervised
@@ -236,6 +356,91 @@ def test_val_with_other_classes_is_refused(world, tmp_path):
                 tmp_path / "x", "--val", make_imagefolder(tmp_path / "v3", per_class=1), "--epochs", "1", "-b", "8",
                 "-j", "0", check=False, env=ONE_THREAD)
     assert r.returncode == 2 and "classes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_path, capsys):
+    """A 3-class folder labelled by a 5-class teacher: CE targets and val labels are teacher indices."""
+    from relabel.storage import LabelStore, StoreHeader, UserError, open_source
+    from relabel.train.data import TrainData
+    from relabel.train.evaluate import eval_loader
+    from relabel.train.loop import train
+    from relabel.views import create_recipe, store_order
+
+    folder = make_imagefolder(tmp_path / "train", per_class=4)  # ant, bee, cat
+    val = make_imagefolder(tmp_path / "val", per_class=2, classes=("cat", "ant"), seed=3)  # a subset, other order
+    src = open_source(str(folder))
+    cmap = [4, 0, 2]
+    h = StoreHeader(num_samples=len(src), views=1, topk=2, num_classes=5, class_names=list(src.class_names),
+                    fingerprint=src.fingerprint, teacher={"model": "test_resnet", "num_classes": 5},
+                    recipe=create_recipe("simple").to_dict(), seed=0, img_size=32, encoding={"name": "f32"},
+                    class_map=cmap)
+    keys = store_order(src.keys, 0)
+    store = LabelStore.create(tmp_path / "labels", h, keys)
+    gt = np.asarray(cmap)[[src.labels[src.index()[k]] for k in keys]]
+    for sh in store.shards():  # the teacher is sure of the right teacher class
+        n = sh.s1 - sh.s0
+        idx = np.stack([gt[sh.s0:sh.s1], (gt[sh.s0:sh.s1] + 1) % 5], -1)[None]
+        logp = np.log(np.broadcast_to([0.9, 0.06, 0.04], (1, n, 3)))
+        store.write_shard(sh, 0, idx, logp, np.ones(n, np.uint8))
+    data = TrainData(str(folder), str(tmp_path / "labels"))
+    assert np.array_equal(data.gt, gt)  # dataset class i -> teacher class cmap[i]
+    batch = data.collate()([data.dataset()[it] for it in data.batches(0, 0, 4)[0]])
+    assert set(batch["y"].tolist()) <= set(cmap)
+    loader = eval_loader(str(val), h.class_names, 32, 0.9, 4, 0, class_map=data.class_map)
+    names = open_source(str(val)).class_names
+    assert sorted(int(y) for _, ys in loader for y in ys) == sorted(cmap[h.class_names.index(n)] for n in names for _ in range(2))
+    r = train(TrainConfig_(folder, tmp_path / "labels", tmp_path / "run", val=str(val), ce_weight=1.0, log=True))
+    assert 0 <= r["val_top1"] <= 100
+    assert "teacher's 5-class index space via the store's class map" in capsys.readouterr().err
+    ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert ck["num_classes"] == 5 and ck["class_map"] == cmap
+    make_imagefolder(tmp_path / "val2", per_class=1, classes=("ant", "dog"))
+    with pytest.raises(UserError, match="dog"):  # a val class the map does not know: an error, never a silent miss
+        eval_loader(str(tmp_path / "val2"), h.class_names, 32, 0.9, 4, 0, class_map=data.class_map)
+
+
+def TrainConfig_(data, labels, out, **kw):
+    from relabel.train.loop import TrainConfig
+
+    base = dict(student=STUDENT, epochs=1, batch_size=4, workers=0, warmup_epochs=0, model_ema=False, progress=False,
+                log=False)
+    return TrainConfig(data=str(data), labels=None if labels is None else str(labels), out=str(out), **{**base, **kw})
+
+
+def test_preset_usi_and_explicit_options_win(world, tmp_path):
+    from relabel.train.command import parse_train_argv
+    from relabel.train.loop import PRESETS, build, resolve_config
+
+    base = [str(world / "train"), "--labels", str(world / "labels_g8"), "--out", str(tmp_path / "r")]
+    cfg = resolve_config(parse_train_argv(base + ["--preset", "usi"]))
+    assert {k: getattr(cfg, k) for k in PRESETS["usi"]} == PRESETS["usi"]
+    assert (cfg.ce_weight, cfg.kd_weight, cfg.smoothing, cfg.aug_repeats, cfg.lr) == (1.0, 5.0, 0.0, 3, 2e-3)
+    mine = resolve_config(parse_train_argv(base + ["--preset", "usi", "--lr", "1e-3", "--aug-repeats", "1",
+                                                   "--smoothing", "0.1", "--model-ema-warmup"]))
+    assert (mine.lr, mine.aug_repeats, mine.smoothing, mine.model_ema_warmup, mine.kd_weight) == (1e-3, 1, 0.1, True, 5.0)
+    plain = resolve_config(parse_train_argv(base))
+    assert (plain.smoothing, plain.kd_weight, plain.ce_weight, plain.aug_repeats, plain.kd_target) == (0.1, 1.0, 0.0, 1, "topk")
+    _, tr = build(_cfg(world, tmp_path / "b", labels=str(world / "labels_g8"), preset="usi", model_ema=None))
+    assert tr.cfg.aug_repeats == 3 and tr.ema is not None
+    assert tr.ema_decay == pytest.approx(0.99996 ** (8 / 1024), rel=1e-12)  # USI's decay at batch 1024, here batch 8
+
+
+def test_resume_refuses_other_data_labels_or_classes(world, tmp_path):
+    from relabel.storage import UserError
+    from relabel.train.loop import train
+
+    kw = dict(epochs=2, stop_epoch=1)
+    train(_cfg(world, tmp_path / "c", labels=str(world / "labels_q8"), **kw))
+    with pytest.raises(UserError, match=r"labels .*labels_f32.*encoding"):  # same teacher and views, other values
+        train(_cfg(world, tmp_path / "c", labels=str(world / "labels_f32"), resume=True, **kw))
+    other = tmp_path / "other"
+    shutil.copytree(world / "train", other)
+    (other / "c7").rename(other / "c9")
+    train(_cfg(world, tmp_path / "s", labels=None, mode="supervised", **kw))
+    with pytest.raises(UserError, match=r"other inputs.*DATA .*fingerprint.*class names .*c7"):
+        train(_cfg(world, tmp_path / "s", data=str(other), labels=None, mode="supervised", resume=True, **kw))
+    r = train(_cfg(world, tmp_path / "s", labels=None, mode="supervised", resume=True, epochs=2))  # its own: continues
+    assert r["epoch"] == 2
 
 
 # ------------------------------------------------------------------------------------ 5. DDP

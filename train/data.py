@@ -1,24 +1,34 @@
-"""Replaying stored views for training: which view an epoch uses, batches that keep mix pairs
+"""Replaying stored views for training: which views an epoch uses, batches that keep mix pairs
 together, and workers that decode each image once, render its view and mix pairs as stage one did.
 
-Labels never pass through workers: the trainer reads one view of every sample per epoch
-(``LabelStore.read_view``) and gathers rows by the batch's store positions.
+Labels never pass through workers: the trainer reads the epoch's views of every sample
+(``LabelStore.read_view``) and gathers rows by the batch's (view, store position).
+
+Repeated augmentation (``repeats`` R > 1, USI's ``--aug-repeats``): an epoch keeps about N/R samples
+and shows each with R different views. Samples are kept in whole mix groups (the fixed blocks of
+``recipe.mix_group`` store positions inside which every view pairs its samples), so every view's
+mix partner of a kept sample is kept too and each pair is mixed exactly as stage one mixed it. The
+kept groups are dealt to the ranks, so ranks see disjoint samples.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from relabel import replay_check
 from relabel.rng import CounterRNG
 from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
                            store_order)
 from relabel.storage import StoreHeader, UserError, open_source
-from relabel.storage.export import open_labels
+from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
 from relabel.storage.store import STATUS_OK
+
+log = logging.getLogger(__name__)
 
 Item = tuple[int, int, int]  # (store position, view, partner position or -1)
 
@@ -27,6 +37,13 @@ def view_for_epoch(seed: int, views: int, epoch: int) -> int:
     """Epoch e replays view v(e) of every sample: a seeded permutation of range(views) per pass."""
     rnd, i = divmod(epoch, views)
     return CounterRNG("train-views", seed, views, rnd).permutation(views)[i]
+
+
+def views_for_epoch(seed: int, views: int, epoch: int, repeats: int) -> list[int]:
+    """The R distinct stored views an epoch shows (R = 1: ``view_for_epoch``)."""
+    if repeats == 1:
+        return [view_for_epoch(seed, views, epoch)]
+    return [int(v) for v in CounterRNG("train-repeat-views", seed, views, epoch).permutation(views)[:repeats]]
 
 
 class ViewPlan:
@@ -52,10 +69,20 @@ class TrainData:
     """
 
     def __init__(self, data: str, labels: str | None, allow_subset: bool = False, img_size: int | None = None,
-                 plan: dict | None = None):
+                 plan: dict | None = None, views_limit: int | None = None, repeats: int = 1, fresh: bool = False,
+                 allow_drift: bool = False):
         self.source: ImageSource = open_source(data)
         self.store = open_labels(labels) if labels else ViewPlan(self.source, img_size=img_size or 224, **plan)
         h = self.header = self.store.header
+        self.repeats, self.fresh = repeats, fresh
+        if views_limit is not None and not 1 <= views_limit <= h.views:
+            raise UserError(f"--views-limit {views_limit}: {labels} holds {h.views} view(s) per sample; "
+                            f"use 1 to {h.views}")
+        self.views = views_limit or h.views  # stored views this run replays: the first `views`
+        if repeats > self.views and not fresh:
+            raise UserError(f"--aug-repeats {repeats} shows each kept sample with {repeats} different views, but "
+                            f"{'--views-limit leaves' if views_limit else f'{labels} holds'} {self.views} per sample; "
+                            f"use --aug-repeats {self.views} or less, or generate more views")
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
         if not self.store.complete:
@@ -78,18 +105,45 @@ class TrainData:
                                 f"pass --allow-subset to train on the matched ones")
         if self.matched == 0:
             raise UserError(f"{data}: no image has usable labels in {labels}")
+        if labels is not None:
+            self._check_drift(allow_drift)
+        # Ground truth in the teacher's index space: the store's class map (dataset class -> teacher
+        # class) when the teacher has other classes than the folders, else the dataset's own indices.
+        self.class_map = class_map_of(h, labels)
+        labels_ds = np.asarray(self.source.labels)[self.src_index[self.present]]
         gt = np.full(h.num_samples, -1, np.int64)
-        gt[self.present] = self.source.labels[self.src_index[self.present]]
+        gt[self.present] = labels_ds if self.class_map is None else self.class_map[labels_ds]
         self.gt = gt
 
-    def order(self, seed: int, epoch: int) -> tuple[int, list[int], np.ndarray]:
-        """(view, every usable position in this epoch's order, partner per position or -1).
+    def _check_drift(self, allow: bool) -> None:
+        """Render the header's canonical views here: pixels the teacher never saw are not trained on."""
+        h, index = self.header, self.source.index()
+        drift = replay_check.check(h.replay_check, ViewRenderer(self.recipe, h.seed, h.img_size),
+                                   lambda k: self.source.read(index[k]), lambda k: k in index)
+        if drift and not allow:
+            raise UserError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
+                            f"machine/Pillow the labels were made with, regenerate, or pass --allow-pixel-drift")
+        if drift:
+            log.warning("warning: %s (training anyway: --allow-pixel-drift)", drift.message())
 
-        Units are mix pairs, or two unpaired samples, shuffled; with an even batch size no pair
-        straddles two batches. A sample whose partner was labelled (status OK) but is absent from
-        DATA is skipped when stage one mixed the two: its label is for an image that cannot be rebuilt.
+    def epoch_views(self, seed: int, epoch: int) -> list[int]:
+        """The views epoch ``epoch`` shows: R distinct stored ones, or with ``fresh`` R views that
+        were never stored (indices after the store's; a view is a pure function of its index)."""
+        R = self.repeats
+        if self.fresh:
+            return [self.header.views + epoch * R + i for i in range(R)]
+        if R > 1 and isinstance(self.store, ViewPlan):  # no store: every epoch R new views
+            return [epoch * R + i for i in range(R)]
+        return views_for_epoch(seed, self.views, epoch, R)
+
+    def _units(self, v: int, allowed: np.ndarray | None, rng: CounterRNG) -> tuple[np.ndarray, int | None, np.ndarray]:
+        """Under view v, over the allowed positions: (units (U, 2) = mix pairs or two unpaired
+        samples, singles shuffled by ``rng``; a last unpaired sample or None; partner per position or -1).
+
+        A sample whose partner was labelled (status OK) but is absent from DATA is skipped when stage
+        one mixed the two: its label is for an image that cannot be rebuilt. ``allowed`` must be
+        closed under the view's pairs (whole mix groups).
         """
-        v = view_for_epoch(seed, self.header.views, epoch)
         partner = pairs_for_view(self.recipe, self.header.seed, v, self.header.num_samples)
         q = np.where(partner >= 0, partner, 0)
         has = partner >= 0
@@ -98,23 +152,73 @@ class TrainData:
             if mix_params(self.recipe, self.header.seed, v, int(min(p, q[p]))) is None:
                 orphan[p] = False
         keep = self.usable & ~orphan
+        if allowed is not None:
+            keep &= allowed
         paired = keep & has & keep[q]
-        rng = CounterRNG("train-order", seed, epoch)
         singles = np.nonzero(keep & ~paired)[0]
         singles = singles[np.asarray(rng.permutation(len(singles)), np.int64)]
         firsts = np.nonzero(paired & (np.arange(len(partner)) < partner))[0]
-        units = [(int(p), int(partner[p])) for p in firsts]
-        units += [(int(singles[i]), int(singles[i + 1])) for i in range(0, len(singles) - 1, 2)]
-        flat = [p for i in rng.permutation(len(units)) for p in units[i]]
-        if len(singles) % 2:
-            flat.append(int(singles[-1]))
-        return v, flat, np.where(paired, partner, -1)
+        n2 = len(singles) // 2 * 2
+        units = np.concatenate([np.stack([firsts, partner[firsts]], 1).reshape(-1, 2),
+                                singles[:n2].reshape(-1, 2)]).astype(np.int64)
+        lone = int(singles[-1]) if len(singles) % 2 else None
+        return units, lone, np.where(paired, partner, -1)
+
+    def order(self, seed: int, epoch: int) -> tuple[int, list[int], np.ndarray]:
+        """One view (R = 1): (view, every usable position in this epoch's order, partner per position or -1).
+
+        Units are mix pairs, or two unpaired samples, shuffled; with an even batch size no pair
+        straddles two batches.
+        """
+        v = self.epoch_views(seed, epoch)[0]
+        rng = CounterRNG("train-order", seed, epoch)
+        units, lone, partner = self._units(v, None, rng)
+        flat = units[np.asarray(rng.permutation(len(units)), np.int64)].reshape(-1).tolist()
+        if lone is not None:
+            flat.append(lone)
+        return v, flat, partner
+
+    def repeat_items(self, seed: int, epoch: int, world: int = 1) -> list[list[Item]]:
+        """R > 1: every rank's items of this epoch, each kept sample once per view (see the module doc).
+
+        About N/R samples are kept, in whole mix groups dealt to the ranks in turn. Each rank's pair
+        units of all R views are shuffled together; the (at most R) lone unpaired samples go last,
+        so with an even batch size no pair straddles two batches. A batch may hold several views:
+        the collate mixes each view's pairs with that view's parameters.
+        """
+        views, N, G = self.epoch_views(seed, epoch), self.header.num_samples, self.recipe.mix_group
+        n_groups = -(-N // G)
+        if n_groups < world:
+            raise UserError(f"--aug-repeats {self.repeats} keeps whole mix groups of {G} samples and deals them to "
+                            f"the {world} processes, but the store has only {n_groups} group(s); "
+                            f"use --aug-repeats 1 or fewer processes")
+        groups = np.asarray(CounterRNG("train-repeat", seed, epoch).permutation(n_groups), np.int64)
+        kept = groups[:max(world, round(n_groups / self.repeats))]
+        out = []
+        for rank in range(world):
+            allowed = np.zeros(N, bool)
+            for g in kept[rank::world]:
+                allowed[g * G:(g + 1) * G] = True
+            rng = CounterRNG("train-repeat-units", seed, epoch, rank, world)
+            units, lones = [], []
+            for v in views:
+                u, lone, partner = self._units(v, allowed, rng)
+                units += [((int(a), v, int(partner[a])), (int(b), v, int(partner[b]))) for a, b in u]
+                if lone is not None:
+                    lones.append((lone, v, -1))
+            out.append([it for i in rng.permutation(len(units)) for it in units[i]] + lones)
+        return out
 
     def batches(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[Item]]:
         """This rank's batches of (position, view, partner): equal count on every rank, remainder dropped."""
         if self.recipe.mixes and batch_size % 2:
             raise UserError(f"--batch-size must be even: recipe {self.recipe.name!r} mixes pairs of samples "
                             f"that must share a batch (got {batch_size})")
+        if self.repeats > 1:
+            per_rank = self.repeat_items(seed, epoch, world)
+            n = min(len(x) for x in per_rank) // batch_size * batch_size
+            mine = per_rank[rank][:n]
+            return [mine[i:i + batch_size] for i in range(0, n, batch_size)]
         v, flat, partner = self.order(seed, epoch)
         n = len(flat) // batch_size // world * world * batch_size
         items = [(p, v, int(partner[p])) for p in flat[:n]]
@@ -125,6 +229,19 @@ class TrainData:
 
     def collate(self) -> "MixCollate":
         return MixCollate(self.recipe, self.header.seed, self.gt)
+
+
+def class_map_of(header: StoreHeader, where: str | None) -> np.ndarray | None:
+    """The header's class map as an index array (dataset class -> teacher class), checked; None: same classes."""
+    cmap = getattr(header, "class_map", None)
+    if cmap is None:
+        return None
+    cmap = np.asarray(cmap, dtype=np.int64)
+    if cmap.shape != (len(header.class_names),) or ((cmap < 0) | (cmap >= header.num_classes)).any():
+        raise UserError(f"{where}: the store's class map does not fit its classes ({cmap.shape[0]} entries for "
+                        f"{len(header.class_names)} dataset classes, teacher indices in 0-{header.num_classes - 1} "
+                        f"required); the header is damaged, regenerate the labels")
+    return cmap
 
 
 class EpochBatchSampler:
@@ -139,7 +256,8 @@ class EpochBatchSampler:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.view = view_for_epoch(self.seed, self.data.header.views, epoch)
+        self.views = self.data.epoch_views(self.seed, epoch)
+        self.view = self.views[0]
         self._batches = self.data.batches(self.seed, epoch, self.batch_size, self.rank, self.world)
 
     def __len__(self) -> int:
@@ -166,7 +284,7 @@ class ViewDataset(Dataset):
 
 @dataclass
 class MixCollate:
-    """Stack a batch and mix the pairs in it exactly as stage one did (``mix_batch``)."""
+    """Stack a batch and mix the pairs in it exactly as stage one did (``mix_batch``, once per view)."""
 
     recipe: Recipe
     seed: int
@@ -174,8 +292,14 @@ class MixCollate:
 
     def __call__(self, items) -> dict:
         pos = [it[0] for it in items]
-        view = items[0][1]
-        pixels, lam, other = mix_batch(self.recipe, self.seed, view, pos, [it[3] for it in items], [it[2] for it in items])
+        views = [it[1] for it in items]
+        pixels, lam, other = [it[3] for it in items], [1.0] * len(items), [-1] * len(items)
+        for v in sorted(set(views)):
+            sel = [i for i, x in enumerate(views) if x == v]
+            px, lm, ot = mix_batch(self.recipe, self.seed, v, [pos[i] for i in sel], [pixels[i] for i in sel],
+                                   [items[i][2] for i in sel])
+            for j, i in enumerate(sel):
+                pixels[i], lam[i], other[i] = px[j], lm[j], ot[j]
         pos_t = torch.as_tensor(pos, dtype=torch.int64)
         other_t = torch.as_tensor(other, dtype=torch.int64)
         y = torch.from_numpy(self.gt[pos_t.numpy()])
@@ -186,5 +310,5 @@ class MixCollate:
             "lam": torch.as_tensor(lam, dtype=torch.float32),
             "partner": other_t,
             "y_partner": torch.where(other_t >= 0, torch.from_numpy(self.gt[other_t.clamp(min=0).numpy()]), y),
-            "view": torch.tensor(view),
+            "views": torch.as_tensor(views, dtype=torch.int64),
         }

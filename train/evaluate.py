@@ -18,8 +18,9 @@ class EvalDataset(Dataset):
     """Index -> (uint8 CHW center crop, class index)."""
 
     def __init__(self, source: ImageSource, img_size: int, crop_pct: float, interpolation: str = "bicubic",
-                 indices: list[int] | None = None):
+                 indices: list[int] | None = None, targets: np.ndarray | None = None):
         self.source, self.img_size = source, img_size
+        self.targets = targets  # source class index -> the label compared with the model's output
         self.scale = math.floor(img_size / crop_pct)
         self.interp = INTERPOLATIONS.get(interpolation, Image.Resampling.BICUBIC)
         self.indices = list(range(len(source))) if indices is None else indices
@@ -38,18 +39,33 @@ class EvalDataset(Dataset):
         top, left = int(round((nh - t) / 2.0)), int(round((nw - t) / 2.0))
         img = img.crop((left, top, left + t, top + t))  # pads with black if the crop is larger
         arr = np.asarray(img, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1), int(self.source.labels[j])
+        y = int(self.source.labels[j])
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), y if self.targets is None else int(self.targets[y])
 
 
 def eval_loader(path: str, class_names: list[str], img_size: int, crop_pct: float, batch_size: int,
-                workers: int, rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
-    """This rank's share of the validation set; its classes must be the label store's."""
+                workers: int, rank: int = 0, world: int = 1, pin_memory: bool = False,
+                class_map: np.ndarray | None = None) -> DataLoader:
+    """This rank's share of the validation set; its classes must be the label store's.
+
+    With a class map (dataset class -> teacher class), labels are mapped by class name into the
+    teacher's index space, where the student predicts: val folder name -> the store's dataset class
+    -> teacher class. A val class the store does not know is an error, never a silent miss.
+    """
     source = open_source(path)
-    if list(source.class_names) != list(class_names):
+    targets = None
+    if class_map is not None:
+        where = {n: i for i, n in enumerate(class_names)}
+        unknown = [n for n in source.class_names if n not in where]
+        if unknown:
+            raise UserError(f"{path}: validation class(es) {', '.join(unknown[:5])} are not in the store's class map "
+                            f"({len(class_names)} classes); validate on the labelled classes only")
+        targets = np.asarray([class_map[where[n]] for n in source.class_names], np.int64)
+    elif list(source.class_names) != list(class_names):
         diff = sorted(set(source.class_names) ^ set(class_names))[:5]
         raise UserError(f"{path}: validation classes differ from the label store's ({len(source.class_names)} vs "
                         f"{len(class_names)} classes{'; e.g. ' + ', '.join(diff) if diff else ', other order'})")
-    ds = EvalDataset(source, img_size, crop_pct, indices=list(range(rank, len(source), world)))
+    ds = EvalDataset(source, img_size, crop_pct, indices=list(range(rank, len(source), world)), targets=targets)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 

@@ -1,0 +1,118 @@
+"""The public Python API: what a user's own training loop uses."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, make_imagefolder, save_teacher
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from relabel.generate import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("api")
+    folder = make_imagefolder(root / "data" / "train", per_class=12)
+    generate(GenerateConfig(data=str(folder), out=str(root / "labels.zarr"), teacher="test_resnet",
+                            teacher_checkpoint=str(save_teacher(root / "t.pth")), views=3, topk=2, img_size=32,
+                            samples_per_shard=64, views_per_shard=3, workers=0, progress=False))
+    return root
+
+
+def test_readme_python_loop_runs_as_written(tiny):
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Use it from Python.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('"resnet18"', '"test_resnet"')  # the same loop, with timm's tiny test model
+    r = subprocess.run([sys.executable, "-c", code], cwd=tiny, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"epoch \d: loss ([0-9.]+)", r.stdout)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_public_names_are_importable_and_lazy():
+    code = ("import sys, relabel; assert 'torch' not in sys.modules, 'import relabel pulled in torch'; "
+            "[getattr(relabel, n) for n in relabel.__all__]; print(len(relabel.__all__))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 20
+
+
+def test_replay_loader_gives_the_trainers_batches_and_the_stored_labels(tiny):
+    import relabel
+    from relabel.storage import LabelStore
+    from relabel.train.data import EpochBatchSampler, TrainData
+
+    store = LabelStore.open(tiny / "labels.zarr")
+    loader = relabel.ReplayLoader(str(tiny / "data" / "train"), store, batch_size=8, workers=0, seed=7)
+    ref = EpochBatchSampler(TrainData(str(tiny / "data" / "train"), str(tiny / "labels.zarr")), 7, 8)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        ref.set_epoch(epoch)
+        got = list(loader)
+        assert [b["positions"].tolist() for b in got] == [[p for p, _, _ in batch] for batch in ref]
+        for b in got:
+            idx, lp = store.gather(b["positions"].numpy(), b["view"].numpy())
+            assert torch.equal(b["topk_index"], torch.from_numpy(idx)) and torch.equal(b["topk_logp"], torch.from_numpy(lp))
+            assert b["pixels"].dtype == torch.uint8 and b["pixels"].shape[1:] == (3, 32, 32)
+            partner = b["partner"].tolist()
+            assert all(q < 0 or q in b["positions"].tolist() for q in partner)  # pairs share the batch
+    # two ranks: disjoint samples, equal batch counts
+    r0 = relabel.ReplayLoader(str(tiny / "data" / "train"), store, batch_size=4, workers=0, rank=0, world=2)
+    r1 = relabel.ReplayLoader(str(tiny / "data" / "train"), store, batch_size=4, workers=0, rank=1, world=2)
+    p0 = {p for b in r0 for p in b["positions"].tolist()}
+    p1 = {p for b in r1 for p in b["positions"].tolist()}
+    assert len(r0) == len(r1) and p0 and p1 and not p0 & p1
+
+
+def test_library_errors_are_typed_and_keep_the_cli_contract(tiny, tmp_path):
+    import relabel
+
+    with pytest.raises(relabel.StoreError):
+        relabel.open_labels(str(tmp_path))
+    with pytest.raises(relabel.ConfigError):
+        relabel.generate_labels(relabel.GenerateConfig(data=str(tiny / "data" / "train"), out=str(tmp_path / "x"), views=0))
+    assert issubclass(relabel.StoreError, relabel.RelabelError) and relabel.UserError is relabel.RelabelError
+
+
+def test_every_cli_default_is_its_config_default():
+    """The config records are the single source of defaults; the CLI options may not drift from them."""
+    import dataclasses
+    import inspect
+
+    from relabel.bench import BenchConfig, bench_command
+    from relabel.cli import generate
+    from relabel.demo import DemoConfig, demo_command
+    from relabel.generate import GenerateConfig
+    from relabel.study import StudyConfig, study_command
+    from relabel.train.command import train_command
+    from relabel.train.loop import TrainConfig
+
+    cli_only = {"quiet", "part", "json_out"}  # not settings: output switches and the bench part
+
+    def same(cli, cfg) -> bool:
+        if isinstance(cli, str) and isinstance(cfg, list):  # "1,2,4" on the command line, a list in Python
+            return cli == ",".join(map(str, cfg))
+        if cli == [] and cfg is None:  # a repeatable option given no times
+            return True
+        if isinstance(cli, list) and isinstance(cfg, str):  # a repeatable option, one value by default
+            return cli == [cfg]
+        return cli == cfg
+
+    for fn, cfg in ((generate, GenerateConfig), (train_command, TrainConfig), (demo_command, DemoConfig),
+                    (bench_command, BenchConfig), (study_command, StudyConfig)):
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in cli_only:
+                continue
+            assert name in fields, f"{fn.__name__}: option {name} has no {cfg.__name__} field"
+            f = fields[name]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                continue  # required in Python (data, out, labels): the CLI may default or require it
+            want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            got = getattr(p.default, "default", p.default)
+            assert same(got, want), f"{fn.__name__} --{name.replace('_', '-')}: CLI default {got!r}, {cfg.__name__} {want!r}"

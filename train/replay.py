@@ -1,0 +1,137 @@
+"""``ReplayLoader``: stage two's data path for any training loop (timm's train.py, Lightning, your own).
+
+It yields exactly what ``relabel train`` trains on: the same views, mix pairs, batch order and
+labels, for one rank of a DDP job. Labels never pass through the DataLoader workers: each epoch's
+views are read once (a few MB for ImageNet) and each batch's rows are gathered by store position.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from relabel.models import Normalize
+
+from .data import EpochBatchSampler, TrainData
+
+
+class ReplayLoader:
+    """Batches of replayed views with their cached soft labels.
+
+    Args:
+        data: the training images: an ImageFolder tree or webdataset shards (local or any fsspec URL).
+        labels: a label store or exported shards (a path/URL, or what ``relabel.open_labels`` returned).
+        batch_size: samples per batch on this rank; even when the recipe mixes (pairs share a batch).
+        seed: the run's seed: which stored view each epoch replays and the batch order.
+        workers: DataLoader worker processes (decode, render, mix).
+        rank, world: this process's place in a DDP job (default: ``RANK``/``WORLD_SIZE`` from the
+            environment, else 0 of 1); ranks get disjoint samples and equal batch counts.
+        normalize_for: a timm model (or its name) whose own mean/std ``b["input"]`` is normalized
+            with; None leaves only the uint8 ``b["pixels"]``.
+        allow_subset: train on the images that have labels when DATA is not the labelled dataset.
+        img_size: render size (default: the size the teacher saw).
+        views_limit: replay only the first V stored views.
+        aug_repeats: repeated augmentation, each epoch about N/R samples x R different views.
+        device: move batches there (non-blocking, from pinned memory on CUDA).
+        allow_pixel_drift: replay even when this machine renders the store's canonical views
+            differently than stage one did (otherwise a RelabelError names what differs).
+
+    Each batch is a dict: ``pixels`` uint8 (B, 3, H, W) (channels_last memory), ``topk_index`` int64
+    (B, k), ``topk_logp`` float32 (B, k+1) (top-k log-probs under the full softmax, then the log of
+    the rest mass; feed them to ``relabel.kd_loss``), ``y`` / ``y_partner`` / ``lam`` (mixed ground
+    truth for ``relabel.mixed_ce``, in the teacher's class space), ``partner``, ``positions`` (store
+    positions), ``view`` (per sample); and ``input`` when ``normalize_for`` is given.
+
+    Raises:
+        relabel.RelabelError: labels of another dataset (without ``allow_subset``), an incomplete
+            or damaged store, an odd batch for a mixing recipe, too many aug repeats.
+
+    Example::
+
+        loader = relabel.ReplayLoader("/data/train", "labels.zarr", batch_size=128, normalize_for=model)
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            for b in loader:
+                loss = relabel.kd_loss(model(b["input"]), b["topk_index"], b["topk_logp"]).mean()
+    """
+
+    def __init__(self, data: str, labels, batch_size: int, *, seed: int = 42, workers: int = 4,
+                 rank: int | None = None, world: int | None = None, normalize_for=None, allow_subset: bool = False,
+                 img_size: int | None = None, views_limit: int | None = None, aug_repeats: int = 1,
+                 device: str | torch.device | None = None, allow_pixel_drift: bool = False):
+        labels = getattr(labels, "path", labels)  # an opened store: replay reads it by path
+        self.data = TrainData(data, str(labels), allow_subset=allow_subset, img_size=img_size,
+                              views_limit=views_limit, repeats=aug_repeats, allow_drift=allow_pixel_drift)
+        self.data.batches(seed, 0, batch_size)  # an odd batch for a mixing recipe fails here, not mid-epoch
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+        self.device = torch.device(device) if device is not None else None
+        self.sampler = EpochBatchSampler(self.data, seed, batch_size, self.rank, self.world)
+        gpu = self.device is not None and self.device.type == "cuda"
+        self.loader = DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),
+                                 num_workers=workers, pin_memory=gpu, persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers else None,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.normalize = None
+        if normalize_for is not None:
+            cfg = _pretrained_cfg(normalize_for)
+            self.normalize = Normalize(cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+            if self.device is not None:
+                self.normalize = self.normalize.to(self.device)
+        self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.set_epoch(0)
+
+    @property
+    def header(self):
+        return self.data.header
+
+    @property
+    def num_classes(self) -> int:
+        """The student's output size: the teacher's classes (the store's class map, if any, applied)."""
+        return self.data.header.num_classes
+
+    @property
+    def epoch_views(self) -> list[int]:
+        return list(self.sampler.views)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's views and batches and read those views' labels (once per epoch)."""
+        self.sampler.set_epoch(epoch)
+        self._labels = {}
+        for v in self.sampler.views:
+            idx, lp = self.data.store.read_view(int(v))
+            self._labels[int(v)] = (torch.from_numpy(np.ascontiguousarray(idx)), torch.from_numpy(lp))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        k = self.data.header.topk
+        for b in self.loader:
+            pos, views = b["positions"], b["views"]  # a view per sample (repeated augmentation mixes views)
+            b["view"] = views
+            b["topk_index"] = torch.empty((len(pos), k), dtype=torch.int64)
+            b["topk_logp"] = torch.empty((len(pos), k + 1), dtype=torch.float32)
+            for v in views.unique().tolist():
+                sel = views == v
+                idx, lp = self._labels[v]
+                b["topk_index"][sel], b["topk_logp"][sel] = idx[pos[sel]], lp[pos[sel]]
+            if self.device is not None:
+                b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+            if self.normalize is not None:
+                b["input"] = self.normalize(b["pixels"])
+            yield b
+
+
+def _pretrained_cfg(model) -> dict:
+    """A timm model's (or model name's) pretrained_cfg: where its mean and std live."""
+    if isinstance(model, str):
+        from timm.models import get_pretrained_cfg
+
+        from relabel.models import resolve_name
+
+        cfg = get_pretrained_cfg(resolve_name(model))
+        return {} if cfg is None else {"mean": cfg.mean, "std": cfg.std}
+    return dict(getattr(model, "pretrained_cfg", None) or {})
