@@ -624,12 +624,13 @@ class LabelStore:
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
-        nd = int(self.done_views()[shard.vb, shard.sb])
+        nd = int(self._read("done", (shard.vb, shard.sb), lambda: "the done array"))  # one chunk, not all
         if nd:  # written: its files must be there
             self._check_present([shard])
         idx, lp = self._read_labels(sel, lambda: shard.name)
         idx, lp = idx.astype(np.int64), self.header.encoding.decode(lp)
-        ok = self.block_status()[shard.vb, shard.s0:shard.s1] == STATUS_OK
+        rows = (shard.vb, slice(shard.s0, shard.s1)) if self.header.schema_version >= 2 else slice(shard.s0, shard.s1)
+        ok = self._read("status", rows, lambda: "the status array") == STATUS_OK
         self._check_rows(idx[:nd], lp[:nd], np.broadcast_to(ok, idx[:nd].shape[:2]), lambda: shard.name)
         return idx, lp
 
