@@ -194,19 +194,22 @@ def _locked(path: str):
 def check_label_rows(index: np.ndarray, logp: np.ndarray, num_classes: int, tolerance: float) -> np.ndarray:
     """Rows (..., k) / (..., k+1) that cannot be a real top-k: a class twice, a class out of range,
     or bins whose probabilities do not sum to one (all-zero rows of a never-written view do not).
-    Returns a boolean mask of the bad rows."""
+    Returns a boolean mask of the bad rows. Runs on a whole view's labels the first time a process
+    reads it, so it stays cheap: column-pair compares in the stored index dtype, a float32 sum."""
     k = index.shape[-1]
-    if index.size and (index.min() < 0 or index.max() >= num_classes):
-        bad = (index < 0).any(-1) | (index >= num_classes).any(-1)
-    else:
-        bad = np.zeros(index.shape[:-1], bool)
+    flat = index.reshape(-1, k)
+    bad = np.zeros(flat.shape[0], bool)
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= num_classes):
+        bad |= ((flat < 0) | (flat >= num_classes)).any(-1)
     if k > 1:
-        srt = np.sort(index, axis=-1)
-        bad |= (srt[..., 1:] == srt[..., :-1]).any(-1)
-    total = np.exp(logp.astype(np.float32, copy=False)).sum(-1)
+        cols = np.ascontiguousarray(flat.T)
+        for i in range(k - 1):
+            for j in range(i + 1, k):
+                bad |= cols[i] == cols[j]
+    total = np.exp(logp.reshape(-1, k + 1).astype(np.float32, copy=False)).sum(-1)
     lo, hi = np.float32(np.exp(-tolerance)), np.float32(np.exp(tolerance))
     bad |= ~((total >= lo) & (total <= hi))  # NaN fails too
-    return bad
+    return bad.reshape(index.shape[:-1])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -506,9 +509,13 @@ class LabelStore:
     def block_status(self) -> np.ndarray:
         """(view blocks, N) status as each shard recorded it; rows of unwritten shards are 0."""
         h = self.header
+        if self.group.read_only and getattr(self, "_block_status", None) is not None:
+            return self._block_status  # a read-only store's status cannot change while it is open
         st = self._read("status", slice(None), lambda: "the status array")
         if st.ndim == 1:  # schema 1: one shared row
             st = np.broadcast_to(st, (h.n_view_blocks, h.num_samples))
+        if self.group.read_only:
+            self._block_status = st
         return st
 
     def status(self) -> np.ndarray:
@@ -591,13 +598,13 @@ class LabelStore:
                 self._ready_blocks.add(vb)
         names = lambda: ", ".join(d.file for d in self.check_shards(  # noqa: E731
             [s for s in self.shards() if s.vb == vb])) or f"view {v}"
-        idx, lp = self._read_labels(v, names)
-        idx, lp = idx.astype(np.int64), h.encoding.decode(lp)
+        raw, lp = self._read_labels(v, names)
+        lp = h.encoding.decode(lp)
         if v not in self._checked_views:  # once per view and process: epochs re-read the same views
-            self._check_rows(idx, lp, self.block_status()[vb] == STATUS_OK, lambda: f"view {v} ({names()})")
+            self._check_rows(raw, lp, self.block_status()[vb] == STATUS_OK, lambda: f"view {v} ({names()})")
             if self.group.read_only:
                 self._checked_views.add(v)
-        return idx, lp
+        return raw.astype(np.int64), lp
 
     def _check_rows(self, idx: np.ndarray, lp: np.ndarray, ok: np.ndarray, where) -> None:
         """Refuse labels of samples marked OK that cannot be a real top-k (never silently train on them)."""
