@@ -306,7 +306,8 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
                           class_map=_class_map(folder, tmp),
                           img_size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                           precision=cfg.precision, samples_per_shard=64, views_per_shard=cfg.gen_views,
-                          progress=False, random_teacher=True)
+                          progress=False)
+    # Random weights: speed does not depend on them (generate takes the ready teacher object).
     teacher = Teacher(cfg.teacher, device=cfg.device, precision=cfg.precision, pretrained=False)
     compiled = None
     if _backend(cfg):  # the same random weights, compiled: forward time is all that differs
@@ -320,7 +321,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
     def full():
         out = os.path.join(tmp, f"gen{runs[0]}")
         runs[0] += 1
-        s = generate(GenerateConfig(**{**asdict(gcfg), "out": out}))
+        s = generate(GenerateConfig(**{**asdict(gcfg), "out": out}), teacher=teacher)
         shutil.rmtree(out, ignore_errors=True)
         return s["views_written"], s["seconds"]  # the pipeline, not model construction
 
@@ -505,6 +506,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
 def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     """Real images and a real label store (random-weight teacher) for stage-two timing."""
     from .generate import GenerateConfig, generate
+    from .teacher import Teacher
 
     folder = os.path.join(tmp, "train_images")
     store = os.path.join(tmp, "train_labels")
@@ -513,8 +515,8 @@ def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
         generate(GenerateConfig(data=folder, out=store, teacher=cfg.teacher, views=1, topk=10, img_size=cfg.img_size,
                                 class_map=_class_map(Path(folder), tmp),
                                 batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
-                                precision=cfg.precision, samples_per_shard=1024, progress=False,
-                                random_teacher=True))
+                                precision=cfg.precision, samples_per_shard=1024, progress=False),
+                 teacher=Teacher(cfg.teacher, device=cfg.device, precision=cfg.precision, pretrained=False))
     return folder, store
 
 

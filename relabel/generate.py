@@ -60,7 +60,6 @@ class GenerateConfig:
     read_retries: int = 4  # tries of a failing read (I/O) before its shard is given up for this run
     retry_wait: float = 0.5  # seconds before the first retry; doubles each time
     progress: bool = True
-    random_teacher: bool = False  # benchmarks: speed does not depend on weights
     compile: bool | str = False  # torch.compile the teacher (a string: the backend); labels are the same
 
 
@@ -359,7 +358,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     if teacher is None:
         teacher = build_teacher(_as_list(cfg.teacher), _as_list(cfg.teacher_checkpoint), cfg.teacher_weight,
                                 device=dist.device_str(cfg.device), precision=cfg.precision,
-                                pretrained=not cfg.random_teacher, own_size=cfg.teacher_own_size,
+                                own_size=cfg.teacher_own_size,
                                 compile=cfg.compile)
     if cfg.topk > teacher.num_classes:
         raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
