@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import List, Optional
@@ -170,23 +171,23 @@ def _one_line(msg: str) -> str:
     return last.split("UserError: ", 1)[-1]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the stderr of the moment (tests and wrappers redirect it after start-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def _log_to_stderr() -> None:
     """The library logs (``logging.getLogger("relabel...")``); the CLI shows INFO and above on stderr."""
-    import logging
-
-    class _Stderr(logging.StreamHandler):  # the stderr of the moment (tests redirect it)
-        @property
-        def stream(self):
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, _):
-            pass
-
     log = logging.getLogger("relabel")
-    if not any(isinstance(h, _Stderr) or getattr(h, "_relabel", False) for h in log.handlers):
-        h = _Stderr()
-        h._relabel = True
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
@@ -198,8 +199,6 @@ def main(argv: list[str] | None = None) -> None:
     ex = _click_exceptions()
     # zarr reads chunks as concurrent tasks: when one fails (damage, reported as one line), asyncio
     # would log its still-pending siblings at exit, burying that line.
-    import logging
-
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     _log_to_stderr()
     try:

@@ -229,16 +229,21 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
     if dist.rank == 0:
         try:
             keys = store_order(source.keys, cfg.seed)
-            renderer = ViewRenderer(create_recipe(header.recipe), header.seed, header.img_size)
-            index = source.index()
-            header.replay_check = replay_check.record(
-                renderer, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait))
+
+            def record_replay_check() -> None:  # decodes a few images: only when a header is written
+                renderer = ViewRenderer(create_recipe(header.recipe), header.seed, header.img_size)
+                index = source.index()
+                header.replay_check = replay_check.record(
+                    renderer, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait))
+
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
                 if cfg.repair:
+                    record_replay_check()
                     for line in LabelStore.repair_metadata(cfg.out, header, keys):
                         log.warning("repair: %s", line)
                 store = _open_existing(cfg, header)
             else:
+                record_replay_check()
                 try:
                     store = LabelStore.create(cfg.out, header, keys)
                 except StoreExistsError:  # another generate made it first: join it if the settings agree

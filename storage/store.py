@@ -372,7 +372,8 @@ class LabelStore:
             header = on_disk
         else:
             try:  # the label arrays' own metadata still knows how many views exist
-                meta = json.load(open(os.path.join(path, "topk_index", "zarr.json")))
+                with open(os.path.join(path, "topk_index", "zarr.json")) as f:
+                    meta = json.load(f)
                 header.views = max(header.views, int(meta["shape"][0]))
             except Exception:
                 pass

@@ -109,10 +109,10 @@ class TrainData:
             self._check_drift(allow_drift)
         # Ground truth in the teacher's index space: the store's class map (dataset class -> teacher
         # class) when the teacher has other classes than the folders, else the dataset's own indices.
-        self.class_map = class_map_of(h, labels)
-        labels_ds = np.asarray(self.source.labels)[self.src_index[self.present]]
+        # (StoreHeader checked the map when the store was opened: length, range, no duplicates.)
+        self.class_map = None if h.class_map is None else np.asarray(h.class_map, np.int64)
         gt = np.full(h.num_samples, -1, np.int64)
-        gt[self.present] = labels_ds if self.class_map is None else self.class_map[labels_ds]
+        gt[self.present] = h.teacher_class(np.asarray(self.source.labels)[self.src_index[self.present]])
         self.gt = gt
 
     def _check_drift(self, allow: bool) -> None:
@@ -229,19 +229,6 @@ class TrainData:
 
     def collate(self) -> "MixCollate":
         return MixCollate(self.recipe, self.header.seed, self.gt)
-
-
-def class_map_of(header: StoreHeader, where: str | None) -> np.ndarray | None:
-    """The header's class map as an index array (dataset class -> teacher class), checked; None: same classes."""
-    cmap = getattr(header, "class_map", None)
-    if cmap is None:
-        return None
-    cmap = np.asarray(cmap, dtype=np.int64)
-    if cmap.shape != (len(header.class_names),) or ((cmap < 0) | (cmap >= header.num_classes)).any():
-        raise UserError(f"{where}: the store's class map does not fit its classes ({cmap.shape[0]} entries for "
-                        f"{len(header.class_names)} dataset classes, teacher indices in 0-{header.num_classes - 1} "
-                        f"required); the header is damaged, regenerate the labels")
-    return cmap
 
 
 class EpochBatchSampler:
