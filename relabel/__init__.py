@@ -30,6 +30,7 @@ _EXPORTS = {
     "open_source": "relabel.storage.sources",
     # stage one
     "GenerateConfig": "relabel.generate",
+    "GenerateResult": "relabel.generate",
     "VerifyReport": "relabel.verify",
     "Teacher": "relabel.teacher",
     "EnsembleTeacher": "relabel.teacher",
@@ -45,6 +46,8 @@ _EXPORTS = {
     "kd_loss": "relabel.train.losses",
     "mixed_ce": "relabel.train.losses",
     "TrainConfig": "relabel.train.loop",
+    "TrainResult": "relabel.train.loop",
+    "CachedDistillationTask": "relabel.train.timm_task",
     # errors
     "RelabelError": "relabel.storage.errors",
     "ConfigError": "relabel.storage.errors",

@@ -323,7 +323,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
         runs[0] += 1
         s = generate(GenerateConfig(**{**asdict(gcfg), "out": out}), teacher=teacher)
         shutil.rmtree(out, ignore_errors=True)
-        return s["views_written"], s["seconds"]  # the pipeline, not model construction
+        return s.views_written, s.seconds  # the pipeline, not model construction
 
     def teacher_only(teacher=teacher):
         done = 0
@@ -529,11 +529,22 @@ def _train_cfg(cfg: BenchConfig, tmp: str, mode: str, workers: int = 0):
                        workers=workers, progress=False, log=False, warmup_epochs=0)
 
 
+def trainer_with_batches(cfg, batches: int = 1, epoch: int = 0):
+    """A stage-two ``Trainer`` for ``cfg`` (a TrainConfig) with ``epoch`` begun (its labels loaded) and
+    that epoch's first ``batches`` batches: ``trainer.train_step(batch)`` timed without the DataLoader."""
+    from relabel.train.loop import build, make_loader
+
+    data, tr = build(cfg)
+    loader, sampler = make_loader(data, cfg, tr.device)
+    sampler.set_epoch(epoch)
+    tr.begin_epoch(epoch, sampler.views, len(sampler))
+    it = iter(loader)
+    return tr, [b for _, b in zip(range(batches), it)]
+
+
 def bench_step(cfg: BenchConfig, tmp: str) -> dict:
     """Train-step img/s of one student: supervised, cached-KD (lookup + target build), online-KD."""
     import torch
-
-    from relabel.train.loop import bench_setup
 
     def step(tr, batch):
         for _ in range(cfg.steps):
@@ -545,10 +556,10 @@ def bench_step(cfg: BenchConfig, tmp: str) -> dict:
 
     steps = {}
     for mode in ("supervised", "cached", "online"):
-        tr, (batch,) = bench_setup(_train_cfg(cfg, tmp, mode), batches=1)
+        tr, (batch,) = trainer_with_batches(_train_cfg(cfg, tmp, mode), batches=1)
         steps[mode] = lambda tr=tr, batch=batch: step(tr, batch)
     if _backend(cfg):  # the cached step with the student compiled (the warm-up pays the compilation)
-        tr, (batch,) = bench_setup(replace(_train_cfg(cfg, tmp, "cached"), compile=_backend(cfg)), batches=1)
+        tr, (batch,) = trainer_with_batches(replace(_train_cfg(cfg, tmp, "cached"), compile=_backend(cfg)), batches=1)
         steps["compiled_cached"] = lambda tr=tr, batch=batch: step(tr, batch)
     r = measure(steps, cfg.repeats)
     out = {f"{m}_img_s": r[m]["median"] for m in steps}

@@ -1,9 +1,11 @@
 """The ``relabel`` command line: a thin typer face over the library functions."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -12,6 +14,7 @@ import typer
 from relabel.storage.errors import UserError
 
 from . import __version__
+from .options import GENERATE_SECTIONS, config_from_params, with_sections
 from .runtime import default_workers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,7 +57,7 @@ def generate(
     batch_size: int = typer.Option(128, help="Teacher batch size."),
     workers: int = typer.Option(default_workers(), help="DataLoader workers (decode + views)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16 or bf16."),
+    precision: str = typer.Option("auto", help="auto (fp16 autocast on CUDA, as USI ran its teacher; fp32 on CPU), fp32, fp16 or bf16."),
     encoding: str = typer.Option("q8", help="Stored values: q8 (1 byte, ~2e-4 nats KL), f16 or f32."),
     samples_per_shard: int = typer.Option(16384, help="Samples per shard (a multiple of the recipe's mix group); larger reads faster."),
     views_per_shard: int = typer.Option(10, help="Views per shard: each image is decoded once per shard."),
@@ -67,19 +70,18 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stage one: run the teacher over stored views and write top-k labels."""
+    params = dict(locals())
     from .generate import GenerateConfig, generate as run
 
-    s = run(GenerateConfig(data=data, out=out, teacher=teacher, teacher_checkpoint=teacher_checkpoint or None,
-                           teacher_weight=teacher_weight or None, teacher_own_size=teacher_own_size, views=views,
-                           topk=topk, recipe=recipe, seed=seed, img_size=img_size, batch_size=batch_size,
-                           workers=workers, device=device, precision=precision, encoding=encoding,
-                           samples_per_shard=samples_per_shard, views_per_shard=views_per_shard, repair=repair,
-                           class_map=class_map, progress=not quiet, compile=compile))
+    s = run(config_from_params(GenerateConfig, params, lists=("teacher_checkpoint", "teacher_weight")))
     if int(os.environ.get("RANK", "0")) == 0:
-        _say(f"wrote {s['views_written']:,} views in {s['shards_written']} shard(s) in {s['seconds']:.1f}s "
-             f"({s['views_per_s']:,.1f} views/s); store: {s['num_samples']:,} samples x {s['views']} views, "
-             f"complete={s['complete']}, unreadable={s['corrupt_samples']}, "
-             f"{s['label_bytes_per_view']:.1f} label bytes/view -> {out}")
+        _say(f"wrote {s.views_written:,} views in {s.shards_written} shard(s) in {s.seconds:.1f}s "
+             f"({s.views_per_s:,.1f} views/s); store: {s.num_samples:,} samples x {s.views} views, "
+             f"complete={s.complete}, unreadable={s.corrupt_samples}, "
+             f"{s.label_bytes_per_view:.1f} label bytes/view -> {out}")
+
+
+with_sections(generate, GENERATE_SECTIONS)
 
 
 @app.command()
@@ -134,6 +136,10 @@ def verify(store: str = typer.Argument(..., help="Label store."),
     typer.echo("verify OK")
 
 
+with_sections(info)
+with_sections(verify)
+
+
 def _register() -> None:
     """Commands that live beside the code they drive (each module keeps heavy imports in its body)."""
     from relabel.train.command import train_command
@@ -147,7 +153,7 @@ def _register() -> None:
     for name, fn in (("train", train_command), ("export", export_command), ("publish", publish_command),
                      ("pull", pull_command), ("bench", bench_command), ("demo", demo_command),
                      ("study", study_command)):
-        app.command(name)(fn)
+        app.command(name)(with_sections(fn))
 
 
 _register()
@@ -171,6 +177,51 @@ def _one_line(msg: str) -> str:
     return last.split("UserError: ", 1)[-1]
 
 
+@functools.lru_cache(maxsize=1)
+def _options() -> dict:
+    """Every option of every command, by its parameter (= config field) name."""
+    import typer.main
+
+    opts: dict = {}
+    for cmd in typer.main.get_command(app).commands.values():
+        for p in cmd.params:
+            if p.param_type_name == "option":
+                opts.setdefault(p.name, p)
+    return opts
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+
+
+def _cli_words(msg: str) -> str:
+    """Library messages name settings as config fields (`views`, `resume=True`, `mode='online'`,
+    see relabel.storage.errors); a shell user reads the options instead (--views, --resume, --mode
+    online). Backticked names that are no option of any command are left as they are."""
+    opts = _options()
+
+    def word(m: re.Match) -> str:
+        p = opts.get(m.group(1))
+        if p is None:
+            return m.group(0)
+        flag, value = p.opts[0] if p.opts[0].startswith("--") else p.opts[-1], m.group(2)
+        if value is None:
+            return flag
+        if value in ("True", "False") and p.is_flag:
+            if value == "True":
+                return flag
+            return p.secondary_opts[0] if p.secondary_opts else f"no {flag}"
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{flag} {value}"
+
+    return _SETTING.sub(word, msg)
+
+
+class _CliFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return _cli_words(super().format(record))
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to the stderr of the moment (tests and wrappers redirect it after start-up)."""
 
@@ -188,7 +239,7 @@ def _log_to_stderr() -> None:
     log = logging.getLogger("relabel")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         h = _StderrHandler()
-        h.setFormatter(logging.Formatter("%(message)s"))
+        h.setFormatter(_CliFormatter("%(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
@@ -207,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             raise KeyboardInterrupt
         sys.exit(rv if isinstance(rv, int) else 0)
     except UserError as e:
-        _say(f"error: {_one_line(str(e))}")
+        _say(f"error: {_cli_words(_one_line(str(e)))}")
         sys.exit(2)
     except (typer.Exit, ex.Exit if hasattr(ex, "Exit") else typer.Exit) as e:
         sys.exit(getattr(e, "exit_code", 0))

@@ -98,7 +98,7 @@ def train_teacher(train_dir: Path, val_dir: Path, recipe: Path, run: Path, teach
     done = (run / "metrics.jsonl").exists() and _history(run)[-1]["epoch"] == epochs
     if not done:  # a teacher cut short resumes (bit-exactly) instead of being taken half-trained
         r = train(replace(cfg, resume=(run / "last.pth").exists()))
-        return {"top1": r["val_top1"], "seconds": time.perf_counter() - t0}
+        return {"top1": r.val_top1, "seconds": time.perf_counter() - t0}
     return {"top1": _history(run)[-1]["val_top1"], "seconds": None}
 
 
@@ -112,8 +112,8 @@ def make_labels(train_dir: Path, store: Path, teacher: str, checkpoint: Path, vi
                          samples_per_shard=1024, progress=False)
     _say(f"  {generate_command_line(cfg)}")
     s = generate(cfg)
-    return {"views": s["num_samples"] * s["views"], "seconds": s["seconds"],
-            "label_bytes_per_view": s["label_bytes_per_view"], "config": asdict(cfg)}
+    return {"views": s.num_samples * s.views, "seconds": s.seconds,
+            "label_bytes_per_view": s.label_bytes_per_view, "config": asdict(cfg)}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -156,9 +156,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             t0 = time.perf_counter()
             r = train(tcfg)
             wall = time.perf_counter() - t0
-            results["runs"].append({"mode": mode, "seed": seed, "top1": r["val_top1"], "seconds": wall,
+            results["runs"].append({"mode": mode, "seed": seed, "top1": r.val_top1, "seconds": wall,
                                     "train_seconds": sum(m["train_seconds"] for m in _history(run))})
-            _say(f"      {mode:<10} seed {seed}: top-1 {r['val_top1']:.2f}%  {wall:.1f}s")
+            _say(f"      {mode:<10} seed {seed}: top-1 {r.val_top1:.2f}%  {wall:.1f}s")
     results["table"] = table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "results.md").write_text(results["table"] + "\n")

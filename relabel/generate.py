@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
-from relabel.storage.errors import ConfigError
+from relabel.storage.errors import ConfigError, setting
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
@@ -79,6 +79,26 @@ def read_with_retry(source: ImageSource, i: int, tries: int, wait: float) -> byt
                 raise ReadFailed(f"{type(e).__name__}: {e}") from None
             time.sleep(wait * 2 ** t)
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What one ``generate`` call did, and the state of the store it leaves.
+
+    ``views_written``/``shards_written`` count this call only (0 when the store was already complete);
+    ``store`` is ``LabelStore.summary()`` of the store afterwards (teacher, encoding, sizes, ...).
+    """
+    out: str
+    views_written: int
+    shards_written: int
+    seconds: float
+    views_per_s: float
+    num_samples: int
+    views: int
+    complete: bool
+    corrupt_samples: int  # samples stage one could not decode (recorded, never labelled)
+    label_bytes_per_view: float
+    store: dict
 
 
 @dataclass(frozen=True)
@@ -183,41 +203,42 @@ MAX_VIEWS, MAX_SHARD_SAMPLES, MAX_IMG_SIZE = 65535, 1 << 20, 4096
 
 def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
     if not 1 <= cfg.views <= MAX_VIEWS:
-        raise ConfigError(f"--views must be between 1 and {MAX_VIEWS} (got {cfg.views})")
+        raise ConfigError(f"{setting('views')} must be between 1 and {MAX_VIEWS} (got {cfg.views})")
     if not 1 <= cfg.views_per_shard <= MAX_VIEWS:
-        raise ConfigError(f"--views-per-shard must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
+        raise ConfigError(f"{setting('views_per_shard')} must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
     if cfg.samples_per_shard > MAX_SHARD_SAMPLES or cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
-        raise ConfigError(f"--samples-per-shard x views per shard is too large to hold a shard in memory "
+        raise ConfigError(f"{setting('samples_per_shard')} x views per shard is too large to hold a shard in memory "
                         f"(at most {MAX_SHARD_SAMPLES} samples and {1 << 24} views per shard)")
     if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
-        raise ConfigError(f"--img-size must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
+        raise ConfigError(f"{setting('img_size')} must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
                         f"leave it out for the teacher's own size")
     if cfg.read_retries < 1:
-        raise ConfigError(f"read_retries must be >= 1 (got {cfg.read_retries})")
+        raise ConfigError(f"{setting('read_retries')} must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
-        raise ConfigError(f"--topk must be >= 1 (got {cfg.topk})")
+        raise ConfigError(f"{setting('topk')} must be >= 1 (got {cfg.topk})")
     if cfg.batch_size <= 0:
-        raise ConfigError(f"--batch-size must be >= 1 (got {cfg.batch_size})")
+        raise ConfigError(f"{setting('batch_size')} must be >= 1 (got {cfg.batch_size})")
     if cfg.workers < 0:
-        raise ConfigError(f"--workers must be >= 0 (got {cfg.workers})")
+        raise ConfigError(f"{setting('workers')} must be >= 0 (got {cfg.workers})")
     if cfg.samples_per_shard <= 0 or cfg.samples_per_shard % recipe.mix_group:
-        raise ConfigError(f"--samples-per-shard must be a positive multiple of the recipe's mix_group "
+        raise ConfigError(f"{setting('samples_per_shard')} must be a positive multiple of the recipe's mix_group "
                         f"({recipe.mix_group}); got {cfg.samples_per_shard}")
     if os.path.isfile(cfg.out):
-        raise ConfigError(f"{cfg.out}: is a file; --out must be a folder for the label store")
+        raise ConfigError(f"{cfg.out}: is a file; {setting('out')} must be a folder for the label store")
     if os.path.isdir(cfg.data) and is_inside(cfg.out, cfg.data, strict=True):  # it would become a class
-        raise ConfigError(f"{cfg.out}: --out lies inside DATA ({cfg.data}); put the label store outside the images")
+        raise ConfigError(f"{cfg.out}: {setting('out')} lies inside DATA ({cfg.data}); put the label store outside "
+                          f"the images")
 
 
 def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
     store = LabelStore.open(cfg.out, mode="r+")
     if store.header.schema_version < header.schema_version:
         raise UserError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
-                        f"it can be read and trained on but not extended: generate into another --out")
+                        f"it can be read and trained on but not extended: generate into another {setting('out')}")
     diff = _header_diff(store.header, header)
     if diff:
         raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
-                        f"Use the same settings to resume, or another --out")
+                        f"Use the same settings to resume, or another {setting('out')}")
     store.remove_partials()  # temp files of writes a crash cut short
     store.remove_stale_claims()  # claims of writers that died
     store.extend_views(header.views)
@@ -342,9 +363,19 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
     return n_views, n_shards, failed
 
 
-def generate(cfg: GenerateConfig, teacher=None) -> dict:
-    """Stage one. ``teacher``: a ready teacher object instead of ``cfg.teacher`` (e.g. a
-    ``relabel.FunctionTeacher`` wrapping any ``pixels -> logits`` callable)."""
+def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:
+    """Stage one: label every pending shard of the store ``cfg.out`` (created, resumed or grown).
+
+    Args:
+        cfg: what to label and how.
+        teacher: a ready teacher object instead of ``cfg.teacher`` (e.g. a ``relabel.FunctionTeacher``
+            wrapping any ``pixels -> logits`` callable).
+    Returns:
+        A ``GenerateResult``.
+    Raises:
+        ConfigError: bad settings, or a store made with other settings; SourceError: unreadable data;
+        StoreError: a damaged store. Shards whose images could not be read stay pending (rerun).
+    """
     recipe = create_recipe(cfg.recipe)
     _validate(cfg, recipe)
     source = open_source(cfg.data)
@@ -366,7 +397,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
                                 own_size=cfg.teacher_own_size,
                                 compile=cfg.compile)
     if cfg.topk > teacher.num_classes:
-        raise UserError(f"--topk {cfg.topk} is above the teacher's number of classes ({teacher.num_classes})")
+        raise UserError(f"{setting('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
     header = StoreHeader(
@@ -401,8 +432,10 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         raise UserError(f"{n_failed} shard(s) could not be read and stay pending{first}; the rest is written: "
                         f"fix the storage and rerun the same command to resume")
     elapsed = time.perf_counter() - t0
-    store = LabelStore.open(cfg.out)
-    summary = store.summary()
-    summary.update(views_written=dist.sum(n_views), shards_written=dist.sum(n_shards), seconds=elapsed,
-                   views_per_s=dist.sum(n_views) / max(elapsed, 1e-9))
-    return summary
+    summary = LabelStore.open(cfg.out).summary()
+    written = dist.sum(n_views)
+    return GenerateResult(out=cfg.out, views_written=written, shards_written=dist.sum(n_shards), seconds=elapsed,
+                          views_per_s=written / max(elapsed, 1e-9), num_samples=summary["num_samples"],
+                          views=summary["views"], complete=summary["complete"],
+                          corrupt_samples=summary["corrupt_samples"],
+                          label_bytes_per_view=summary["label_bytes_per_view"], store=summary)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import timm
 
-from relabel.storage.errors import UserError
+from relabel.storage.errors import UserError, setting
 from relabel.storage.hashing import sha256_file
 
 # Short names people use for common models -> timm names.
@@ -105,7 +105,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
     except (OSError, RuntimeError, ValueError) as e:
         if pretrained and sd is None:
             raise UserError(f"could not get pretrained weights for {full} ({type(e).__name__}); "
-                            f"offline? pass --teacher-checkpoint PATH") from None
+                            f"offline? set {setting('teacher_checkpoint')} to a local checkpoint file") from None
         raise
     if sd is not None:
         try:
@@ -119,7 +119,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
                 missing, extra = sorted(want - have), sorted(have - want)
                 detail = (f"missing {len(missing)} keys, e.g. {missing[0]!r}" if missing else
                           f"unexpected {len(extra)} keys, e.g. {extra[0]!r}" if extra else "tensor shapes differ")
-                raise UserError(f"{checkpoint}: weights do not fit {full} ({detail}); is --teacher the "
+                raise UserError(f"{checkpoint}: weights do not fit {full} ({detail}); is {setting('teacher')} the "
                                 f"architecture this checkpoint was trained as?") from None
     cfg = model.pretrained_cfg
     info = ModelInfo(
@@ -149,7 +149,8 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for but no CUDA GPU is visible; use --device cpu or auto")
+        raise UserError(f"{setting('device', 'cuda')} asked for but no CUDA GPU is visible; "
+                        f"use {setting('device', 'cpu')} or auto")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)

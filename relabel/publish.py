@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from relabel.storage.errors import UserError
+from relabel.storage.errors import UserError, setting
 
 
 def _say(msg: str) -> None:
@@ -31,9 +31,10 @@ def export(store: str, to: str, images: str | None = None, shard_size: int | Non
     from .progress import progress_bar
 
     # Shards inside the store would be published with it; inside DATA they would become a class.
-    for what, src in (("the label store", store), ("the --images folder", images)):
+    for what, src in (("the label store", store), (f"the {setting('images')} folder", images)):
         if src and (is_inside(to, src) or is_inside(src, to, strict=True)):
-            raise UserError(f"{to}: --to lies inside {what} {src} (or holds it); export to a folder outside it")
+            raise UserError(f"{to}: {setting('to')} lies inside {what} {src} (or holds it); export to a folder "
+                            f"outside it")
     st = LabelStore.open(store)
     source = open_source(images) if images else None
     with contextlib.ExitStack() as stack:

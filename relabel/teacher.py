@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from relabel.storage.errors import UserError
+from relabel.storage.errors import UserError, setting
 from relabel.storage.hashing import sha256_file
 
 from .models import Normalize, autocast, create, pick_device, resolve_precision
@@ -123,7 +123,8 @@ class EnsembleTeacher:
                             f"({', '.join(f'{m.info.model}: {m.num_classes}' for m in members)})")
         w = [1.0] * len(members) if weights is None else [float(x) for x in weights]
         if len(w) != len(members) or any(not math.isfinite(x) or x <= 0 for x in w):
-            raise UserError(f"--teacher-weight needs one positive weight per teacher ({len(members)}); got {list(w)}")
+            raise UserError(f"{setting('teacher_weight')} needs one positive weight per teacher ({len(members)}); "
+                            f"got {list(w)}")
         self.members, self.weights = list(members), [x / sum(w) for x in w]
         self.device, self.precision = members[0].device, members[0].precision
         self.tf32 = members[0].tf32
@@ -201,13 +202,14 @@ def build_teacher(names: Sequence[str], checkpoints: Sequence[str] | None = None
     names = list(names)
     ckpts = list(checkpoints or [])
     if ckpts and len(ckpts) != len(names):
-        raise UserError(f"give one --teacher-checkpoint per --teacher ({len(names)} teachers, {len(ckpts)} checkpoints)")
+        raise UserError(f"give one {setting('teacher_checkpoint')} per {setting('teacher')} ({len(names)} teachers, "
+                        f"{len(ckpts)} checkpoints)")
     members = [Teacher(n, ckpts[i] if ckpts else None, device=device, precision=precision, pretrained=pretrained,
                        num_classes=num_classes, own_size=own_size and len(names) > 1, compile=compile)
                for i, n in enumerate(names)]
     if len(members) == 1:
         if weights and len(weights) != 1:
-            raise UserError("--teacher-weight is for ensembles: give one per --teacher")
+            raise UserError(f"{setting('teacher_weight')} is for ensembles: give one per {setting('teacher')}")
         return members[0]
     return EnsembleTeacher(members, weights)
 
@@ -224,7 +226,7 @@ class NonFiniteOutput(UserError):
 
     def __init__(self, rows: list[int], precision: str, where: str = ""):
         self.rows, self.precision = rows, precision
-        hint = " (fp16 can overflow: try --precision fp32 or bf16)" if precision == "fp16" else ""
+        hint = f" (fp16 can overflow: try {setting('precision', 'fp32')} or bf16)" if precision == "fp16" else ""
         super().__init__(f"the teacher's output is not finite (NaN or inf) for {len(rows)} view(s){where}; "
                          f"check the teacher checkpoint{hint}")
 
@@ -238,7 +240,8 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     if any(m.get("weights") == "function" for m in members):
         raise UserError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
     if ckpts and len(ckpts) != len(members):
-        raise UserError(f"the store's teacher has {len(members)} member(s): give one --teacher-checkpoint each, in order")
+        raise UserError(f"the store's teacher has {len(members)} member(s): give one "
+                        f"{setting('teacher_checkpoint')} each, in order")
     notes = []
     for i, c in enumerate(ckpts):
         if not os.path.isfile(c):
@@ -250,7 +253,7 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     missing = [m.get("model") for i, m in enumerate(members) if m.get("checkpoint_sha256") and not ckpts]
     if missing:
         raise UserError(f"the store's teacher {', '.join(missing)} was loaded from a checkpoint; pass it with "
-                        f"--teacher-checkpoint")
+                        f"{setting('teacher_checkpoint')}")
     teacher = build_teacher([m["model"] for m in members], ckpts or None,
                             [m.get("weight", 1.0) for m in members] if len(members) > 1 else None, device=device,
                             precision=precision, pretrained=not ckpts and members[0].get("weights") != "random",

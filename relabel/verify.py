@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from relabel.storage import LabelStore, UserError, open_source
+from relabel.storage.errors import setting
 from relabel.storage.store import STATUS_OK
 
 from . import replay_check
@@ -62,7 +63,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     ``teacher_checkpoint``: a path, or one per ensemble member; ``teacher``: a ready teacher object
     (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it."""
     if samples < 0:
-        raise UserError(f"--samples must be >= 0 (got {samples}); 0 checks integrity only")
+        raise UserError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
     h = store.header
     rep = VerifyReport()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, setting
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER, SHARD_NAME_PATTERN,
                             check_export_key, labels_dtype, npy_bytes, pack_labels)
 from .hashing import HashingWriter
@@ -99,11 +99,11 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                         f"finish 'relabel generate' before exporting")
     S = int(shard_size or h.samples_per_shard)
     if S < 1:
-        raise UserError(f"--shard-size must be >= 1 (got {S})")
+        raise UserError(f"{setting('shard_size')} must be >= 1 (got {S})")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", prefix):
-        raise UserError(f"--prefix {prefix!r}: use letters, digits, '_' and '-' only")
+        raise UserError(f"{setting('prefix')} {prefix!r}: use letters, digits, '_' and '-' only")
     if "://" in out:
-        raise UserError(f"{out}: export writes to a local folder; use 'relabel publish --shards' to upload it")
+        raise UserError(f"{out}: export writes to a local folder; use publish with {setting('shards')} to upload it")
     keys = store.keys
     bad = [(k, why) for k in keys if (why := check_export_key(k))]
     if bad:

@@ -29,7 +29,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from .errors import UserError, setting
 from .hashing import sha256_bytes, sha256_file
 from .manifest import MANIFEST_NAME, SHARDS_DIR, build_manifest, check_relpath, dump_manifest, is_int, parse_manifest
 from .paths import is_inside
@@ -102,11 +102,11 @@ def parse_views(spec: str | None, total: int) -> tuple[int, int] | None:
         else:
             a, b = 0, int(s)
     except ValueError:
-        raise UserError(f"--views {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
+        raise UserError(f"{setting('views')} {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
     if not 0 <= a < b:
-        raise UserError(f"--views {spec!r}: need 0 <= A < B")
+        raise UserError(f"{setting('views')} {spec!r}: need 0 <= A < B")
     if b > total:
-        raise UserError(f"--views {spec!r}: the published store has only {total} views")
+        raise UserError(f"{setting('views')} {spec!r}: the published store has only {total} views")
     return a, b
 
 

@@ -25,7 +25,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from .encoding import ValueEncoding, index_dtype
-from .errors import StoreError, UserError
+from .errors import StoreError, UserError, setting
 
 # 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
 SCHEMA_VERSION = 2
@@ -34,7 +34,7 @@ FORMAT_NAME = "relabel-labels"
 STATUS_PENDING, STATUS_OK, STATUS_UNREADABLE = 0, 1, 2
 LABEL_ARRAYS = ("topk_index", "topk_logp")
 CLAIMS_DIR = ".claims"  # <vb>.<sb>: "<host> <pid>" of the process computing that shard (local stores)
-REPAIR_HINT = "run 'relabel generate --repair' with the same DATA and settings to rebuild it"
+REPAIR_HINT = f"rerun generate {setting('repair', True)} with the same data and settings to rebuild it"
 
 
 @dataclass
@@ -77,8 +77,8 @@ class StoreHeader:
         if self.class_map is None:
             if len(self.class_names) != self.num_classes:
                 raise StoreError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
-                                f"their indices mean different things; give a class map (--class-map) that says "
-                                f"which teacher class each dataset class is")
+                                f"their indices mean different things; give a class map ({setting('class_map')}) "
+                                f"that says which teacher class each dataset class is")
         else:
             self.class_map = [int(c) for c in self.class_map]
             if len(self.class_map) != len(self.class_names):
@@ -238,7 +238,8 @@ class LabelStore:
     def create(cls, path: str | os.PathLike, header: StoreHeader, keys: list[str]) -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise StoreError(f"{path}: already exists and is not an empty folder; choose another --out or remove it")
+            raise StoreError(f"{path}: already exists and is not an empty folder; choose another {setting('out')} or "
+                             f"remove it")
         if len(keys) != header.num_samples:
             raise ValueError("one key per sample")
         if any("\n" in k for k in keys):
@@ -296,7 +297,7 @@ class LabelStore:
     def open(cls, path: str | os.PathLike, mode: str = "r") -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and not os.path.isdir(path):
-            raise StoreError(f"{path}: no label store here (not a folder); pass the --out of 'relabel generate'")
+            raise StoreError(f"{path}: no label store here (not a folder); pass the {setting('out')} of generate")
         from .pull_marker import refuse_unfinished_pull
 
         refuse_unfinished_pull(path)  # half a pull is no store: say how to finish it
@@ -309,7 +310,8 @@ class LabelStore:
             if not _is_remote(path) and os.path.isdir(os.path.join(path, "topk_index")):
                 raise StoreError(f"{path}: the store's metadata (zarr.json) is damaged ({type(e).__name__}); "
                                 f"{REPAIR_HINT}") from None
-            raise StoreError(f"{path}: not a relabel label store ({type(e).__name__}); pass the --out of 'relabel generate'") from None
+            raise StoreError(f"{path}: not a relabel label store ({type(e).__name__}); pass the {setting('out')} of "
+                             f"generate") from None
         d = attrs.get("relabel")
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise StoreError(f"{path}: a zarr group but not a relabel label store (no 'relabel' header)")
@@ -571,14 +573,14 @@ class LabelStore:
         lost = [key for sh in shards for key in self._shard_files(sh) if self._empty(key)]
         if lost:
             raise StoreError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
-                            f"run 'relabel verify' and 'relabel generate --repair'")
+                            f"run relabel verify, then relabel generate {setting('repair', True)}")
 
     def _read(self, array: str, sel, shard_names) -> np.ndarray:
         try:
             return np.asarray(self.group[array][sel])
         except Exception as e:
             raise StoreError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
-                            f"run 'relabel verify' and 'relabel generate --repair'") from None
+                            f"run relabel verify, then relabel generate {setting('repair', True)}") from None
 
     def read_view(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         """One view of every sample: (indices int64 (N, k), log-probs float32 (N, k+1))."""
@@ -627,7 +629,7 @@ class LabelStore:
             idx, lp = sync(both())
         except Exception as e:
             raise StoreError(f"{self.path}: label data is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
-                            f"run 'relabel verify' and 'relabel generate --repair'") from None
+                            f"run relabel verify, then relabel generate {setting('repair', True)}") from None
         return np.asarray(idx), np.asarray(lp)
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:

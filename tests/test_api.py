@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_imagefolder, save_teacher
+from conftest import ROOT, make_imagefolder, run_cli, save_teacher
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,30 @@ def test_library_errors_are_typed_and_keep_the_cli_contract(tiny, tmp_path):
     with pytest.raises(relabel.ConfigError):
         relabel.generate_labels(relabel.GenerateConfig(data=str(tiny / "data" / "train"), out=str(tmp_path / "x"), views=0))
     assert issubclass(relabel.StoreError, relabel.RelabelError) and relabel.UserError is relabel.RelabelError
+
+
+def test_library_messages_name_settings_and_the_cli_names_options(tiny, tmp_path):
+    """A Python caller reads the config field (`views`, `mode='online'`); the CLI the option (--views)."""
+    import relabel
+
+    data, store = str(tiny / "data" / "train"), str(tiny / "labels.zarr")
+    with pytest.raises(relabel.ConfigError) as e:
+        relabel.generate_labels(relabel.GenerateConfig(data=data, out=str(tmp_path / "x"), views=0))
+    msg = str(e.value)
+    assert "`views` must be between 1" in msg and "--" not in msg, msg
+    r = run_cli("generate", data, "--out", tmp_path / "y", "--views", "0", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--views must be between 1" in lines[0], r.stderr
+    assert "`" not in lines[0] and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # a setting with its value: `mode='online'` in Python, --mode online on the command line
+    with pytest.raises(relabel.ConfigError) as e:
+        relabel.train_student(relabel.TrainConfig(data=data, labels=store, out=str(tmp_path / "r"),
+                                                  student="test_resnet", teacher="test_resnet"))
+    msg = str(e.value)
+    assert "`teacher`/`teacher_checkpoint` are for `mode='online'` only" in msg and "--" not in msg, msg
+    r = run_cli("train", data, "--labels", store, "--out", tmp_path / "r", "--student", "test_resnet",
+                "--teacher", "test_resnet", check=False)
+    assert r.returncode == 2 and "--teacher/--teacher-checkpoint are for --mode online only" in r.stderr, r.stderr
 
 
 def test_every_cli_default_is_its_config_default():

@@ -130,9 +130,9 @@ def test_online_mode_uses_the_same_ensemble(world, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     kw = dict(data=str(folder), labels=str(out), student="test_resnet", epochs=1, batch_size=6, workers=0,
               img_size=32, progress=False, log=False, model_ema=False)
-    cached = train(TrainConfig(out=str(tmp_path / "c"), mode="cached", **kw))["losses"]
+    cached = train(TrainConfig(out=str(tmp_path / "c"), mode="cached", **kw)).last["losses"]
     online = train(TrainConfig(out=str(tmp_path / "o"), mode="online", kd_target="topk",
-                               teacher_checkpoint=[str(a), str(b)], **kw))["losses"]
+                               teacher_checkpoint=[str(a), str(b)], **kw)).last["losses"]
     assert len(cached) == len(online) > 0 and np.abs(np.asarray(cached) - np.asarray(online)).max() < 1e-4
     with pytest.raises(Exception, match="was loaded from a checkpoint"):
         train(TrainConfig(out=str(tmp_path / "o2"), mode="online", **kw))

@@ -286,7 +286,7 @@ def test_damaged_shards_found_refused_and_repaired(tmp_path, base, capsys):
     # readers refuse: every view touches one of the two damaged shards
     store = LabelStore.open(out)
     for v in range(4):
-        with pytest.raises(UserError, match=r"damaged in (topk_logp/c/0/1/0|topk_index/c/1/0/0).*--repair"):
+        with pytest.raises(UserError, match=r"damaged in (topk_logp/c/0/1/0|topk_index/c/1/0/0).*`repair=True`"):
             store.read_view(v)
     # training refuses with one line instead of training on garbage
     if "train" in _commands():
@@ -341,7 +341,7 @@ def test_all_unreadable_block_is_not_damage(tmp_path, base):
     s = generate(GenerateConfig(data=str(data.parent), out=str(out), teacher="test_resnet",
                                 teacher_checkpoint=str(ckpt), views=2, topk=2, img_size=32, samples_per_shard=64,
                                 views_per_shard=2, batch_size=8, workers=0, progress=False))
-    assert s["complete"] and s["corrupt_samples"] == 4
+    assert s.complete and s.corrupt_samples == 4
     rep = verify(str(out), str(data.parent), samples=4, teacher_checkpoint=str(ckpt), device="cpu")
     assert rep.ok and not rep.damaged, rep
     assert LabelStore.open(out).read_view(1)[0].shape == (4, 2)

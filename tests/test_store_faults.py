@@ -179,11 +179,11 @@ def test_two_writers_split_the_shards_through_claims(world, tmp_path):
         (out / ".claims").mkdir()
         (out / ".claims" / "0.1").write_text(f"{socket.gethostname()} {other.pid}")
         s = generate(cfg)
-        assert s["shards_written"] == n - 1 and not s["complete"]
+        assert s.shards_written == n - 1 and not s.complete
         assert [(sh.vb, sh.sb) for sh in LabelStore.open(out).pending_shards()] == [(0, 1)]
     finally:
         other.kill()
         other.wait()
     s = generate(cfg)  # its process is gone: the claim is stale and taken over
-    assert s["shards_written"] == 1 and s["complete"] and not os.listdir(out / ".claims")
+    assert s.shards_written == 1 and s.complete and not os.listdir(out / ".claims")
     assert tree_bytes(out) == tree_bytes(world[3])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -224,8 +225,8 @@ def test_repeated_augmentation_views_pairs_and_ranks(world):
     # the first V views only
     limited = TrainData(str(world / "train"), str(world / "labels_g8"), views_limit=2)
     assert {limited.epoch_views(7, e)[0] for e in range(6)} == {0, 1}
-    for kw, match in ((dict(repeats=4), "--aug-repeats 4"), (dict(repeats=3, views_limit=2), "--aug-repeats 3"),
-                      (dict(views_limit=4), "--views-limit 4")):
+    for kw, match in ((dict(repeats=4), "`aug_repeats=4`"), (dict(repeats=3, views_limit=2), "`aug_repeats=3`"),
+                      (dict(views_limit=4), "`views_limit=4`")):
         with pytest.raises(UserError, match=match):
             TrainData(str(world / "train"), str(world / "labels_g8"), **kw)
 
@@ -238,8 +239,8 @@ def test_repeated_augmentation_trains_on_the_right_labels(world, tmp_path):
     cached = train(_cfg(world, tmp_path / "c", **kw))
     online = train(_cfg(world, tmp_path / "o", mode="online", kd_target="topk",
                         teacher_checkpoint=str(world / "teacher.pth"), **kw))
-    assert sorted(cached["view"]) == [0, 1, 2] and cached["steps"] == 6
-    assert np.abs(np.asarray(cached["losses"]) - np.asarray(online["losses"])).max() < 1e-4
+    assert sorted(cached.last["view"]) == [0, 1, 2] and cached.last["steps"] == 6
+    assert np.abs(np.asarray(cached.last["losses"]) - np.asarray(online.last["losses"])).max() < 1e-4
 
 
 # ------------------------------------------------------------------------------------ 1. cached == online
@@ -249,9 +250,9 @@ def test_cached_matches_online(world, tmp_path, enc):
     from relabel.train.loop import train
 
     kw = dict(labels=str(world / f"labels_{enc}"), epochs=2, stop_epoch=1)
-    cached = train(_cfg(world, tmp_path / "cached", mode="cached", **kw))["losses"]
+    cached = train(_cfg(world, tmp_path / "cached", mode="cached", **kw)).last["losses"]
     online = train(_cfg(world, tmp_path / "online", mode="online", teacher_checkpoint=str(world / "teacher.pth"),
-                        kd_target="topk", **kw))["losses"]  # the rounding-only comparison
+                        kd_target="topk", **kw)).last["losses"]  # the rounding-only comparison
     assert len(cached) == len(online) == 5
     diff = np.abs(np.asarray(cached) - np.asarray(online))
     if enc == "f32":
@@ -267,13 +268,31 @@ def test_cached_matches_online(world, tmp_path, enc):
     assert (tmp_path / "online" / "last.pth").exists()
 
 
+def test_online_teacher_named_with_the_stores_checkpoint_is_not_flagged_as_another(world, tmp_path, caplog):
+    from relabel.bench import trainer_with_batches
+
+    lg = logging.getLogger("relabel")  # the CLI may have turned its propagation off in this process
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="relabel"):
+            for name, ckpt in (("same", world / "teacher.pth"),
+                               ("other", save_teacher(tmp_path / "other.pth", num_classes=8, seed=5))):
+                caplog.clear()
+                trainer_with_batches(_cfg(world, tmp_path / name, mode="online", teacher="test_resnet",
+                                          teacher_checkpoint=str(ckpt)), batches=1)
+                flagged = "not necessarily the store's teacher" in caplog.text
+                assert flagged == (name == "other"), (name, caplog.text)
+    finally:
+        lg.removeHandler(caplog.handler)
+
+
 def test_online_default_target_is_the_teachers_full_softmax(world, tmp_path):
     """USI's online KD: KL(softmax(teacher(pixels)) || student) on the replayed pixels, no top-k."""
     from relabel.models import Normalize, create
-    from relabel.train.loop import bench_setup
+    from relabel.bench import trainer_with_batches
 
     cfg = dict(mode="online", teacher_checkpoint=str(world / "teacher.pth"), labels=str(world / "labels_f32"))
-    tr, (batch,) = bench_setup(_cfg(world, tmp_path / "a", **cfg), batches=1)
+    tr, (batch,) = trainer_with_batches(_cfg(world, tmp_path / "a", **cfg), batches=1)
     assert tr.cfg.kd_target == "full"
     pixels = batch["pixels"]
     teacher, info = create("test_resnet", checkpoint=str(world / "teacher.pth"))
@@ -319,11 +338,11 @@ def test_resume_is_bit_exact(world, tmp_path):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][n], b[key][n]) for n in a[key]), key
     assert [m["losses"] for m in a["history"]] == [m["losses"] for m in b["history"]]
-    assert straight["losses"] == resumed["losses"]
+    assert straight.last["losses"] == resumed.last["losses"]
     assert [m["epoch"] for m in _metrics(tmp_path / "b")] == [1, 2]
     from relabel.storage import UserError
 
-    with pytest.raises(UserError, match="--resume"):  # a finished run is not overwritten by accident
+    with pytest.raises(UserError, match="`resume=True`"):  # a finished run is not overwritten by accident
         train(_cfg(world, tmp_path / "b", **kw))
     with pytest.raises(UserError, match="other settings"):
         train(_cfg(world, tmp_path / "b", resume=True, **{**kw, "seed": 1}))
@@ -358,7 +377,7 @@ def test_val_with_other_classes_is_refused(world, tmp_path):
     assert r.returncode == 2 and "classes" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_path, capsys):
+def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_path, caplog):
     """A 3-class folder labelled by a 5-class teacher: CE targets and val labels are teacher indices."""
     from relabel.storage import LabelStore, StoreHeader, UserError, open_source
     from relabel.train.data import TrainData
@@ -389,9 +408,16 @@ def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_pat
     loader = eval_loader(str(val), h.class_names, 32, 0.9, 4, 0, class_map=data.class_map)
     names = open_source(str(val)).class_names
     assert sorted(int(y) for _, ys in loader for y in ys) == sorted(cmap[h.class_names.index(n)] for n in names for _ in range(2))
-    r = train(TrainConfig_(folder, tmp_path / "labels", tmp_path / "run", val=str(val), ce_weight=1.0, log=True))
-    assert 0 <= r["val_top1"] <= 100
-    assert "teacher's 5-class index space via the store's class map" in capsys.readouterr().err
+    lg = logging.getLogger("relabel")  # the CLI may have turned its propagation off in this process
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="relabel"):
+            r = train(TrainConfig_(folder, tmp_path / "labels", tmp_path / "run", val=str(val), ce_weight=1.0,
+                                   log=True))
+    finally:
+        lg.removeHandler(caplog.handler)
+    assert 0 <= r.val_top1 <= 100
+    assert "teacher's 5-class index space via the store's class map" in caplog.text  # logged, not printed
     ck = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert ck["num_classes"] == 5 and ck["class_map"] == cmap
     make_imagefolder(tmp_path / "val2", per_class=1, classes=("ant", "dog"))
@@ -440,7 +466,7 @@ def test_resume_refuses_other_data_labels_or_classes(world, tmp_path):
     with pytest.raises(UserError, match=r"other inputs.*DATA .*fingerprint.*class names .*c7"):
         train(_cfg(world, tmp_path / "s", data=str(other), labels=None, mode="supervised", resume=True, **kw))
     r = train(_cfg(world, tmp_path / "s", labels=None, mode="supervised", resume=True, epochs=2))  # its own: continues
-    assert r["epoch"] == 2
+    assert r.last["epoch"] == 2 and r.epochs_done == 2
 
 
 # ------------------------------------------------------------------------------------ 5. DDP
@@ -506,7 +532,8 @@ def test_other_dataset_subset_and_bad_names(world, tmp_path):
     from relabel.train.loop import train
 
     for bad, match in (({"batch_size": 7}, "even"), ({"mode": "nope"}, "mode"), ({"labels": str(tmp_path / "no")}, "no label store"),
-                       ({"data": str(tmp_path / "no")}, "no such"), ({"mode": "online"}, "--teacher-checkpoint"),
-                       ({"teacher_checkpoint": "x.pth"}, "online only"), ({"batch_size": 64}, "smaller batch")):
+                       ({"data": str(tmp_path / "no")}, "no such"), ({"mode": "online"}, "`teacher_checkpoint`"),
+                       ({"teacher_checkpoint": "x.pth"}, "`mode='online'` only"),
+                       ({"batch_size": 64}, "smaller batch")):
         with pytest.raises(UserError, match=match):
             train(_cfg(world, tmp_path / "r3", **bad))

@@ -96,7 +96,7 @@ def test_full_disk_one_line_no_tmp_last_checkpoint_kept(small, tmp_path):
     one_line(r.returncode, r.stderr, "could not write the checkpoint", "last good checkpoint is kept", "--resume")
     assert not list(run.glob("*.tmp")) and (run / "last.pth").read_bytes() == before
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
-    assert train(TrainConfig(resume=True, **kw))["epoch"] == 3  # space is back: the run continues
+    assert train(TrainConfig(resume=True, **kw)).last["epoch"] == 3  # space is back: the run continues
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(small, tmp_path):

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from relabel.options import TRAIN_SECTIONS, with_sections
 from relabel.runtime import default_workers
 
 
@@ -79,20 +80,22 @@ def train_command(
     cfg = config_from_params(params)
     r = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        best = f", best val top-1 {r['best_top1']:.2f}" if r.get("best_top1") is not None else ""
-        typer.echo(f"trained {r['epochs_done']} epoch(s) of {cfg.student} ({cfg.mode}) on {r['matched']} of "
-                   f"{r['num_samples']} labelled samples{best} -> {cfg.out}", err=True)
+        best = f", best val top-1 {r.best_top1:.2f}" if r.best_top1 is not None else ""
+        typer.echo(f"trained {r.epochs_done} epoch(s) of {cfg.student} ({cfg.mode}) on {r.matched} of "
+                   f"{r.num_samples} labelled samples{best} -> {cfg.out}", err=True)
+
+
+with_sections(train_command, TRAIN_SECTIONS)
 
 
 def config_from_params(params: dict):
     """The TrainConfig that ``relabel train`` with these parsed parameters runs."""
+    from relabel.options import config_from_params as make
+
     from .loop import TrainConfig
 
-    params = dict(params)
-    params["progress"] = not params.pop("quiet", False)
-    ckpts = list(params.get("teacher_checkpoint") or [])  # a repeatable option: one path per ensemble member
-    params["teacher_checkpoint"] = None if not ckpts else ckpts[0] if len(ckpts) == 1 else ckpts
-    return TrainConfig(**params)
+    # --teacher-checkpoint is repeatable: one path per ensemble member
+    return make(TrainConfig, params, one_or_list=("teacher_checkpoint",))
 
 
 def _click_command():

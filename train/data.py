@@ -24,6 +24,7 @@ from relabel.rng import CounterRNG
 from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
                            store_order)
 from relabel.storage import StoreHeader, UserError, open_source
+from relabel.storage.errors import setting
 from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
 from relabel.storage.store import STATUS_OK
@@ -76,13 +77,14 @@ class TrainData:
         h = self.header = self.store.header
         self.repeats, self.fresh = repeats, fresh
         if views_limit is not None and not 1 <= views_limit <= h.views:
-            raise UserError(f"--views-limit {views_limit}: {labels} holds {h.views} view(s) per sample; "
+            raise UserError(f"{setting('views_limit', views_limit)}: {labels} holds {h.views} view(s) per sample; "
                             f"use 1 to {h.views}")
         self.views = views_limit or h.views  # stored views this run replays: the first `views`
         if repeats > self.views and not fresh:
-            raise UserError(f"--aug-repeats {repeats} shows each kept sample with {repeats} different views, but "
-                            f"{'--views-limit leaves' if views_limit else f'{labels} holds'} {self.views} per sample; "
-                            f"use --aug-repeats {self.views} or less, or generate more views")
+            raise UserError(f"{setting('aug_repeats', repeats)} shows each kept sample with {repeats} different "
+                            f"views, but {setting('views_limit') + ' leaves' if views_limit else f'{labels} holds'} "
+                            f"{self.views} per sample; use {setting('aug_repeats', self.views)} or less, or generate "
+                            f"more views")
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
         if not self.store.complete:
@@ -102,7 +104,7 @@ class TrainData:
                 raise UserError(f"{labels}: labels were made for another dataset (fingerprint {h.fingerprint[:12]} vs "
                                 f"{self.source.fingerprint[:12]} for {data}): {int(self.present.sum())} of the store's "
                                 f"{h.num_samples} keys are in DATA, which has {len(self.source)} images; "
-                                f"pass --allow-subset to train on the matched ones")
+                                f"set {setting('allow_subset', True)} to train on the matched ones")
         if self.matched == 0:
             raise UserError(f"{data}: no image has usable labels in {labels}")
         if labels is not None:
@@ -122,9 +124,10 @@ class TrainData:
                                    lambda k: self.source.read(index[k]), lambda k: k in index)
         if drift and not allow:
             raise UserError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
-                            f"machine/Pillow the labels were made with, regenerate, or pass --allow-pixel-drift")
+                            f"machine/Pillow the labels were made with, regenerate, or set "
+                            f"{setting('allow_pixel_drift', True)}")
         if drift:
-            log.warning("warning: %s (training anyway: --allow-pixel-drift)", drift.message())
+            log.warning("warning: %s (training anyway: %s)", drift.message(), setting("allow_pixel_drift", True))
 
     def epoch_views(self, seed: int, epoch: int) -> list[int]:
         """The views epoch ``epoch`` shows: R distinct stored ones, or with ``fresh`` R views that
@@ -189,9 +192,9 @@ class TrainData:
         views, N, G = self.epoch_views(seed, epoch), self.header.num_samples, self.recipe.mix_group
         n_groups = -(-N // G)
         if n_groups < world:
-            raise UserError(f"--aug-repeats {self.repeats} keeps whole mix groups of {G} samples and deals them to "
-                            f"the {world} processes, but the store has only {n_groups} group(s); "
-                            f"use --aug-repeats 1 or fewer processes")
+            raise UserError(f"{setting('aug_repeats', self.repeats)} keeps whole mix groups of {G} samples and deals "
+                            f"them to the {world} processes, but the store has only {n_groups} group(s); "
+                            f"use {setting('aug_repeats', 1)} or fewer processes")
         groups = np.asarray(CounterRNG("train-repeat", seed, epoch).permutation(n_groups), np.int64)
         kept = groups[:max(world, round(n_groups / self.repeats))]
         out = []
@@ -212,7 +215,7 @@ class TrainData:
     def batches(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[Item]]:
         """This rank's batches of (position, view, partner): equal count on every rank, remainder dropped."""
         if self.recipe.mixes and batch_size % 2:
-            raise UserError(f"--batch-size must be even: recipe {self.recipe.name!r} mixes pairs of samples "
+            raise UserError(f"{setting('batch_size')} must be even: recipe {self.recipe.name!r} mixes pairs of samples "
                             f"that must share a batch (got {batch_size})")
         if self.repeats > 1:
             per_rank = self.repeat_items(seed, epoch, world)

@@ -2,8 +2,7 @@
 read once per epoch.
 
 ``train(TrainConfig(...))`` runs a whole training. ``build`` + ``make_loader`` + ``Trainer`` expose
-one step at a time; ``bench_setup`` gives a ready trainer plus batches, so a benchmark can time
-``Trainer.train_step`` per mode. Modes differ only in where the target comes from: ``cached``
+one step at a time (``relabel bench`` times ``Trainer.train_step`` per mode with them). Modes differ only in where the target comes from: ``cached``
 gathers the stored top-k rows, ``online`` runs the teacher on the same replayed pixels and takes its
 full softmax (USI; ``kd_target="topk"``: the same top-k + rest the store holds), ``supervised`` uses
 ground truth only.
@@ -17,7 +16,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -33,6 +31,7 @@ from relabel.progress import progress_bar
 from relabel.rng import derive_key
 from relabel.teacher import Teacher, compile_backend, rebuild_teacher, topk_logprobs
 from relabel.storage import UserError
+from relabel.storage.errors import ConfigError, setting
 from relabel.storage.paths import is_inside
 
 from .data import EpochBatchSampler, TrainData
@@ -119,7 +118,7 @@ class TrainConfig:
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """A copy with every None setting filled: from the preset first, then from DEFAULTS."""
     if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise UserError(f"unknown --preset {cfg.preset!r}; use one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown {setting('preset')} {cfg.preset!r}; use one of {', '.join(PRESETS)}")
     preset = PRESETS.get(cfg.preset, {})
     fill = {k: preset.get(k, v) for k, v in DEFAULTS.items() if getattr(cfg, k) is None}
     if cfg.kd_target is None:
@@ -137,59 +136,63 @@ _RESUME_KEYS = ("student", "mode", "seed", "batch_size", "img_size", "opt", "mod
 def _validate(cfg: TrainConfig) -> None:
     """Refuse bad settings before any data is read (``cfg`` resolved)."""
     if cfg.mode not in MODES:
-        raise UserError(f"unknown --mode {cfg.mode!r}; use one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown {setting('mode')} {cfg.mode!r}; use one of {', '.join(MODES)}")
     if cfg.labels and is_inside(cfg.out, cfg.labels):  # checkpoints would be published with the labels
-        raise UserError(f"{cfg.out}: --out lies inside the label store {cfg.labels}; put the run elsewhere")
+        raise ConfigError(f"{cfg.out}: {setting('out')} lies inside the label store {cfg.labels}; put the run elsewhere")
     fin = lambda x: x is not None and math.isfinite(x)  # noqa: E731
     opt_fin = lambda x: x is None or math.isfinite(x)  # noqa: E731
     for name, ok, rule in (
-            ("epochs", cfg.epochs >= 1, ">= 1"), ("batch-size", cfg.batch_size >= 1, ">= 1"),
+            ("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
             ("workers", cfg.workers >= 0, ">= 0"),
-            ("kd-temperature", fin(cfg.kd_temperature) and cfg.kd_temperature > 0, "finite and > 0"),
+            ("kd_temperature", fin(cfg.kd_temperature) and cfg.kd_temperature > 0, "finite and > 0"),
             ("lr", fin(cfg.lr) and cfg.lr > 0, "finite and > 0"),
-            ("weight-decay", fin(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
+            ("weight_decay", fin(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
             ("momentum", fin(cfg.momentum) and cfg.momentum >= 0, "finite and >= 0"),
-            ("warmup-epochs", fin(cfg.warmup_epochs) and cfg.warmup_epochs >= 0, "finite and >= 0"),
-            ("warmup-lr", fin(cfg.warmup_lr) and cfg.warmup_lr >= 0, "finite and >= 0"),
-            ("min-lr", fin(cfg.min_lr) and cfg.min_lr >= 0, "finite and >= 0"),
+            ("warmup_epochs", fin(cfg.warmup_epochs) and cfg.warmup_epochs >= 0, "finite and >= 0"),
+            ("warmup_lr", fin(cfg.warmup_lr) and cfg.warmup_lr >= 0, "finite and >= 0"),
+            ("min_lr", fin(cfg.min_lr) and cfg.min_lr >= 0, "finite and >= 0"),
             ("smoothing", fin(cfg.smoothing) and 0 <= cfg.smoothing < 1, "in [0, 1)"),
-            ("kd-weight", fin(cfg.kd_weight) and cfg.kd_weight >= 0, "finite and >= 0"),
-            ("ce-weight", fin(cfg.ce_weight) and cfg.ce_weight >= 0, "finite and >= 0"),
+            ("kd_weight", fin(cfg.kd_weight) and cfg.kd_weight >= 0, "finite and >= 0"),
+            ("ce_weight", fin(cfg.ce_weight) and cfg.ce_weight >= 0, "finite and >= 0"),
             ("drop", opt_fin(cfg.drop) and (cfg.drop is None or 0 <= cfg.drop < 1), "in [0, 1)"),
-            ("drop-path", opt_fin(cfg.drop_path) and (cfg.drop_path is None or 0 <= cfg.drop_path < 1), "in [0, 1)"),
-            ("clip-grad", opt_fin(cfg.clip_grad) and (cfg.clip_grad is None or cfg.clip_grad > 0), "finite and > 0"),
-            ("model-ema-decay", fin(cfg.model_ema_decay) and 0 <= cfg.model_ema_decay <= 1, "in [0, 1]"),
-            ("model-ema-decay-batch", cfg.model_ema_decay_batch >= 0, ">= 0 (0: the decay as given)"),
-            ("eval-crop-pct", opt_fin(cfg.eval_crop_pct) and (cfg.eval_crop_pct is None or 0 < cfg.eval_crop_pct <= 1),
+            ("drop_path", opt_fin(cfg.drop_path) and (cfg.drop_path is None or 0 <= cfg.drop_path < 1), "in [0, 1)"),
+            ("clip_grad", opt_fin(cfg.clip_grad) and (cfg.clip_grad is None or cfg.clip_grad > 0), "finite and > 0"),
+            ("model_ema_decay", fin(cfg.model_ema_decay) and 0 <= cfg.model_ema_decay <= 1, "in [0, 1]"),
+            ("model_ema_decay_batch", cfg.model_ema_decay_batch >= 0, ">= 0 (0: the decay as given)"),
+            ("eval_crop_pct", opt_fin(cfg.eval_crop_pct) and (cfg.eval_crop_pct is None or 0 < cfg.eval_crop_pct <= 1),
              "in (0, 1]"),
-            ("aug-repeats", cfg.aug_repeats >= 1, ">= 1"),
-            ("views-limit", cfg.views_limit is None or cfg.views_limit >= 1, ">= 1"),
-            ("topk-limit", cfg.topk_limit is None or cfg.topk_limit >= 1, ">= 1"),
-            ("stop-epoch", cfg.stop_epoch is None or cfg.stop_epoch >= 1, ">= 1"),
-            ("img-size", cfg.img_size is None or 8 <= cfg.img_size <= 4096, "between 8 and 4096")):
+            ("aug_repeats", cfg.aug_repeats >= 1, ">= 1"),
+            ("views_limit", cfg.views_limit is None or cfg.views_limit >= 1, ">= 1"),
+            ("topk_limit", cfg.topk_limit is None or cfg.topk_limit >= 1, ">= 1"),
+            ("stop_epoch", cfg.stop_epoch is None or cfg.stop_epoch >= 1, ">= 1"),
+            ("img_size", cfg.img_size is None or 8 <= cfg.img_size <= 4096, "between 8 and 4096")):
         if not ok:
-            raise UserError(f"--{name} must be {rule} (got {getattr(cfg, name.replace('-', '_'))})")
+            raise ConfigError(f"{setting(name)} must be {rule} (got {getattr(cfg, name)})")
     if cfg.clip_mode not in CLIP_MODES:
-        raise UserError(f"--clip-mode must be one of {', '.join(CLIP_MODES)} (got {cfg.clip_mode!r})")
+        raise ConfigError(f"{setting('clip_mode')} must be one of {', '.join(CLIP_MODES)} (got {cfg.clip_mode!r})")
     if cfg.kd_target not in KD_TARGETS:
-        raise UserError(f"--kd-target must be one of {', '.join(KD_TARGETS)} (got {cfg.kd_target!r})")
+        raise ConfigError(f"{setting('kd_target')} must be one of {', '.join(KD_TARGETS)} (got {cfg.kd_target!r})")
     resolve_name(cfg.student)  # an unknown model fails before any data is read
     if cfg.amp_dtype not in ("bfloat16", "float16"):
-        raise UserError(f"--amp-dtype must be bfloat16 or float16 (got {cfg.amp_dtype!r})")
+        raise ConfigError(f"{setting('amp_dtype')} must be bfloat16 or float16 (got {cfg.amp_dtype!r})")
     if cfg.mode != "online" and (cfg.teacher or cfg.teacher_checkpoint):
-        raise UserError("--teacher/--teacher-checkpoint are for --mode online only")
+        raise ConfigError(f"{setting('teacher')}/{setting('teacher_checkpoint')} are for {setting('mode', 'online')} "
+                        f"only")
     if cfg.labels is None and cfg.mode != "supervised":
-        raise UserError(f"--mode {cfg.mode} needs --labels STORE (only --mode supervised trains without labels)")
+        raise ConfigError(f"{setting('mode', cfg.mode)} needs {setting('labels')}, a label store (only "
+                        f"{setting('mode', 'supervised')} trains without labels)")
     if cfg.mode != "supervised" and cfg.kd_weight == 0 and cfg.ce_weight == 0:
-        raise UserError("--kd-weight and --ce-weight are both 0: nothing to train on")
+        raise ConfigError(f"{setting('kd_weight')} and {setting('ce_weight')} are both 0: nothing to train on")
     if cfg.mode == "cached" and cfg.kd_target == "full":
-        raise UserError("--kd-target full needs the teacher in the loop (--mode online): cached labels are the "
+        raise ConfigError(f"{setting('kd_target', 'full')} needs the teacher in the loop ({setting('mode', 'online')}): "
+                        f"cached labels are the "
                         "stored top-k + rest")
     if cfg.mode == "cached" and cfg.fresh_views:
-        raise UserError("--fresh-views needs --mode online or supervised: cached labels exist for stored views only")
+        raise ConfigError(f"{setting('fresh_views', True)} needs {setting('mode', 'online')} or supervised: "
+                        f"cached labels exist for stored views only")
     if cfg.topk_limit is not None and cfg.mode == "online" and cfg.kd_target == "full":
-        raise UserError("--topk-limit truncates top-k targets; online's default target is the full softmax "
-                        "(add --kd-target topk)")
+        raise ConfigError(f"{setting('topk_limit')} truncates top-k targets; online's default target is the full "
+                        f"softmax (add {setting('kd_target', 'topk')})")
 
 
 class Trainer:
@@ -218,7 +221,7 @@ class Trainer:
             self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                  momentum=cfg.momentum)
         except (ValueError, AssertionError) as e:
-            raise UserError(f"--opt {cfg.opt!r}: {e}") from None
+            raise ConfigError(f"{setting('opt')} {cfg.opt!r}: {e}") from None
         logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)  # its 1-epoch warning assumes integer steps
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
                                            warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
@@ -251,15 +254,17 @@ class Trainer:
                     log.warning("note: %s: online and cached targets differ", n)
         else:
             if len(ckpts) > 1:
-                raise UserError("--teacher names one model; give one --teacher-checkpoint (or none: the labels' "
-                                "own teacher and ensemble are used without --teacher)")
+                raise ConfigError(f"{setting('teacher')} names one model; give one {setting('teacher_checkpoint')} "
+                                f"(or none: the labels' own teacher and ensemble are used without {setting('teacher')})")
             t = Teacher(cfg.teacher, ckpts[0] if ckpts else None, device=dev, precision=prec, compile=cfg.compile,
                         num_classes=self.data.header.num_classes)
-            if self.dist.rank == 0:
+            mine = t.record()
+            same = (mine.get("model"), mine.get("checkpoint_sha256")) == (rec.get("model"), rec.get("checkpoint_sha256"))
+            if self.dist.rank == 0 and not (same and mine.get("checkpoint_sha256")):
                 log.warning("note: online teacher %s is not necessarily the store's teacher %s: online and cached "
                             "targets may differ", t.info.model, rec.get("model"))
         if t.num_classes != self.data.header.num_classes:
-            raise UserError(f"the online teacher has {t.num_classes} classes; the labels have "
+            raise ConfigError(f"the online teacher has {t.num_classes} classes; the labels have "
                             f"{self.data.header.num_classes}")
         return t
 
@@ -397,8 +402,8 @@ def _check_inputs(cfg: TrainConfig, ckpt: dict, data: TrainData) -> None:
         if changed:
             diff.append(f"labels {b.get('path')} ({', '.join(f'{k} run: {a.get(k)}, now: {b.get(k)}' for k in changed)})")
     if diff:
-        raise UserError(f"{cfg.out}: --resume with other inputs than the run started with: {'; '.join(diff)}; "
-                        f"use the run's own, or start a new run in another --out")
+        raise ConfigError(f"{cfg.out}: {setting('resume', True)} with other inputs than the run started with: "
+                        f"{'; '.join(diff)}; use the run's own, or start a new run in another {setting('out')}")
 
 
 def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Trainer]:
@@ -411,8 +416,8 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
                      views_limit=cfg.views_limit, repeats=cfg.aug_repeats, fresh=cfg.fresh_views,
                      allow_drift=cfg.allow_pixel_drift)
     if cfg.topk_limit is not None and cfg.topk_limit > data.header.topk:
-        raise UserError(f"--topk-limit {cfg.topk_limit}: {cfg.labels} stores the top {data.header.topk}; use 1 to "
-                        f"{data.header.topk}")
+        raise ConfigError(f"{setting('topk_limit', cfg.topk_limit)}: {cfg.labels} stores the top {data.header.topk}; "
+                        f"use 1 to {data.header.topk}")
     data.batches(cfg.seed, 0, cfg.batch_size)  # fails early on an odd batch for a mixing recipe
     device = pick_device(dist.device_str(cfg.device))
     return data, Trainer(cfg, data, device, dist)
@@ -429,17 +434,6 @@ def make_loader(data: TrainData, cfg: TrainConfig, device: torch.device, dist: D
                         prefetch_factor=4 if cfg.workers else None,
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
     return loader, sampler
-
-
-def bench_setup(cfg: TrainConfig, batches: int = 1, epoch: int = 0) -> tuple[Trainer, list[dict]]:
-    """A trainer with ``epoch`` begun (its labels loaded) and that epoch's first batches, for timing
-    ``trainer.train_step(batch)`` per mode without the DataLoader in the measurement."""
-    data, tr = build(cfg)
-    loader, sampler = make_loader(data, cfg, tr.device)
-    sampler.set_epoch(epoch)
-    tr.begin_epoch(epoch, sampler.views, len(sampler))
-    it = iter(loader)
-    return tr, [b for _, b in zip(range(batches), it)]
 
 
 def _save(obj: dict | str, path: str) -> None:
@@ -460,23 +454,24 @@ def _save(obj: dict | str, path: str) -> None:
         kept = " (the last good checkpoint is kept)" if os.path.exists(path) else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"the write failed: {str(e).splitlines()[0][:100]}"
         raise UserError(f"{path}: could not write the checkpoint ({why}; is the disk full?){kept}; "
-                        f"free disk space and rerun with --resume") from None
+                        f"free disk space and rerun with {setting('resume', True)}") from None
 
 
 def _load_resume(cfg: TrainConfig) -> dict | None:
     last = os.path.join(cfg.out, "last.pth")
     if not cfg.resume:
         if os.path.exists(last):
-            raise UserError(f"{cfg.out}: already holds a run (last.pth); pass --resume to continue it or use another --out")
+            raise ConfigError(f"{cfg.out}: already holds a run (last.pth); set {setting('resume', True)} to continue it "
+                            f"or use another {setting('out')}")
         return None
     if not os.path.isfile(last):
-        raise UserError(f"{cfg.out}: nothing to resume (no last.pth); drop --resume to start a run")
+        raise ConfigError(f"{cfg.out}: nothing to resume (no last.pth); drop {setting('resume', True)} to start a run")
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     old = ckpt.get("config", {})
     diff = [f"{k} (run: {old.get(k)}, now: {getattr(cfg, k)})" for k in _RESUME_KEYS
             if k in old and old.get(k) != getattr(cfg, k)]
     if diff:
-        raise UserError(f"{cfg.out}: --resume with other settings: {'; '.join(diff)}")
+        raise ConfigError(f"{cfg.out}: {setting('resume', True)} with other settings: {'; '.join(diff)}")
     return ckpt
 
 
@@ -488,15 +483,45 @@ def _check_finite(losses: list, epoch: int, cfg: TrainConfig, force: bool = Fals
         where = f" at step {int(bad[0]) + 1}" if len(bad) else " on another process"
         kept = f"epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "no checkpoint was written"
         raise UserError(f"the loss became non-finite in epoch {epoch + 1}{where}; stopped, {kept}; "
-                        f"lower --lr (now {cfg.lr:g}) or set --clip-grad, then rerun (with --resume to continue)")
+                        f"lower {setting('lr')} (now {cfg.lr:g}) or set {setting('clip_grad')}, then rerun (with "
+                        f"{setting('resume', True)} to continue)")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) a run; returns the last epoch's metrics plus run facts."""
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run is and how it scores. ``last`` is the last epoch's record (the last line of
+    ``metrics.jsonl``: losses, lr, img/s, val/EMA top-1 ...); empty when no epoch ran."""
+    out: str
+    epochs_done: int
+    matched: int  # samples trained on (labelled, readable and present in DATA)
+    num_samples: int  # samples in the label store (or in DATA without labels)
+    best_top1: float | None
+    last: dict
+
+    @property
+    def val_top1(self) -> float | None:
+        return self.last.get("val_top1")
+
+    @property
+    def ema_top1(self) -> float | None:
+        return self.last.get("ema_top1")
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Stage two: train (or with ``cfg.resume`` continue) a student; checkpoints and metrics in ``cfg.out``.
+
+    Args:
+        cfg: the run; settings left None come from ``cfg.preset`` and then from ``DEFAULTS``.
+    Returns:
+        A ``TrainResult``.
+    Raises:
+        ConfigError: bad or conflicting settings (including a resume that would change the run);
+        SourceError / StoreError: unreadable images or labels; RelabelError: a non-finite loss.
+    """
     cfg = resolve_config(cfg)
     _validate(cfg)
     if os.path.isfile(cfg.out):
-        raise UserError(f"{cfg.out}: is a file; --out must be a folder for the run")
+        raise ConfigError(f"{cfg.out}: is a file; {setting('out')} must be a folder for the run")
     dist = Dist.from_env(cfg.device)
     try:
         return _train(cfg, dist)
@@ -504,12 +529,12 @@ def train(cfg: TrainConfig) -> dict:
         dist.close()
 
 
-def _train(cfg: TrainConfig, dist: Dist) -> dict:
+def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
     lead = dist.rank == 0
 
-    def log(msg: str) -> None:
+    def say(msg: str) -> None:  # the run's story (epoch lines, what it trains on): the lead process tells it
         if lead and cfg.log:
-            print(msg, file=sys.stderr, flush=True)
+            log.info(msg)
 
     ckpt = _load_resume(cfg)
     start = int(ckpt["epoch"]) if ckpt else 0
@@ -520,21 +545,21 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
     if data.matched < h.num_samples or len(data.source) > data.matched:
         used = (len(data.order(cfg.seed, start)[1]) if cfg.aug_repeats == 1
                 else sum(map(len, data.repeat_items(cfg.seed, start))))
-        log(f"labels: training on {data.matched} of the store's {h.num_samples} samples "
+        say(f"labels: training on {data.matched} of the store's {h.num_samples} samples "
             f"({len(data.source)} images in DATA, {int((~data.status_ok).sum())} unreadable in stage one); "
             f"epoch {start + 1} uses {used} after skipping partners missing from DATA")
     if data.class_map is not None:
-        log(f"ground truth in the teacher's {h.num_classes}-class index space via the store's class map "
+        say(f"ground truth in the teacher's {h.num_classes}-class index space via the store's class map "
             f"({len(h.class_names)} dataset classes)")
     if cfg.mode == "online":
-        log(f"online target: the teacher's {'full softmax' if cfg.kd_target == 'full' else f'top-{cfg.topk_limit or h.topk} + rest'}"
+        say(f"online target: the teacher's {'full softmax' if cfg.kd_target == 'full' else f'top-{cfg.topk_limit or h.topk} + rest'}"
             f"{f' at T={cfg.kd_temperature:g}' if cfg.kd_temperature != 1 else ''}, "
             f"{'fresh views every epoch' if cfg.fresh_views else 'the stored views'}")
     if cfg.aug_repeats > 1:
-        log(f"repeated augmentation: about {data.matched // cfg.aug_repeats} samples x {cfg.aug_repeats} different "
+        say(f"repeated augmentation: about {data.matched // cfg.aug_repeats} samples x {cfg.aug_repeats} different "
             f"views per epoch")
     if tr.ema is not None and cfg.model_ema_decay_batch:
-        log(f"EMA decay {tr.ema_decay:.8f} per step (= {cfg.model_ema_decay} at a batch of {cfg.model_ema_decay_batch}, "
+        say(f"EMA decay {tr.ema_decay:.8f} per step (= {cfg.model_ema_decay} at a batch of {cfg.model_ema_decay_batch}, "
             f"scaled to the global batch {cfg.batch_size * dist.world})")
     loader, sampler = make_loader(data, cfg, tr.device, dist)
     val = None
@@ -543,10 +568,11 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
                           cfg.workers, dist.rank, dist.world, pin_memory=tr.device.type == "cuda",
                           class_map=data.class_map)
     history, best = [], None
+    plotted = -math.inf  # curves.png is redrawn at most once a minute (0.25 s a plot) and after the last epoch
     if ckpt is not None:
         tr.load_state(ckpt)
         history, best = list(ckpt["history"]), ckpt.get("best_top1")
-        log(f"resuming {cfg.out} after epoch {start}")
+        say(f"resuming {cfg.out} after epoch {start}")
     if lead:
         os.makedirs(cfg.out, exist_ok=True)
     stop = min(cfg.epochs, cfg.stop_epoch or cfg.epochs)
@@ -554,7 +580,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
         sampler.set_epoch(epoch)
         n = len(sampler)
         if n == 0:
-            raise UserError(f"--batch-size {cfg.batch_size} x {dist.world} process(es) is more than the "
+            raise ConfigError(f"{setting('batch_size', cfg.batch_size)} x {dist.world} process(es) is more than the "
                             f"{data.matched} usable samples; use a smaller batch")
         tr.begin_epoch(epoch, sampler.views, n)
         losses, wait, t0 = [], 0.0, time.perf_counter()
@@ -596,10 +622,11 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
             if is_best:
                 _save(os.path.join(cfg.out, "last.pth"), os.path.join(cfg.out, "best.pth"))
             write_metrics(history, cfg.out)
-            plot_curves(history, cfg.out)
-        log(summary_line(m, cfg.epochs))
+            if epoch + 1 == stop or time.monotonic() - plotted > 60:
+                plot_curves(history, cfg.out)
+                plotted = time.monotonic()
+        say(summary_line(m, cfg.epochs))
         dist.barrier()
-    last = history[-1] if history else {}
-    return {**last, "best_top1": best, "out": cfg.out, "matched": data.matched, "num_samples": h.num_samples,
-            "epochs_done": len(history)}
+    return TrainResult(out=cfg.out, epochs_done=len(history), matched=data.matched, num_samples=h.num_samples,
+                       best_top1=best, last=history[-1] if history else {})
 
