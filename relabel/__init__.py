@@ -8,11 +8,11 @@ Example (your own loop)::
 
     import relabel
     labels = relabel.open_labels("labels.zarr")          # or exported tars, local or s3://, hf://
-    loader = relabel.ReplayLoader("/data/train", labels, batch_size=128)
+    loader = relabel.ReplayLoader("/data/train", labels, batch_size=128, normalize_for=model)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for b in loader:
-            logits = model(normalize(b["pixels"]))
+            logits = model(b["input"])
             loss = relabel.kd_loss(logits, b["topk_index"], b["topk_logp"]).mean()
 """
 from __future__ import annotations

@@ -177,33 +177,39 @@ def _one_line(msg: str) -> str:
     return last.split("UserError: ", 1)[-1]
 
 
-@functools.lru_cache(maxsize=1)
-def _options() -> dict:
-    """Every option of every command, by its parameter (= config field) name."""
+@functools.lru_cache(maxsize=None)
+def _options(command: str | None) -> dict:
+    """Options by parameter (= config field) name: the given command's first, then any command's."""
     import typer.main
 
+    commands = typer.main.get_command(app).commands
     opts: dict = {}
-    for cmd in typer.main.get_command(app).commands.values():
-        for p in cmd.params:
+    for name in ([command] if command in commands else []) + list(commands):
+        for p in commands[name].params:
             if p.param_type_name == "option":
                 opts.setdefault(p.name, p)
     return opts
 
 
 _SETTING = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+_COMMAND: list[str | None] = [None]  # the command this process runs (main sets it)
 
 
-def _cli_words(msg: str) -> str:
+def _cli_words(msg: str, command: str | None = None) -> str:
     """Library messages name settings as config fields (`views`, `resume=True`, `mode='online'`,
     see relabel.storage.errors); a shell user reads the options instead (--views, --resume, --mode
-    online). Backticked names that are no option of any command are left as they are."""
-    opts = _options()
+    online), those of the command being run first. Backticked names that are no option of any
+    command are left as they are."""
+    opts = _options(command or _COMMAND[0])
 
     def word(m: re.Match) -> str:
-        p = opts.get(m.group(1))
+        name, value = m.group(1), m.group(2)
+        if name == "progress" and value in ("True", "False"):  # the CLI's switch is --quiet, inverted
+            return "no --quiet" if value == "True" else "--quiet"
+        p = opts.get(name)
         if p is None:
             return m.group(0)
-        flag, value = p.opts[0] if p.opts[0].startswith("--") else p.opts[-1], m.group(2)
+        flag = p.opts[0] if p.opts[0].startswith("--") else p.opts[-1]
         if value is None:
             return flag
         if value in ("True", "False") and p.is_flag:
@@ -252,8 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     # would log its still-pending siblings at exit, burying that line.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     _log_to_stderr()
+    args = sys.argv[1:] if argv is None else list(argv)
+    _COMMAND[0] = next((a for a in args if not a.startswith("-")), None)
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=args, standalone_mode=False)
         if rv == 130:  # typer turns Ctrl-C into Exit(130) before it can reach the handler below
             raise KeyboardInterrupt
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -233,11 +233,11 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
 def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
     store = LabelStore.open(cfg.out, mode="r+")
     if store.header.schema_version < header.schema_version:
-        raise UserError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
+        raise ConfigError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
                         f"it can be read and trained on but not extended: generate into another {setting('out')}")
     diff = _header_diff(store.header, header)
     if diff:
-        raise UserError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
+        raise ConfigError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
                         f"Use the same settings to resume, or another {setting('out')}")
     store.remove_partials()  # temp files of writes a crash cut short
     store.remove_stale_claims()  # claims of writers that died
@@ -390,14 +390,14 @@ def _as_list(x) -> list:
     return [] if x is None else [x] if isinstance(x, str) else list(x)
 
 
-def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Dist, teacher=None) -> dict:
+def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Dist, teacher=None) -> GenerateResult:
     if teacher is None:
         teacher = build_teacher(_as_list(cfg.teacher), _as_list(cfg.teacher_checkpoint), cfg.teacher_weight,
                                 device=dist.device_str(cfg.device), precision=cfg.precision,
                                 own_size=cfg.teacher_own_size,
                                 compile=cfg.compile)
     if cfg.topk > teacher.num_classes:
-        raise UserError(f"{setting('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
+        raise ConfigError(f"{setting('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
     header = StoreHeader(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import timm
 
-from relabel.storage.errors import UserError, setting
+from relabel.storage.errors import ConfigError, UserError, setting
 from relabel.storage.hashing import sha256_file
 
 # Short names people use for common models -> timm names.
@@ -90,8 +90,10 @@ class ModelInfo:
 
 
 def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
-           num_classes: int | None = None, **kwargs) -> tuple[torch.nn.Module, ModelInfo]:
-    """timm model by name/alias with weights from a checkpoint, the hub, or random init."""
+           num_classes: int | None = None, checkpoint_setting: str | None = "teacher_checkpoint",
+           **kwargs) -> tuple[torch.nn.Module, ModelInfo]:
+    """timm model by name/alias with weights from a checkpoint, the hub, or random init.
+    ``checkpoint_setting``: the setting that gives this model local weights instead (None: none does)."""
     full = resolve_name(name)
     sd = load_state_dict(checkpoint) if checkpoint else None
     if sd is not None:
@@ -104,8 +106,9 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
         model = timm.create_model(full, pretrained=pretrained and sd is None, **extra, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if pretrained and sd is None:
-            raise UserError(f"could not get pretrained weights for {full} ({type(e).__name__}); "
-                            f"offline? set {setting('teacher_checkpoint')} to a local checkpoint file") from None
+            fix = (f"set {setting(checkpoint_setting)} to a local checkpoint file" if checkpoint_setting
+                   else f"drop {setting('pretrained', True)} to start from random weights")
+            raise ConfigError(f"could not get pretrained weights for {full} ({type(e).__name__}); offline? {fix}") from None
         raise
     if sd is not None:
         try:

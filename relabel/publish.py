@@ -8,12 +8,15 @@ The file formats and transport live in ``relabel.storage`` (``export_format``, `
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Optional
 
 import typer
 
 from relabel.storage.errors import UserError, setting
+
+log = logging.getLogger(__name__)
 
 
 def _say(msg: str) -> None:
@@ -108,8 +111,8 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
         expected = {f"{SHARDS_DIR}/{s['name']}": s["sha256"] for s in index["shards"]}
         extra = sorted(set(present) - set(wanted))
         if extra:
-            _say(f"note: {len(extra)} file(s) in {shards} are not in its index.json and are not published "
-                 f"(first: {extra[0]})")
+            log.warning("note: %d file(s) in %s are not in its index.json and are not published (first: %s)",
+                        len(extra), shards, extra[0])
     status = st.status()
     where = dest.rstrip("/") if "://" in dest else os.path.abspath(dest)
     card = dataset_card(h.to_dict(), where, license=license, title=title, store_bytes=st.bytes_on_disk(),

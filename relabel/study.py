@@ -259,8 +259,8 @@ def study_command(
     student: str = typer.Option("test_resnet", help="Student model (timm name)."),
     img_size: int = typer.Option(32, help="Image size of teacher and student."),
     epochs: int = typer.Option(8, help="Student epochs (>= the largest V, so every stored view is replayed)."),
-    views_list: str = typer.Option("1,2,4,8", help="Stored views V replayed by the cached runs (up to 16 with "
-                                   "--epochs 16)."),
+    views_list: str = typer.Option("1,2,4,8", help="Stored views V replayed by the cached runs (for 16: "
+                                   "--views-list 1,2,4,8,16 --topk-views 1,16 --epochs 16)."),
     topk: int = typer.Option(5, help="Top-k of the cached runs at every V (0: all classes)."),
     topk_list: str = typer.Option("1,0", help="More top-k values (0: all classes), run at the V of --topk-views."),
     topk_views: str = typer.Option("1,8", help="The V at which every --topk-list value runs."),

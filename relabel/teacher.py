@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from relabel.storage.errors import UserError, setting
+from relabel.storage.errors import ConfigError, UserError, setting
 from relabel.storage.hashing import sha256_file
 
 from .models import Normalize, autocast, create, pick_device, resolve_precision
@@ -94,7 +94,7 @@ def compile_backend(compile: bool | str | None) -> str | None:
     import torch._dynamo
 
     if compile not in torch._dynamo.list_backends(exclude_tags=()):
-        raise UserError(f"unknown torch.compile backend {compile!r}; use one of "
+        raise ConfigError(f"unknown torch.compile backend {compile!r}; use one of "
                         f"{', '.join(torch._dynamo.list_backends())}")
     return compile
 
@@ -119,11 +119,11 @@ class EnsembleTeacher:
             raise ValueError("an ensemble needs at least two members")
         classes = {m.num_classes for m in members}
         if len(classes) != 1:
-            raise UserError(f"ensemble members disagree on the number of classes "
+            raise ConfigError(f"ensemble members disagree on the number of classes "
                             f"({', '.join(f'{m.info.model}: {m.num_classes}' for m in members)})")
         w = [1.0] * len(members) if weights is None else [float(x) for x in weights]
         if len(w) != len(members) or any(not math.isfinite(x) or x <= 0 for x in w):
-            raise UserError(f"{setting('teacher_weight')} needs one positive weight per teacher ({len(members)}); "
+            raise ConfigError(f"{setting('teacher_weight')} needs one positive weight per teacher ({len(members)}); "
                             f"got {list(w)}")
         self.members, self.weights = list(members), [x / sum(w) for x in w]
         self.device, self.precision = members[0].device, members[0].precision
@@ -202,14 +202,14 @@ def build_teacher(names: Sequence[str], checkpoints: Sequence[str] | None = None
     names = list(names)
     ckpts = list(checkpoints or [])
     if ckpts and len(ckpts) != len(names):
-        raise UserError(f"give one {setting('teacher_checkpoint')} per {setting('teacher')} ({len(names)} teachers, "
+        raise ConfigError(f"give one {setting('teacher_checkpoint')} per {setting('teacher')} ({len(names)} teachers, "
                         f"{len(ckpts)} checkpoints)")
     members = [Teacher(n, ckpts[i] if ckpts else None, device=device, precision=precision, pretrained=pretrained,
                        num_classes=num_classes, own_size=own_size and len(names) > 1, compile=compile)
                for i, n in enumerate(names)]
     if len(members) == 1:
         if weights and len(weights) != 1:
-            raise UserError(f"{setting('teacher_weight')} is for ensembles: give one per {setting('teacher')}")
+            raise ConfigError(f"{setting('teacher_weight')} is for ensembles: give one per {setting('teacher')}")
         return members[0]
     return EnsembleTeacher(members, weights)
 
@@ -226,7 +226,7 @@ class NonFiniteOutput(UserError):
 
     def __init__(self, rows: list[int], precision: str, where: str = ""):
         self.rows, self.precision = rows, precision
-        hint = f" (fp16 can overflow: try {setting('precision', 'fp32')} or bf16)" if precision == "fp16" else ""
+        hint = " (fp16 can overflow: generate with precision fp32 or bf16)" if precision == "fp16" else ""
         super().__init__(f"the teacher's output is not finite (NaN or inf) for {len(rows)} view(s){where}; "
                          f"check the teacher checkpoint{hint}")
 
@@ -240,7 +240,7 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     if any(m.get("weights") == "function" for m in members):
         raise UserError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
     if ckpts and len(ckpts) != len(members):
-        raise UserError(f"the store's teacher has {len(members)} member(s): give one "
+        raise ConfigError(f"the store's teacher has {len(members)} member(s): give one "
                         f"{setting('teacher_checkpoint')} each, in order")
     notes = []
     for i, c in enumerate(ckpts):
@@ -252,7 +252,7 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
                          f"store was made with")
     missing = [m.get("model") for i, m in enumerate(members) if m.get("checkpoint_sha256") and not ckpts]
     if missing:
-        raise UserError(f"the store's teacher {', '.join(missing)} was loaded from a checkpoint; pass it with "
+        raise ConfigError(f"the store's teacher {', '.join(missing)} was loaded from a checkpoint; pass it with "
                         f"{setting('teacher_checkpoint')}")
     teacher = build_teacher([m["model"] for m in members], ckpts or None,
                             [m.get("weight", 1.0) for m in members] if len(members) > 1 else None, device=device,

@@ -77,8 +77,8 @@ class StoreHeader:
         if self.class_map is None:
             if len(self.class_names) != self.num_classes:
                 raise StoreError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
-                                f"their indices mean different things; give a class map ({setting('class_map')}) "
-                                f"that says which teacher class each dataset class is")
+                                f"their indices mean different things; a store needs the class map (generate's "
+                                f"{setting('class_map')}) that says which teacher class each dataset class is")
         else:
             self.class_map = [int(c) for c in self.class_map]
             if len(self.class_map) != len(self.class_names):

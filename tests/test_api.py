@@ -140,3 +140,13 @@ def test_every_cli_default_is_its_config_default():
             want = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             got = getattr(p.default, "default", p.default)
             assert same(got, want), f"{fn.__name__} --{name.replace('_', '-')}: CLI default {got!r}, {cfg.__name__} {want!r}"
+
+
+def test_cli_words_settings_as_the_running_commands_options():
+    from relabel.cli import _cli_words
+
+    assert _cli_words("`shards=True`", "pull") == "--shards"  # pull's flag, not publish's --shards PATH
+    assert _cli_words("`shards='out/wds'`", "publish") == "--shards out/wds"
+    assert _cli_words("set `progress=False`", "train") == "set --quiet"
+    assert _cli_words("`model_ema=False`, `views_limit=2`, `not_an_option`", "train") == \
+        "--no-model-ema, --views-limit 2, `not_an_option`"

@@ -41,13 +41,16 @@ def test_stage_functions_return_typed_results(world, tmp_path):
     grown = relabel.generate_labels(_gen_cfg(world, store, views=3))
     assert grown.views_written == n and grown.views == 3
 
+    val = make_imagefolder(tmp_path / "val", per_class=3, seed=4)
     run = relabel.train_student(relabel.TrainConfig(data=str(world[1]), labels=str(store), out=str(tmp_path / "run"),
-                                                    student="test_resnet", epochs=2, batch_size=8, workers=0,
-                                                    progress=False, log=False, model_ema=False))
+                                                    student="test_resnet", epochs=3, batch_size=8, workers=0,
+                                                    val=str(val), progress=False, log=False))
     assert isinstance(run, relabel.TrainResult)
-    assert run.epochs_done == 2 and run.matched == n and run.num_samples == n and run.val_top1 is None
-    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert run.last["epoch"] == last["epoch"] == 2 and run.last["losses"] == last["losses"]
+    assert run.epochs_done == 3 and run.matched == n and run.num_samples == n
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert run.last["epoch"] == history[-1]["epoch"] == 3 and run.last["losses"] == history[-1]["losses"]
+    assert run.val_top1 == history[-1]["val_top1"] and run.ema_top1 == history[-1]["ema_top1"] is not None
+    assert run.best_top1 == max(m["val_top1"] for m in history)
 
 
 def test_every_config_field_has_one_help_section_and_every_option_shows_in_one():
@@ -75,6 +78,7 @@ def test_help_shows_bracketed_defaults_as_written(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # one help text per line
     r = cli_inprocess(capsys, "train", "--help")
     assert r.returncode == 0 and "[default: 2e-3, USI's at batch 1024]" in r.stdout
+    assert "\\[" not in r.stdout  # escaped for rich, shown without the escape
 
 
 def test_cached_distillation_task_is_a_timm_task_with_the_trainers_loss(world, tmp_path):
@@ -108,3 +112,22 @@ def test_cached_distillation_task_is_a_timm_task_with_the_trainers_loss(world, t
     task.setup_ema(decay=0.5)
     task.update_ema(step=1)  # timm's EMA plumbing works on the task
     assert task.has_ema()
+
+
+def test_offline_pretrained_weights_name_the_fix_of_the_model_asked_for(world, tmp_path):
+    """No hub: the teacher's error points at its checkpoint option, the student's at --pretrained."""
+    from conftest import run_cli
+
+    root, folder, _ = world
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache, no network
+    r = run_cli("generate", folder, "--out", tmp_path / "s", "--teacher", "resnet18", "--views", "1",
+                "--workers", "0", check=False, env=offline)
+    assert r.returncode == 2 and "--teacher-checkpoint" in r.stderr, r.stderr
+    store = tmp_path / "labels.zarr"
+    import relabel
+    relabel.generate_labels(_gen_cfg(world, store))
+    r = run_cli("train", folder, "--labels", store, "--out", tmp_path / "run", "--student", "resnet18",
+                "--pretrained", "--epochs", "1", "--workers", "0", check=False, env=offline)
+    line = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(line) == 1 and "drop --pretrained" in line[0], r.stderr
+    assert "--teacher-checkpoint" not in r.stderr

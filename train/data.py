@@ -24,7 +24,7 @@ from relabel.rng import CounterRNG
 from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
                            store_order)
 from relabel.storage import StoreHeader, UserError, open_source
-from relabel.storage.errors import setting
+from relabel.storage.errors import ConfigError, StoreError, setting
 from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
 from relabel.storage.store import STATUS_OK
@@ -77,18 +77,18 @@ class TrainData:
         h = self.header = self.store.header
         self.repeats, self.fresh = repeats, fresh
         if views_limit is not None and not 1 <= views_limit <= h.views:
-            raise UserError(f"{setting('views_limit', views_limit)}: {labels} holds {h.views} view(s) per sample; "
+            raise ConfigError(f"{setting('views_limit', views_limit)}: {labels} holds {h.views} view(s) per sample; "
                             f"use 1 to {h.views}")
         self.views = views_limit or h.views  # stored views this run replays: the first `views`
         if repeats > self.views and not fresh:
-            raise UserError(f"{setting('aug_repeats', repeats)} shows each kept sample with {repeats} different "
+            raise ConfigError(f"{setting('aug_repeats', repeats)} shows each kept sample with {repeats} different "
                             f"views, but {setting('views_limit') + ' leaves' if views_limit else f'{labels} holds'} "
                             f"{self.views} per sample; use {setting('aug_repeats', self.views)} or less, or generate "
                             f"more views")
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
         if not self.store.complete:
-            raise UserError(f"{labels}: the label store is incomplete ({len(self.store.pending_shards())} shard(s) "
+            raise StoreError(f"{labels}: the label store is incomplete ({len(self.store.pending_shards())} shard(s) "
                             f"pending); finish 'relabel generate' first")
         index = self.source.index()
         self.src_index = np.asarray([index.get(k, -1) for k in self.store.keys], np.int64)
@@ -98,10 +98,10 @@ class TrainData:
         self.matched, self.total = int(self.usable.sum()), h.num_samples
         if self.source.fingerprint != h.fingerprint:
             if list(self.source.class_names) != list(h.class_names):
-                raise UserError(f"{labels}: labels were made for other classes ({len(h.class_names)} in the store, "
+                raise StoreError(f"{labels}: labels were made for other classes ({len(h.class_names)} in the store, "
                                 f"{len(self.source.class_names)} in {data}); use the labels of this dataset")
             if not allow_subset:
-                raise UserError(f"{labels}: labels were made for another dataset (fingerprint {h.fingerprint[:12]} vs "
+                raise StoreError(f"{labels}: labels were made for another dataset (fingerprint {h.fingerprint[:12]} vs "
                                 f"{self.source.fingerprint[:12]} for {data}): {int(self.present.sum())} of the store's "
                                 f"{h.num_samples} keys are in DATA, which has {len(self.source)} images; "
                                 f"set {setting('allow_subset', True)} to train on the matched ones")
@@ -192,7 +192,7 @@ class TrainData:
         views, N, G = self.epoch_views(seed, epoch), self.header.num_samples, self.recipe.mix_group
         n_groups = -(-N // G)
         if n_groups < world:
-            raise UserError(f"{setting('aug_repeats', self.repeats)} keeps whole mix groups of {G} samples and deals "
+            raise ConfigError(f"{setting('aug_repeats', self.repeats)} keeps whole mix groups of {G} samples and deals "
                             f"them to the {world} processes, but the store has only {n_groups} group(s); "
                             f"use {setting('aug_repeats', 1)} or fewer processes")
         groups = np.asarray(CounterRNG("train-repeat", seed, epoch).permutation(n_groups), np.int64)
@@ -215,7 +215,7 @@ class TrainData:
     def batches(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[Item]]:
         """This rank's batches of (position, view, partner): equal count on every rank, remainder dropped."""
         if self.recipe.mixes and batch_size % 2:
-            raise UserError(f"{setting('batch_size')} must be even: recipe {self.recipe.name!r} mixes pairs of samples "
+            raise ConfigError(f"{setting('batch_size')} must be even: recipe {self.recipe.name!r} mixes pairs of samples "
                             f"that must share a batch (got {batch_size})")
         if self.repeats > 1:
             per_rank = self.repeat_items(seed, epoch, world)

@@ -207,7 +207,8 @@ class Trainer:
         h = data.header
         torch.manual_seed(cfg.seed)
         kwargs = {k: v for k, v in (("drop_rate", cfg.drop), ("drop_path_rate", cfg.drop_path)) if v is not None}
-        model, self.info = create(cfg.student, pretrained=cfg.pretrained, num_classes=h.num_classes, **kwargs)
+        model, self.info = create(cfg.student, pretrained=cfg.pretrained, num_classes=h.num_classes,
+                                   checkpoint_setting=None, **kwargs)
         self.module = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
         self.model = self.module
         if self.dist.active:
@@ -258,6 +259,8 @@ class Trainer:
                                 f"(or none: the labels' own teacher and ensemble are used without {setting('teacher')})")
             t = Teacher(cfg.teacher, ckpts[0] if ckpts else None, device=dev, precision=prec, compile=cfg.compile,
                         num_classes=self.data.header.num_classes)
+            # the store's own teacher named again: same model and checkpoint bytes (pretrained weights have
+            # no sha256 here and may change between timm versions, so they are always noted)
             mine = t.record()
             same = (mine.get("model"), mine.get("checkpoint_sha256")) == (rec.get("model"), rec.get("checkpoint_sha256"))
             if self.dist.rank == 0 and not (same and mine.get("checkpoint_sha256")):
