@@ -45,21 +45,28 @@ class DemoConfig:
 DEMO_RECIPE = "base: usi\nname: digits\nhflip: 0.0\nscale: [0.35, 1.0]\n"
 
 
-def write_digits(root: Path, size: int, limit: int | None = None) -> tuple[Path, Path]:
-    """sklearn's digits as PNG files; every 5th image of each class goes to val (stratified)."""
+def write_digits(root: Path, size: int, limit: int | None = None,
+                 train_per_class: int | None = None) -> tuple[Path, Path]:
+    """sklearn's digits as PNG files; every 5th image of each class goes to val (stratified);
+    ``train_per_class``: keep only the first N training images of each class (val stays whole)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     train, val = root / "train", root / "val"
     n = len(digits.images) if limit is None else min(limit, len(digits.images))
-    seen = np.zeros(10, int)
+    seen, kept = np.zeros(10, int), np.zeros(10, int)
     for i in range(n):
         c = int(digits.target[i])
+        to_val = seen[c] % 5 == 0
+        seen[c] += 1
+        if not to_val:
+            if train_per_class is not None and kept[c] >= train_per_class:
+                continue
+            kept[c] += 1
         img = Image.fromarray((digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8), "L")
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-        d = (val if seen[c] % 5 == 0 else train) / str(c)
-        seen[c] += 1
+        d = (val if to_val else train) / str(c)
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"digit_{i:04d}.png")
     return train, val

@@ -48,6 +48,7 @@ class StudyConfig:
     batch_size: int = 64
     workers: int = 2
     limit: int | None = None  # digits: use only the first N images
+    train_per_class: int | None = None  # digits: keep the first N training images of each class (val whole)
     recipe: str | None = None  # default: the demo's digits recipe for the digits, usi otherwise
     ce_weight: float = 1.0
     kd_weight: float = 5.0
@@ -64,7 +65,8 @@ def _check(cfg: StudyConfig) -> None:
                            ("--teacher-epochs", cfg.teacher_epochs >= 1), ("--batch-size", cfg.batch_size >= 2),
                            ("--views-list", bool(cfg.views_list) and min(cfg.views_list) >= 1),
                            ("--topk-list", min(cfg.topk_list, default=0) >= 0), ("--topk", cfg.topk >= 0),
-                           ("--topk-views", min(cfg.topk_views, default=1) >= 1)) if not ok]
+                           ("--topk-views", min(cfg.topk_views, default=1) >= 1),
+                           ("--train-per-class", cfg.train_per_class is None or cfg.train_per_class >= 1)) if not ok]
     if bad:
         raise UserError(f"{', '.join(bad)}: must be >= 1 (--topk-list: >= 0, 0 = all classes; --batch-size >= 2)")
     unknown = sorted(set(cfg.modes) - {"cached", "online", "supervised"})
@@ -97,8 +99,10 @@ def run_study(cfg: StudyConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.data is None:
-        train_dir, val_dir = write_digits(out / "digits", cfg.img_size, cfg.limit)
+        train_dir, val_dir = write_digits(out / "digits", cfg.img_size, cfg.limit, cfg.train_per_class)
         dataset = f"sklearn digits ({cfg.limit or 'all'} images) at {cfg.img_size} px"
+        if cfg.train_per_class is not None:
+            dataset = f"sklearn digits ({cfg.train_per_class} training images per class) at {cfg.img_size} px"
     else:
         train_dir, val_dir = Path(cfg.data), Path(cfg.val)
         dataset = f"{cfg.data} (val {cfg.val}) at {cfg.img_size} px"
@@ -268,6 +272,10 @@ def study_command(
     modes: str = typer.Option("cached,online,supervised", help="Which students to train."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size."),
     limit: Optional[int] = typer.Option(None, help="Digits: use only the first N images (quick runs)."),
+    train_per_class: Optional[int] = typer.Option(None, help="Digits: train teacher and students on the first N "
+                                                  "training images of each class (a low-data regime; val stays whole)."),
+    recipe: Optional[str] = typer.Option(None, help="Augmentation recipe (default: the demo's digits recipe for the "
+                                         "digits, usi otherwise)."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
@@ -277,7 +285,7 @@ def study_command(
                       views_list=_ints(views_list, "--views-list"), topk=topk, topk_list=_ints(topk_list, "--topk-list"),
                       topk_views=_ints(topk_views, "--topk-views"),
                       seeds=seeds, modes=[m.strip() for m in modes.split(",") if m.strip()], batch_size=batch_size,
-                      limit=limit, workers=workers, device=device)
+                      limit=limit, train_per_class=train_per_class, recipe=recipe, workers=workers, device=device)
     r = run_study(cfg)
     typer.echo(r["table"])
     typer.echo(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plot: {Path(out) / 'views.png'}")

@@ -12,8 +12,12 @@ def test_study_tiny_runs_and_outputs_parse(tmp_path, capsys):
     out = tmp_path / "study"
     with pytest.raises(SystemExit) as e:
         main(["study", "--out", str(out), "--limit", "60", "--epochs", "1", "--teacher-epochs", "1", "--views-list", "1,2",
-              "--topk", "0", "--topk-list", "1", "--topk-views", "2", "--seeds", "1", "--workers", "0", "-b", "16"])
+              "--topk", "0", "--topk-list", "1", "--topk-views", "2", "--seeds", "1", "--workers", "0", "-b", "16",
+              "--train-per-class", "3"])
     assert e.value.code == 0
+    train, val = out / "digits" / "train", out / "digits" / "val"
+    assert sorted(len(list(d.iterdir())) for d in train.iterdir()) == [3] * 10  # the low-data knob
+    assert sum(len(list(d.iterdir())) for d in val.iterdir()) == 17  # the first of every 5 of each class: untouched
     res = json.loads((out / "results.json").read_text())
     runs = {(r["mode"], r["views"], r["topk"]) for r in res["runs"]}
     assert runs == {("cached", 1, 10), ("cached", 2, 10), ("cached", 2, 1), ("online", None, None),
