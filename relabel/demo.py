@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -54,6 +55,8 @@ def write_digits(root: Path, size: int, limit: int | None = None,
 
     digits = load_digits()
     train, val = root / "train", root / "val"
+    for d in (train, val):  # written afresh: files of a run with other settings must not stay behind
+        shutil.rmtree(d, ignore_errors=True)
     n = len(digits.images) if limit is None else min(limit, len(digits.images))
     seen, kept = np.zeros(10, int), np.zeros(10, int)
     for i in range(n):
@@ -157,8 +160,6 @@ def run_demo(cfg: DemoConfig) -> dict:
                                teacher_checkpoint=str(teacher_run / "best.pth") if online else None, **common)
             _say(f"  {train_command_line(tcfg)}")
             if (run / "last.pth").exists():
-                import shutil
-
                 shutil.rmtree(run)
             t0 = time.perf_counter()
             r = train(tcfg)

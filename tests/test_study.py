@@ -36,3 +36,13 @@ def test_study_tiny_runs_and_outputs_parse(tmp_path, capsys):
     # the store was generated once, with the most views and classes; the cached runs read prefixes of it
     store = json.loads((out / "labels.zarr" / "zarr.json").read_text())["attributes"]["relabel"]
     assert (store["views"], store["topk"]) == (2, 10)
+
+
+def test_digits_are_written_afresh_so_a_smaller_set_leaves_no_stale_images(tmp_path):
+    from relabel.demo import write_digits
+
+    train, _ = write_digits(tmp_path / "d", 16, limit=60)
+    assert sum(len(list(d.iterdir())) for d in train.iterdir()) == 43
+    train, val = write_digits(tmp_path / "d", 16, limit=60, train_per_class=2)
+    assert sorted(len(list(d.iterdir())) for d in train.iterdir()) == [2] * 10
+    assert sum(len(list(d.iterdir())) for d in val.iterdir()) == 17
