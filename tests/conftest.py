@@ -72,6 +72,18 @@ def save_teacher(path: Path, num_classes: int = 3, name: str = "test_resnet", se
     return path
 
 
+def fsize_limit(n: int):
+    """A subprocess preexec_fn: files it writes may not grow past ``n`` bytes (a full disk, for real:
+    the write fails with EFBIG instead of the process being killed)."""
+    def pre():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return pre
+
+
 def run_cli(*args, check: bool = True, env: dict | None = None, timeout: int = 600,
             subprocess_: bool = False) -> subprocess.CompletedProcess:
     """The CLI as a user runs it: its exit code, stdout and stderr. In this process by default (a

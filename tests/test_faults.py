@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, make_imagefolder, run_cli, save_teacher, tree_bytes, write_image
+from conftest import ROOT, fsize_limit, make_imagefolder, run_cli, save_teacher, tree_bytes, write_image
 from relabel.storage import LabelStore, UserError, open_source
 
 pytestmark = pytest.mark.faults
@@ -229,20 +229,13 @@ def test_kill9_at_random_moments_then_resume_equals_uninterrupted(tmp_path, base
 
 
 # ------------------------------------------------------------------------------------------ write errors
-def _fsize_limit(n: int):
-    def pre():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
-    return pre
-
-
 def test_failing_writes_stop_cleanly_and_resume(tmp_path, base):
     root, folder, ckpt, ref, harness = base
     out = tmp_path / "out"
     gen = ["generate", folder, "--out", out, "--teacher-checkpoint", ckpt, *GEN]
     # 1. the disk "fills" while the store is created: no half-made store is left at --out
     r = subprocess.run([sys.executable, "-m", "relabel", *map(str, gen)], cwd=ROOT, capture_output=True, text=True,
-                       preexec_fn=_fsize_limit(256), timeout=300)
+                       preexec_fn=fsize_limit(256), timeout=300)
     one_line_error(r, "could not write the label store", "File too large", "rerun")
     assert not out.exists()
     # 2. the disk "fills" inside the first shard write: limit the running process at that moment

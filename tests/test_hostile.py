@@ -303,11 +303,12 @@ def export_dir(tiny):
     return out
 
 
-def _tamper_index(src: Path, dst: Path, edit) -> Path:
+def _tamper_json(src: Path, dst: Path, name: str, edit) -> Path:
+    """A copy of folder ``src`` at ``dst`` whose JSON file ``name`` went through ``edit``."""
     shutil.copytree(src, dst)
-    index = json.loads((dst / "index.json").read_text())
-    edit(index)
-    (dst / "index.json").write_text(json.dumps(index))
+    doc = json.loads((dst / name).read_text())
+    edit(doc)
+    (dst / name).write_text(json.dumps(doc))
     return dst
 
 
@@ -328,7 +329,7 @@ def test_malformed_export_index_gives_one_line(tmp_path, export_dir, case):
         "views-huge": lambda i: i.update(views=10 ** 12),
     }
     if case in edits:
-        _tamper_index(export_dir, d, edits[case])
+        _tamper_json(export_dir, d, "index.json", edits[case])
     else:
         shutil.copytree(export_dir, d)
         if case == "bad-json":
@@ -375,14 +376,6 @@ def test_malformed_export_shards_give_one_line(tmp_path, export_dir, case):
     within(20, lambda: user_error(lambda: read_exported(str(d), verify=False), "train-000000.tar"))
 
 
-def _tamper_manifest(src: Path, dst: Path, edit) -> Path:
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
-    edit(m)
-    (dst / "manifest.json").write_text(json.dumps(m))
-    return dst
-
-
 @pytest.mark.parametrize("case", ["version-text", "size-negative", "store-not-dict", "no-views-per-shard",
                                   "files-list", "huge-file"])
 def test_malformed_manifest_gives_one_line(tmp_path, tiny, capsys, case):
@@ -395,7 +388,7 @@ def test_malformed_manifest_gives_one_line(tmp_path, tiny, capsys, case):
         "files-list": lambda m: m.update(files=["zarr.json"]),
     }
     if case in edits:
-        _tamper_manifest(tiny["pub"], src, edits[case])
+        _tamper_json(tiny["pub"], src, "manifest.json", edits[case])
     else:
         shutil.copytree(tiny["pub"], src)
         sparse(src / "manifest.json", 300 << 20, b"{")

@@ -4,15 +4,13 @@ the infinite loss from a (finite, absurd) loss weight."""
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, make_imagefolder, save_teacher
+from conftest import ROOT, fsize_limit, make_imagefolder, save_teacher
 
 pytestmark = pytest.mark.faults
 
@@ -74,25 +72,23 @@ def test_train_bad_values_one_line_exit_2(small, tmp_path, capsys, extra, needle
     assert not (tmp_path / "run").exists()
 
 
-def _fsize_limit(n: int):
-    def pre():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
-    return pre
+def _train_kw(small, run, epochs: int) -> dict:
+    """A small cached run in ``run`` (TrainConfig keywords)."""
+    return dict(data=str(small / "train"), labels=str(small / "labels"), out=str(run), student="test_resnet",
+                epochs=epochs, batch_size=8, img_size=32, workers=0, progress=False, log=False)
 
 
 def test_full_disk_one_line_no_tmp_last_checkpoint_kept(small, tmp_path):
     from relabel.train.loop import TrainConfig, train
 
     run = tmp_path / "run"
-    kw = dict(data=str(small / "train"), labels=str(small / "labels"), out=str(run), student="test_resnet", epochs=3,
-              batch_size=8, img_size=32, workers=0, progress=False, log=False)
+    kw = _train_kw(small, run, epochs=3)
     train(TrainConfig(stop_epoch=1, **kw))
     before = (run / "last.pth").read_bytes()
     argv = _args(small, run, "--resume")
     argv[argv.index("--epochs") + 1] = "3"
     r = subprocess.run([sys.executable, "-m", "relabel", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       preexec_fn=_fsize_limit(len(before) // 2), env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       preexec_fn=fsize_limit(len(before) // 2), env={**os.environ, "OMP_NUM_THREADS": "1"})
     one_line(r.returncode, r.stderr, "could not write the checkpoint", "last good checkpoint is kept", "--resume")
     assert not list(run.glob("*.tmp")) and (run / "last.pth").read_bytes() == before
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
@@ -104,8 +100,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(small, tmp_path):
     from relabel.train.loop import TrainConfig, train
 
     run = tmp_path / "run"
-    kw = dict(data=str(small / "train"), labels=str(small / "labels"), out=str(run), student="test_resnet", epochs=2,
-              batch_size=8, img_size=32, workers=0, progress=False, log=False)
+    kw = _train_kw(small, run, epochs=2)
     train(TrainConfig(stop_epoch=1, **kw))
     before = (run / "last.pth").read_bytes()
     with pytest.raises(UserError, match=r"loss became non-finite in epoch 2 .*epoch 1 .*last.pth is kept"):
