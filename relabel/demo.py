@@ -105,11 +105,11 @@ def train_teacher(train_dir: Path, val_dir: Path, recipe: Path, run: Path, teach
                       val=str(val_dir), epochs=epochs, seed=0, recipe=str(recipe), **common)
     _say(f"  {train_command_line(cfg)}")
     t0 = time.perf_counter()
-    done = (run / "metrics.jsonl").exists() and _history(run)[-1]["epoch"] == epochs
-    if not done:  # a teacher cut short resumes (bit-exactly) instead of being taken half-trained
+    last = finished(run, epochs)
+    if last is None:  # a teacher cut short resumes (bit-exactly) instead of being taken half-trained
         r = train(replace(cfg, resume=(run / "last.pth").exists()))
         return {"top1": r.val_top1, "seconds": time.perf_counter() - t0}
-    return {"top1": _history(run)[-1]["val_top1"], "seconds": None}
+    return {"top1": last["val_top1"], "seconds": None}
 
 
 def make_labels(train_dir: Path, store: Path, teacher: str, checkpoint: Path, views: int, topk: int, img_size: int,
@@ -175,7 +175,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def finished(run: Path, epochs: int) -> dict | None:
+    """The last epoch's metrics of a run in ``run`` that trained all ``epochs``; None otherwise."""
+    history = _history(run) if (run / "metrics.jsonl").exists() else []
+    return history[-1] if history and history[-1]["epoch"] == epochs else None
 
 
 def table(results: dict) -> str:

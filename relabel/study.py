@@ -78,22 +78,13 @@ def _check(cfg: StudyConfig) -> None:
         _say(f"note: --epochs {cfg.epochs} replays at most {cfg.epochs} of the {max(cfg.views_list)} stored views")
 
 
-def _done(run: Path, epochs: int) -> dict | None:
-    """The last epoch's metrics of a finished run in ``run``; None when absent or unfinished."""
-    f = run / "metrics.jsonl"
-    if not f.exists():
-        return None
-    lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    return lines[-1] if lines and lines[-1]["epoch"] == epochs else None
-
-
 def run_study(cfg: StudyConfig) -> dict:
     import shutil
 
     from relabel.storage import LabelStore
     from relabel.train.loop import TrainConfig, train
 
-    from .demo import DEMO_RECIPE, make_labels, train_command_line, train_teacher, write_digits
+    from .demo import DEMO_RECIPE, finished, make_labels, train_command_line, train_teacher, write_digits
 
     _check(cfg)
     out = Path(cfg.out)
@@ -164,7 +155,7 @@ def run_study(cfg: StudyConfig) -> dict:
             cmd = train_command_line(tcfg)
             _say(f"  {cmd}")
             t0 = time.perf_counter()
-            last = _done(run, cfg.epochs)
+            last = finished(run, cfg.epochs)
             if last is None:
                 if run.exists():
                     shutil.rmtree(run)
