@@ -100,6 +100,7 @@ def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rn
     """A store written by a stub teacher: rows drawn from a pool of precomputed top-k rows (speed),
     or fresh logits for every view when ``pool`` is None (sizes: no repeats for zstd to find)."""
     from relabel.storage import LabelStore, StoreHeader
+    from relabel.storage.order import store_order
 
     if pool is not None:  # in slices: the pool's logits never sit in memory at once
         parts = [stub_teacher_topk(synthetic_logits(min(4096, pool - i), num_classes, rng), k) for i in range(0, pool, 4096)]
@@ -108,7 +109,7 @@ def _synthetic_store(path: str, n: int, views: int, k: int, num_classes: int, rn
                     class_names=[str(i) for i in range(num_classes)], fingerprint="0" * 64,
                     teacher={"model": "stub"}, recipe={"name": "none"}, seed=0, img_size=224,
                     views_per_shard=min(10, views), samples_per_shard=samples_per_shard)
-    store = LabelStore.create(path, h, [f"s{i:08d}" for i in range(n)])
+    store = LabelStore.create(path, h, store_order([f"s{i:08d}" for i in range(n)], h.seed))
     t0, peak = time.perf_counter(), _rss_mib()
     start = peak
     for sh in store.pending_shards():
@@ -223,6 +224,7 @@ def _correlated_size(cfg: BenchConfig, tmp: str, rng) -> dict:
     from numcodecs import Blosc, Zstd
 
     from relabel.storage import LabelStore, StoreHeader
+    from relabel.storage.order import store_order
     from relabel.storage.encoding import ValueEncoding
 
 
@@ -234,7 +236,7 @@ def _correlated_size(cfg: BenchConfig, tmp: str, rng) -> dict:
                         fingerprint="0" * 64, teacher={"model": "stub"}, recipe={"name": "none"}, seed=0,
                         img_size=224, views_per_shard=views, samples_per_shard=n)
         path = os.path.join(tmp, f"size-corr{int(mixed)}")
-        store = LabelStore.create(path, h, [f"s{i:08d}" for i in range(n)])
+        store = LabelStore.create(path, h, store_order([f"s{i:08d}" for i in range(n)], h.seed))
         idx, lp = zip(*(_fast_topk(lg, k) for lg in correlated_views(base, views, rng, mixed=mixed)))
         idx, lp = np.stack(idx), np.stack(lp)
         store.write_shard(store.shard(0, 0), 0, idx, lp, np.ones(n, np.uint8))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 
 from relabel.storage.errors import ConfigError, setting
 
@@ -78,6 +79,20 @@ def resolve_class_map(spec: str | None, class_names: list[str], num_classes: int
                             f"synset folders)")
         return None
     mapping = load_class_map(spec)
+    # Folder names and map entries may be spelled in different Unicode normal forms (macOS writes
+    # 'café' decomposed, most editors composed): they name the same class, so they match in NFC.
+    nfc = lambda t: unicodedata.normalize("NFC", t)  # noqa: E731
+    folded: dict[str, int] = {}
+    for name, i in mapping.items():
+        if folded.setdefault(nfc(name), i) != i:
+            raise ConfigError(f"{setting('class_map')} {spec}: class {name!r} is given twice (spelled in two Unicode "
+                              f"normal forms) with different indices")
+    seen: dict[str, str] = {}
+    for c in class_names:
+        if seen.setdefault(nfc(c), c) != c:
+            raise ConfigError(f"dataset classes {seen[nfc(c)]!r} and {c!r} differ only in Unicode normalization "
+                              f"(NFC/NFD); rename one folder")
+    mapping = {c: folded[nfc(c)] for c in class_names if nfc(c) in folded}
     missing = [c for c in class_names if c not in mapping]
     if missing:
         raise ConfigError(f"{setting('class_map')} {spec}: no entry for dataset class {missing[0]!r} "

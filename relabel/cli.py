@@ -67,6 +67,8 @@ def generate(
                                             "'imagenet1k' (folders named by ImageNet synset)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher (faster on GPUs; the labels "
                                  "are the same within fp32 noise, and verify accepts them against eager)."),
+    claim_lease: float = typer.Option(60.0, help="Seconds a shard claim stays valid without its writer refreshing "
+                                      "it; then another run takes the shard over (a killed or preempted writer's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Stage one: run the teacher over stored views and write top-k labels."""
@@ -98,13 +100,17 @@ def info(store: str = typer.Argument(..., help="Label store."),
         return
     t = s["teacher"]
     if t.get("members"):
-        t = {"model": " + ".join(f"{m['model']} x{m['weight']:.3g}" for m in t["members"]), "checkpoint_sha256": "ensemble"}
+        own = ", each at its own input size (--teacher-own-size)" if t["members"][0].get("own_size") else ""
+        t = {"model": " + ".join(f"{m['model']} x{m['weight']:.3g}" for m in t["members"]) + own,
+             "checkpoint_sha256": "ensemble"}
+    held = s["held_views"]
+    views = f"{s['views']}" if held == [0, s["views"]] else f"{held[0]}-{held[1] - 1} of {s['views']} (a pulled range)"
     typer.echo(f"{s['path']}\n  samples      {s['num_samples']:,} ({s['corrupt_samples']} unreadable)\n"
-               f"  views        {s['views']} (complete: {s['complete']})\n  top-k        {s['topk']} of {s['num_classes']} classes\n"
+               f"  views        {views} (complete: {s['complete']})\n  top-k        {s['topk']} of {s['num_classes']} classes\n"
                f"  teacher      {t.get('model')} ({t.get('checkpoint_sha256') or 'pretrained'}) at {s['img_size']}px\n"
                f"  recipe       {s['recipe']} seed {s['seed']}\n  encoding     {s['encoding']['name']}\n"
                f"  size         {s['bytes_on_disk']:,} bytes ({s['bytes_per_view']:.1f} B/view, labels {s['label_bytes_per_view']:.1f} B/view)\n"
-               f"  fingerprint  {s['fingerprint'][:16]}")
+               f"  fingerprint  {s['fingerprint'][:16]}" + (f"\n  label set    {s['label_set_digest']}" if s.get("label_set_digest") else ""))
 
 
 @app.command()

@@ -22,7 +22,7 @@ from relabel.storage.errors import ConfigError, setting
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
+from relabel.storage.store import CLAIM_LEASE, STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
 
 from . import __version__, replay_check
 from .classmap import resolve_class_map
@@ -61,6 +61,7 @@ class GenerateConfig:
     retry_wait: float = 0.5  # seconds before the first retry; doubles each time
     progress: bool = True
     compile: bool | str = False  # torch.compile the teacher (a string: the backend); labels are the same
+    claim_lease: float = CLAIM_LEASE  # seconds a shard claim stays valid unrefreshed (a killed writer's expires)
 
 
 class ReadFailed(Exception):
@@ -187,7 +188,10 @@ def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     if old.encoding != new.encoding:
         out.append(f"encoding (store: {old.encoding.name}, now: {new.encoding.name})")
     a, b = teacher_identity(old.teacher), teacher_identity(new.teacher)
-    if a[:-2] != b[:-2]:
+    own = lambda ident: [m[3] for m in ident[:-2]]  # noqa: E731
+    if a[:-2] != b[:-2] and [m[:3] for m in a[:-2]] == [m[:3] for m in b[:-2]]:  # the same members
+        out.append(f"{setting('teacher_own_size')} (store: {any(own(a))}, now: {any(own(b))})")
+    elif a[:-2] != b[:-2]:
         names = lambda t: ", ".join(f"{m.get('model')} {(m.get('checkpoint_sha256') or m.get('weights') or '')[:12]}"  # noqa: E731
                                     for m in t.get("members") or [t])
         out.append(f"teacher (store: {names(old.teacher)}, now: {names(new.teacher)})")
@@ -212,6 +216,8 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
     if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
         raise ConfigError(f"{setting('img_size')} must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
                         f"leave it out for the teacher's own size")
+    if not (isinstance(cfg.claim_lease, (int, float)) and 1 <= cfg.claim_lease < float("inf")):
+        raise ConfigError(f"{setting('claim_lease')} must be at least 1 second (got {cfg.claim_lease})")
     if cfg.read_retries < 1:
         raise ConfigError(f"{setting('read_retries')} must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
@@ -240,7 +246,7 @@ def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
         raise ConfigError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
                         f"Use the same settings to resume, or another {setting('out')}")
     store.remove_partials()  # temp files of writes a crash cut short
-    store.remove_stale_claims()  # claims of writers that died
+    store.remove_stale_claims(cfg.claim_lease, force=cfg.repair)  # writers that died (repair: every claim)
     store.extend_views(header.views)
     return store
 
@@ -287,25 +293,54 @@ def _reset(store: LabelStore, shards: set[tuple[int, int]], dist: Dist) -> None:
 
 def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher,
                  dist: Dist) -> tuple[int, int, list[str]]:
-    """Compute this rank's share of the pending shards; returns (views, shards written, failures)."""
-    pending = store.pending_shards()
-    mine = [sh for sh in pending[dist.rank::dist.world] if store.claim(sh)]
-    busy = len(pending[dist.rank::dist.world]) - len(mine)
+    """Compute this rank's share of the pending shards a few at a time; returns (views, shards
+    written, failures). Claiming a round at a time (not all up front) lets two writers on one store
+    split the work; claims are kept alive while we work, so a killed writer's expire after the lease."""
+    mine = store.pending_shards()[dist.rank::dist.world]
+    h = store.header
+    per_shard = -(-min(h.samples_per_shard, h.num_samples) // recipe.mix_group)  # units (mix groups) in a shard
+    # Shards per round: enough units (mix groups) for every worker to have two; one ImageNet-sized shard
+    # (256 groups) is a round. A round ends with a drain, so rounds are no smaller than that.
+    per_round = max(1, -(-2 * max(1, cfg.workers) // per_shard))
+    src = source.index()
+    src_index = np.asarray([src[k] for k in store.keys], np.int64)
+    total = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
+    n_views, n_shards, failed, busy = 0, 0, [], 0
+    with (store.keep_claims_alive(max(0.05, cfg.claim_lease / 4)),
+          progress_bar(cfg.progress and dist.rank == 0, "generate", total, unit="views") as bar):
+        todo = list(mine)
+        while todo:
+            take = []
+            while todo and len(take) < per_round:
+                sh = todo.pop(0)
+                if not store.claim(sh, cfg.claim_lease):
+                    busy += 1
+                    bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
+                    continue
+                now = store.shard(sh.vb, sh.sb, int(store.done_views()[sh.vb, sh.sb]))  # another writer may be done
+                if now.done >= now.v1 - now.v0:
+                    store.release(sh)
+                    bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
+                    continue
+                bar.advance((now.done - sh.done) * (sh.s1 - sh.s0))
+                take.append(now)
+            if not take:
+                continue
+            try:
+                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, bar)
+            finally:
+                for sh in take:
+                    store.release(sh)
+            n_views, n_shards, failed = n_views + v, n_shards + n, failed + f
     if busy:
         log.warning("%d shard(s) are being computed by another process on this store; left to it "
                     "(rerun afterwards to check the store is complete)", busy)
-    try:
-        return _compute(cfg, recipe, source, store, teacher, dist, mine)
-    finally:
-        for sh in mine:
-            store.release(sh)
+    return n_views, n_shards, failed
 
 
 def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
-             mine: list[Shard]) -> tuple[int, int, list[str]]:
+             mine: list[Shard], src_index: np.ndarray, bar) -> tuple[int, int, list[str]]:
     h = store.header
-    src = source.index()
-    src_index = np.asarray([src[k] for k in store.keys], np.int64)
     sticky = (store.block_status() == STATUS_UNREADABLE).any(0)
     G = recipe.mix_group
     units = [_Unit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
@@ -314,50 +349,48 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
                         tries=max(1, cfg.read_retries), wait=cfg.retry_wait)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                         pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
-    total_views = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
     buffers: dict[tuple[int, int], _ShardBuffer] = {}
     n_views, n_shards, failed = 0, 0, []
-    with progress_bar(cfg.progress and dist.rank == 0, "generate", total_views, unit="views") as bar:
-        for sh, views, ok, pixels, bad in loader:
-            key = (sh.vb, sh.sb)
-            buf = buffers.get(key)
-            if buf is None:
-                buf = buffers[key] = _ShardBuffer(sh, h.topk)
-            if pixels is None:  # a read failed for good: nothing of this unit is labelled
-                buf.failed = buf.failed or f"{sh.name}, {bad}"
-                step = len(views) * len(ok)
-            else:
-                if len(bad):
-                    buf.status[bad - sh.s0] = STATUS_UNREADABLE
-                if len(ok) and buf.failed is None:
-                    try:
-                        idx, logp = teacher.topk(pixels.permute(0, 3, 1, 2), h.topk)
-                    except NonFiniteOutput as e:
-                        first = e.rows[0]
-                        raise NonFiniteOutput(e.rows, e.precision, where=(
-                            f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
-                            f"{views[first // len(ok)]}; {sh.name})")) from None
-                    idx = idx.cpu().numpy().reshape(len(views), len(ok), h.topk)
-                    logp = logp.cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
-                    vi = np.asarray(views) - sh.v0 - sh.done
-                    buf.index[vi[:, None], ok - sh.s0] = idx
-                    buf.logp[vi[:, None], ok - sh.s0] = logp
-                step = len(views) * (len(ok) + len(bad))
-            buf.left -= step
-            n_views += step
-            bar.advance(step)
-            if buf.left == 0:
-                del buffers[key]
-                if buf.failed is not None:
-                    failed.append(buf.failed)
-                    continue
+    for sh, views, ok, pixels, bad in loader:
+        key = (sh.vb, sh.sb)
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = _ShardBuffer(sh, h.topk)
+        if pixels is None:  # a read failed for good: nothing of this unit is labelled
+            buf.failed = buf.failed or f"{sh.name}, {bad}"
+            step = len(views) * len(ok)
+        else:
+            if len(bad):
+                buf.status[bad - sh.s0] = STATUS_UNREADABLE
+            if len(ok) and buf.failed is None:
                 try:
-                    store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
-                except OSError as e:  # disk full, quota, I/O error: the shard stays pending
-                    raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
-                                    f"free space and rerun to resume") from None
-                store.release(sh)
-                n_shards += 1
+                    idx, logp = teacher.topk(pixels.permute(0, 3, 1, 2), h.topk)
+                except NonFiniteOutput as e:
+                    first = e.rows[0]
+                    raise NonFiniteOutput(e.rows, e.precision, where=(
+                        f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
+                        f"{views[first // len(ok)]}; {sh.name})")) from None
+                idx = idx.cpu().numpy().reshape(len(views), len(ok), h.topk)
+                logp = logp.cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
+                vi = np.asarray(views) - sh.v0 - sh.done
+                buf.index[vi[:, None], ok - sh.s0] = idx
+                buf.logp[vi[:, None], ok - sh.s0] = logp
+            step = len(views) * (len(ok) + len(bad))
+        buf.left -= step
+        n_views += step
+        bar.advance(step)
+        if buf.left == 0:
+            del buffers[key]
+            if buf.failed is not None:
+                failed.append(buf.failed)
+                continue
+            try:
+                store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
+            except OSError as e:  # disk full, quota, I/O error: the shard stays pending
+                raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
+                                f"free space and rerun to resume") from None
+            store.release(sh)
+            n_shards += 1
     if buffers:
         raise RuntimeError(f"{len(buffers)} shard(s) were not completed; rerun to resume")
     return n_views, n_shards, failed

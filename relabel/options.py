@@ -15,7 +15,7 @@ GENERATE_SECTIONS = {
     "Data and store": ("data", "out", "views", "topk", "recipe", "seed", "img_size", "encoding", "samples_per_shard",
                        "views_per_shard", "repair", "class_map"),
     "Teacher": ("teacher", "teacher_checkpoint", "teacher_weight", "teacher_own_size", "precision", "compile"),
-    "Runtime": ("batch_size", "workers", "device", "read_retries", "retry_wait", "progress"),
+    "Runtime": ("batch_size", "workers", "device", "read_retries", "retry_wait", "claim_lease", "progress"),
 }
 
 # relabel.train.loop.TrainConfig's fields by topic

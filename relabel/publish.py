@@ -119,19 +119,27 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
                         unreadable=int((status == STATUS_UNREADABLE).sum()), shards_index=index,
                         recipe_digest=_recipe_digest(h.recipe))
     files[CARD_NAME] = card.encode()
-    return publish_files(dest, files, h.to_dict(), shards=SHARDS_DIR if shards else None,
-                         message=f"relabel publish: {h.teacher.get('model')} x {h.views} views",
-                         private=private, jobs=jobs, expected=expected)
+    damaged = st.check_shards()  # a store whose shards are not its own is not published as labels
+    if damaged:
+        raise UserError(f"{store}: {damaged[0]}; run relabel verify, then relabel generate "
+                        f"{setting('repair', True)} before publishing")
+    res = publish_files(dest, files, h.to_dict(), shards=SHARDS_DIR if shards else None,
+                        message=f"relabel publish: {h.teacher.get('model')} x {h.views} views",
+                        private=private, jobs=jobs, expected=expected)
+    res.digest = st.label_set_digest() if st.sealed else None
+    return res
 
 
-def pull(src: str, dest: str, views: str | None = None, shards: bool | None = None, jobs: int = 8):
+def pull(src: str, dest: str, views: str | None = None, shards: bool | None = None, jobs: int = 8,
+         expect: str | None = None):
     """Download and check a published store; returns ``relabel.storage.publish.PullResult``.
 
+    ``expect``: the label-set digest publish printed; any other label set is refused.
     A pull cut short is resumed by the same call; until then DEST is no store (see storage/publish.py)."""
     from relabel.storage import LabelStore
     from relabel.storage.publish import pull_files
 
-    res = pull_files(src, dest, views=views, shards=shards, jobs=jobs)
+    res = pull_files(src, dest, views=views, shards=shards, jobs=jobs, expect=expect)
     LabelStore.open(res.dest)  # the copy must open; raises a UserError if not
     return res
 
@@ -175,6 +183,8 @@ def publish_command(
         _say(f"deleted stale {rel}")
     typer.echo(f"published to {dest}: uploaded {len(r.uploaded)} file(s) ({r.uploaded_bytes:,} bytes), "
                f"{len(r.unchanged)} unchanged, {len(r.deleted)} deleted; {r.total_bytes:,} bytes in all")
+    if r.digest:
+        typer.echo(f"label-set digest {r.digest} (pin it: relabel pull {dest} DEST --expect {r.digest})")
 
 
 def pull_command(
@@ -185,9 +195,12 @@ def pull_command(
     shards: Optional[bool] = typer.Option(None, "--shards/--no-shards", help="Also fetch the webdataset shards "
                                           "(default: yes, unless --views picks a subset)."),
     jobs: int = typer.Option(8, "--jobs", help="Parallel downloads."),
+    expect: Optional[str] = typer.Option(None, "--expect", help="Refuse any label set but this one: the label-set "
+                                         "digest 'relabel publish' printed."),
 ):
     """Download a published label store and check every file's sha256 against its manifest."""
-    r = pull(src, dest, views=views, shards=shards, jobs=jobs)
+    r = pull(src, dest, views=views, shards=shards, jobs=jobs, expect=expect)
     part = f", views {r.views[0]}-{r.views[1] - 1} only" if r.views else ""
+    sealed = f"; label-set digest {r.digest}" + (" (as expected)" if expect else "") if r.digest else ""
     typer.echo(f"pulled {src} -> {dest}: fetched {len(r.fetched)} file(s) ({r.fetched_bytes:,} bytes), "
-               f"{len(r.reused)} already present, {len(r.skipped)} not needed{part}; all sha256 OK")
+               f"{len(r.reused)} already present, {len(r.skipped)} not needed{part}; all sha256 OK{sealed}")

@@ -68,7 +68,10 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     h = store.header
     rep = VerifyReport()
     rep.pending_shards = len(store.pending_shards())
-    rep.damaged = store.check_shards()
+    rep.damaged = store.check_shards()  # files, checksums, and each shard's seal (its store and place)
+    if not store.sealed:
+        rep.notes.append(f"store schema {h.schema_version} has no shard seals: a shard copied from another store "
+                         f"or moved within this one cannot be told apart (regenerate with this relabel to seal them)")
     source = open_source(data)
     missing = [k for k in store.keys if k not in source.index()]
     if missing:
@@ -100,7 +103,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
         rep.notes.append("no readable samples to recompute")
         return rep
     pos = rng.choice(cand_p, size=samples)
-    views = rng.integers(0, h.views, size=samples)
+    views = rng.integers(*store.held_views, size=samples)  # a pulled range of views holds only those
     keep = done[views // h.views_per_shard, pos // h.samples_per_shard] > views % h.views_per_shard
     damaged = {(d.shard.vb, d.shard.sb) for d in rep.damaged}
     keep &= [(int(v) // h.views_per_shard, int(p) // h.samples_per_shard) not in damaged for p, v in zip(pos, views)]

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from relabel.storage.errors import UserError
+from relabel.storage.order import store_order  # noqa: F401  (the store order is part of the view contract)
 
 from .randaug import OpParams, RandAugmentConfig, apply_ops, parse_randaugment, sample_ops
 from .rng import CounterRNG, derive_key
@@ -369,11 +370,3 @@ class ViewRenderer:
     def render(self, key: str, view: int, img: Image.Image) -> np.ndarray:
         return render_view(img, self.params(key, view, img), self.recipe, self.size,
                            erase_seed=(self.recipe.digest, self.seed, key, view))
-
-
-def store_order(keys: list[str], seed: int) -> list[str]:
-    """The store's sample order: a seeded shuffle of the sorted keys (so mix groups are random)."""
-    keys = sorted(keys)
-    perm = np.argsort(np.frombuffer(b"".join(
-        hashlib.blake2b(f"{seed}\0{k}".encode(), digest_size=8).digest() for k in keys), dtype="<u8"), kind="stable")
-    return [keys[i] for i in perm]

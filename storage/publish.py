@@ -26,16 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import UserError, setting
+from .errors import ConfigError, StoreError, UserError, setting
 from .hashing import sha256_bytes, sha256_file
 from .manifest import MANIFEST_NAME, SHARDS_DIR, build_manifest, check_relpath, dump_manifest, is_int, parse_manifest
 from .paths import is_inside
 from .pull_marker import PULL_MARKER, PULL_ROOT_META, unfinished_pull
 from .remotes import Remote, open_remote, remote_error
-from .store import trim_views, view_block_of
+from .store import LabelStore, trim_views, view_block_of
 
 
 # --------------------------------------------------------------------------- publish
@@ -47,6 +48,7 @@ class PublishResult:
     deleted: list[str] = field(default_factory=list)
     uploaded_bytes: int = 0
     total_bytes: int = 0
+    digest: str | None = None  # the label-set digest (``LabelStore.label_set_digest``) a puller can pin
 
 
 def publish_files(dest: str, files: dict[str, str | bytes], store_header: dict, shards: str | None = None,
@@ -133,7 +135,8 @@ class PullResult:
     reused: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     fetched_bytes: int = 0
-    views: tuple[int, int] | None = None
+    views: tuple[int, int] | None = None  # the views the copy holds (whole view blocks), None: all
+    digest: str | None = None  # the published label set's digest (schema 3 and later)
 
 
 def _download(remote: Remote, rel: str, dst: str, size: int, sha: str) -> int:
@@ -187,6 +190,28 @@ def _pull_header(header, src: str, need_blocks: bool) -> tuple[int, int]:
     return views, vps
 
 
+def _check_label_set(dest: str, src: str, blocks: range | None, expect: str | None) -> str | None:
+    """Every fetched shard is this store's shard for its place, and the whole label set is the one
+    expected. Raises before the pull is finished, so DEST stays an unfinished pull, never a store."""
+    st = LabelStore._open(dest)
+    if not st.sealed:
+        if expect:
+            raise StoreError(f"{src}: the published store has schema {st.header.schema_version}, which has no "
+                             f"label-set digest; {setting('expect')} cannot be checked (ask the publisher to regenerate "
+                             f"and republish)")
+        return None
+    damaged = st.check_shards([sh for sh in st.shards() if blocks is None or sh.vb in blocks])
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise StoreError(f"{src}: {damaged[0]}{more}: the published files do not belong together although each "
+                         f"matches manifest.json; ask the publisher to verify and republish")
+    digest = st.label_set_digest()
+    if expect and digest != expect.strip().lower():
+        raise StoreError(f"{src}: label-set digest {digest} is not the expected {expect.strip().lower()}: these are "
+                         f"other labels than the ones pinned (republished, or another store); nothing was kept as a store")
+    return digest
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     with open(path + ".partial", "wb") as f:
         f.write(data)
@@ -194,12 +219,18 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def pull_files(src: str, dest: str, views: str | None = None, shards: bool | None = None,
-               jobs: int = 8) -> PullResult:
+               jobs: int = 8, expect: str | None = None) -> PullResult:
     """Download a published store into the local folder ``dest`` and check every file.
 
     Resumable: a pull cut short leaves its marker, and the same command again keeps every file
     whose sha256 matches and fetches the rest. Until it finishes the copy is not a zarr group.
+    The manifest only says the files arrived as published; each fetched shard is also checked
+    against its seal (its store and place), and ``expect`` (a label-set digest, as publish prints
+    it) refuses any other label set.
     """
+    if expect is not None and not re.fullmatch(r"[0-9a-f]{64}", expect.strip().lower()):
+        raise ConfigError(f"{setting('expect')} {expect!r}: give the 64-hex-digit label-set digest that "
+                          f"'relabel publish' printed")
     if "://" in str(dest):
         raise UserError(f"{dest}: pull writes to a local folder")
     dest = os.path.abspath(dest)
@@ -276,8 +307,11 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
         raise UserError(f"{errors[0]}{more}; rerun the same pull to resume")
     if os.path.isfile(stash):
         os.replace(stash, root_meta)
+    res.digest = _check_label_set(dest, src, blocks, expect)
     if rng is not None:
         trim_views(dest, rng, src, total_views)
+        vps = _pull_header(header, src, need_blocks=True)[1]
+        res.views = (rng[0] // vps * vps, rng[1])  # whole view blocks: the first held view can lie below A
     _write_atomic(os.path.join(dest, MANIFEST_NAME), raw)
     _rm(os.path.join(dest, PULL_MARKER))
     return res

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import UserError
+from .errors import StoreError, UserError
 from .paths import read_regular
 
 PULL_MARKER = ".relabel-pull.json"  # present while a pull into this folder is unfinished
@@ -32,7 +32,7 @@ def refuse_unfinished_pull(path: str) -> None:
     """One line instead of reading half a pull (the store's zarr.json is not in place yet)."""
     m = unfinished_pull(path)
     if m is not None:
-        raise UserError(f"{path}: an unfinished 'relabel pull' from {m['source']}; rerun "
+        raise StoreError(f"{path}: an unfinished 'relabel pull' from {m['source']}; rerun "
                         f"'relabel pull {m['source']} {path}' to finish it")
 
 

@@ -10,30 +10,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
 import shutil
 import socket
+import threading
+import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .encoding import ValueEncoding, index_dtype
 from .errors import StoreError, UserError, setting
+from .order import first_out_of_order
 
 # 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
-SCHEMA_VERSION = 2
+# 3: `seals`, each written shard bound to its store's identity and its place.
+SCHEMA_VERSION = 3
 FORMAT_NAME = "relabel-labels"
 
 STATUS_PENDING, STATUS_OK, STATUS_UNREADABLE = 0, 1, 2
 LABEL_ARRAYS = ("topk_index", "topk_logp")
 CLAIMS_DIR = ".claims"  # <vb>.<sb>: "<host> <pid>" of the process computing that shard (local stores)
+CLAIM_LEASE = 60.0  # seconds: a claim whose file was not touched for this long is stale, whoever holds it
+SEAL_ARRAY = "seals"
+# Header fields that do not change what a label is: the view count grows, the writer and the decode
+# environment are notes. Everything else is the store's identity, which every shard's seal names.
+_NOT_IDENTITY = ("views", "writer", "replay_check")
 REPAIR_HINT = f"rerun generate {setting('repair', True)} with the same data and settings to rebuild it"
 
 
@@ -100,6 +111,23 @@ class StoreHeader:
     @property
     def index_dtype(self) -> np.dtype:
         return index_dtype(self.num_classes)
+
+    @property
+    def identity(self) -> str:
+        """sha256 over what decides the labels (teacher, recipe, data, layout; not the view count or
+        the device the teacher ran on): two stores share it exactly when their shards are interchangeable."""
+        d = self.to_dict()
+        for k in _NOT_IDENTITY:
+            d.pop(k, None)
+
+        def strip(t: dict) -> dict:
+            t = {k: v for k, v in t.items() if k != "device_type"}
+            if isinstance(t.get("members"), list):
+                t["members"] = [strip(m) if isinstance(m, dict) else m for m in t["members"]]
+            return t
+
+        d["teacher"] = strip(dict(d["teacher"]))
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @property
     def n_sample_blocks(self) -> int:
@@ -232,6 +260,8 @@ class LabelStore:
         # View blocks found complete and present; a read-only store cannot lose them while open.
         self._ready_blocks: set[int] = set()
         self._checked_views: set[int] = set()  # views whose rows were checked (read-only stores)
+        self._sealed: set[tuple[int, int, int]] = set()  # (vb, sb, done) whose seal this process checked
+        self._held: set[str] = set()  # claim files this process holds (kept alive by keep_claims_alive)
 
     # ---------------------------------------------------------------- create / open
     @classmethod
@@ -244,6 +274,8 @@ class LabelStore:
             raise ValueError("one key per sample")
         if any("\n" in k for k in keys):
             raise StoreError("sample keys must not contain newlines")
+        if first_out_of_order(list(keys), header.seed) is not None:  # what `keys` checks on every open
+            raise ValueError("keys must be in the store's order: pass relabel.storage.order.store_order(keys, seed)")
         if _is_remote(path):
             return cls._build(path, header, keys)
         # Built beside its place under a name of its own and renamed in, so a crash never leaves a
@@ -284,6 +316,10 @@ class LabelStore:
         g.create_array("done", shape=(header.n_view_blocks, header.n_sample_blocks), dtype=np.uint16,
                        chunks=(1, 1), fill_value=0, compressors=[Crc32cCodec()],
                        dimension_names=("view_block", "sample_block"))
+        if header.schema_version >= 3:  # one seal per shard, written with it (see LabelStore.seal)
+            g.create_array(SEAL_ARRAY, shape=(header.n_view_blocks, header.n_sample_blocks, 32), dtype=np.uint8,
+                           chunks=(1, 1, 32), fill_value=0, compressors=[Crc32cCodec()],
+                           dimension_names=("view_block", "sample_block", "byte"))
         blob = np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
         ka = g.create_array("keys", shape=blob.shape, dtype=np.uint8, chunks=(max(1, min(len(blob), 1 << 24)),),
                             compressors=[ZstdCodec(level=9), Crc32cCodec()], fill_value=0)
@@ -301,6 +337,11 @@ class LabelStore:
         from .pull_marker import refuse_unfinished_pull
 
         refuse_unfinished_pull(path)  # half a pull is no store: say how to finish it
+        return cls._open(path, mode)
+
+    @classmethod
+    def _open(cls, path: str, mode: str = "r") -> "LabelStore":
+        """``open`` without the unfinished-pull check: for the pull itself, checking what it fetched."""
         try:
             g = zarr.open_group(path, mode=mode, zarr_format=3)
             attrs = dict(g.attrs)
@@ -346,6 +387,8 @@ class LabelStore:
                   "done": ((h.n_view_blocks, h.n_sample_blocks), np.dtype(np.uint16)),
                   "status": ((h.n_view_blocks, N) if h.schema_version >= 2 else (N,), np.dtype(np.uint8)),
                   "keys": (None, np.dtype(np.uint8))}
+        if h.schema_version >= 3:
+            expect[SEAL_ARRAY] = ((h.n_view_blocks, h.n_sample_blocks, 32), np.dtype(np.uint8))
         for name, (shape, dtype) in expect.items():
             a = self._array(name)
             if (shape is not None and tuple(a.shape) != shape) or a.dtype != dtype:
@@ -387,7 +430,7 @@ class LabelStore:
                 shutil.copyfile(os.path.join(ref, "zarr.json"), os.path.join(path, "zarr.json"))
                 did.append("rebuilt the store header (zarr.json) from the command's settings")
             g = zarr.open_group(path, mode="r+", zarr_format=3)
-            for name in (*LABEL_ARRAYS, "status", "done", "keys"):
+            for name in (*LABEL_ARRAYS, "status", "done", "keys") + ((SEAL_ARRAY,) if header.schema_version >= 3 else ()):
                 try:
                     g[name]
                 except Exception:
@@ -428,6 +471,11 @@ class LabelStore:
         if len(keys) != self.header.num_samples or len(set(keys)) != len(keys):
             raise StoreError(f"{self.path}: the keys array holds {len(keys)} keys ({len(set(keys))} distinct) for "
                             f"{self.header.num_samples} samples; {REPAIR_HINT}")
+        bad = first_out_of_order(keys, self.header.seed)  # labels sit at positions: an edited order moves them
+        if bad is not None:
+            raise StoreError(f"{self.path}: the keys array is not in the store's order (first out of place: position "
+                            f"{bad}, {keys[bad]!r}): it was edited, and its images would get other images' labels; "
+                            f"{REPAIR_HINT}")
         return keys
 
     @cached_property
@@ -453,8 +501,23 @@ class LabelStore:
         done = self.done_views()
         return [self.shard(vb, sb, int(done[vb, sb])) for vb in range(done.shape[0]) for sb in range(done.shape[1])]
 
+    @cached_property
+    def held_views(self) -> tuple[int, int]:
+        """The views [a, b) this store holds or is to hold: all of them, except in a pull of a range of
+        views, whose view blocks below the range were never fetched (they are absent, not pending)."""
+        pulled = self.group.attrs.get("relabel_pull")
+        a = 0
+        if isinstance(pulled, dict) and isinstance(pulled.get("views"), list) and pulled["views"]:
+            try:
+                a = max(0, min(int(pulled["views"][0]), self.header.views - 1))
+            except (TypeError, ValueError):
+                a = 0
+        vps = self.header.views_per_shard
+        return a // vps * vps, self.header.views
+
     def pending_shards(self) -> list[Shard]:
-        return [s for s in self.shards() if s.done < s.v1 - s.v0]
+        first_vb = self.held_views[0] // self.header.views_per_shard
+        return [s for s in self.shards() if s.done < s.v1 - s.v0 and s.vb >= first_vb]
 
     @property
     def complete(self) -> bool:
@@ -483,6 +546,10 @@ class LabelStore:
             self.group[name].with_config({"write_empty_chunks": True})[a:b, shard.s0:shard.s1] = values
         st = self.group["status"].with_config({"write_empty_chunks": True})
         st[shard.vb, shard.s0:shard.s1] = status.astype(np.uint8, copy=False)
+        if self.sealed:  # after its files, before `done`: a shard marked done always has its seal
+            written = replace(shard, done=b - shard.v0)
+            self.group[SEAL_ARRAY][shard.vb, shard.sb] = np.frombuffer(self.seal(written), np.uint8)
+            self._sealed.add((shard.vb, shard.sb, written.done))
         self.group["done"][shard.vb, shard.sb] = b - shard.v0
 
     def extend_views(self, views: int) -> None:
@@ -502,6 +569,8 @@ class LabelStore:
                     arr = g[name]
                     arr.resize((views, *arr.shape[1:]))
                 g["done"].resize((h.n_view_blocks, h.n_sample_blocks))
+                if h.schema_version >= 3:
+                    g[SEAL_ARRAY].resize((h.n_view_blocks, h.n_sample_blocks, 32))
                 if h.schema_version >= 2:
                     g["status"].resize((h.n_view_blocks, h.num_samples))
                 g.attrs["relabel"] = h.to_dict()
@@ -597,6 +666,7 @@ class LabelStore:
                                 f"(first: {self.shard(vb, gone[0]).name}); finish 'relabel generate' first")
             shards = [self.shard(vb, sb, int(done[sb])) for sb in range(h.n_sample_blocks)]
             self._check_present(shards)
+            self._require_seals(shards)
             if self.group.read_only and all(sh.done == sh.v1 - sh.v0 for sh in shards):
                 self._ready_blocks.add(vb)
         names = lambda: ", ".join(d.file for d in self.check_shards(  # noqa: E731
@@ -635,8 +705,9 @@ class LabelStore:
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
         sel = (slice(shard.v0, shard.v1), slice(shard.s0, shard.s1))
         nd = int(self._read("done", (shard.vb, shard.sb), lambda: "the done array"))  # one chunk, not all
-        if nd:  # written: its files must be there
+        if nd:  # written: its files must be there, and be the ones this store wrote there
             self._check_present([shard])
+            self._require_seals([replace(shard, done=nd)])
         idx, lp = self._read_labels(sel, lambda: shard.name)
         idx, lp = idx.astype(np.int64), self.header.encoding.decode(lp)
         rows = (shard.vb, slice(shard.s0, shard.s1)) if self.header.schema_version >= 2 else slice(shard.s0, shard.s1)
@@ -683,58 +754,159 @@ class LabelStore:
                     np.asarray(self.group[name][sel])
                 except Exception as e:
                     bad.append(ShardDamage(sh, key, f"unreadable ({type(e).__name__}: {str(e)[:80]}) in {sh.name}"))
+            if not bad or bad[-1].shard != sh:
+                problem = self.check_seal(sh)
+                if problem:
+                    bad.append(ShardDamage(sh, sh.name, problem))
         return bad
 
+    # ---------------------------------------------------------------- seals
+    @property
+    def sealed(self) -> bool:
+        """Schema 3 and later bind every written shard to the store and its place."""
+        return self.header.schema_version >= 3
+
+    def _file_sha(self, key: str) -> bytes:
+        full = f"{self.group.path}/{key}".lstrip("/")
+        buf = sync(self.group.store.get(full, prototype=default_buffer_prototype()))
+        return hashlib.sha256(b"" if buf is None else buf.to_bytes()).digest()
+
+    def seal(self, sh: Shard) -> bytes:
+        """sha256 over the store's identity, the shard's place (view block, sample block, views done)
+        and the bytes of each of its files. Checksums say a file is intact; the seal says it is this
+        store's file for this place, so a shard copied from another store (an rsync of two machines'
+        outputs into one folder) or moved within this one is refused instead of trained on."""
+        d = hashlib.sha256(f"relabel-seal-1\0{self.header.identity}\0{sh.vb}\0{sh.sb}\0{sh.done}\0".encode())
+        for key in self._shard_files(sh):
+            d.update(self._file_sha(key))
+        return d.digest()
+
+    def check_seal(self, sh: Shard) -> str | None:
+        """None when a written shard's files are the ones this store wrote at its place; else the problem."""
+        if not self.sealed or sh.done == 0:
+            return None
+        try:
+            stored = np.asarray(self.group[SEAL_ARRAY][sh.vb, sh.sb], dtype=np.uint8).tobytes()
+        except Exception as e:
+            return f"its seal ({SEAL_ARRAY}/c/{sh.vb}/{sh.sb}/0) is unreadable ({type(e).__name__})"
+        if stored == bytes(32):
+            return "it is marked done but has no seal (its files were not written by this store)"
+        if stored != self.seal(sh):
+            return ("its files are not the ones this store wrote at this place (copied from another store, or "
+                    "moved within this one)")
+        return None
+
+    def _require_seals(self, shards: list[Shard]) -> None:
+        for sh in shards:
+            if not sh.done or (sh.vb, sh.sb, sh.done) in self._sealed:
+                continue
+            if self.check_seal(sh):  # damaged bytes or a foreign shard: name which
+                d = self.check_shards([sh])[0]
+                what = f"{sh.name}: {d.problem}" if d.file == sh.name else f"label data is damaged in {d}"
+                raise StoreError(f"{self.path}: {what}; run relabel verify, then relabel generate "
+                                 f"{setting('repair', True)} to recompute it")
+            self._sealed.add((sh.vb, sh.sb, sh.done))
+
+    def label_set_digest(self) -> str:
+        """One sha256 for the whole label set: the identity, the view count and every shard's seal.
+        Published with the store; ``pull(expect=...)`` refuses any other set."""
+        d = hashlib.sha256(f"relabel-labels-1\0{self.header.identity}\0{self.header.views}\0".encode())
+        seals = np.asarray(self._array(SEAL_ARRAY)[:], dtype=np.uint8)
+        done = self.done_views()
+        for vb in range(done.shape[0]):
+            for sb in range(done.shape[1]):
+                d.update(f"{vb},{sb},{int(done[vb, sb])};".encode())
+                d.update(seals[vb, sb].tobytes())
+        return d.hexdigest()
+
     # ---------------------------------------------------------------- claims
-    def claim(self, sh: Shard) -> bool:
+    # A claim is a file .claims/<vb>.<sb> holding "<host> <pid>", kept alive by its holder touching it
+    # (keep_claims_alive). It is stale when it was not touched for `lease` seconds, whatever host or
+    # PID it names (a preempted node, a new container, a reused PID), or at once when it names a dead
+    # process on this host. Remote stores have no claims.
+    def _claim_path(self, sh: Shard) -> str:
+        return os.path.join(self.path, CLAIMS_DIR, f"{sh.vb}.{sh.sb}")
+
+    @staticmethod
+    def _claim_stale(path: str, lease: float) -> bool:
+        try:
+            age = time.time() - os.stat(path).st_mtime
+            host, pid = open(path).read().split()
+            pid_n = int(pid)
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return True  # unreadable or torn: nobody can be shown to hold it
+        if age > lease:
+            return True
+        return host == socket.gethostname() and pid_n != os.getpid() and not _pid_alive(pid_n)
+
+    def claim(self, sh: Shard, lease: float = CLAIM_LEASE, force: bool = False) -> bool:
         """Claim a shard for this process before computing it, so two writers on one store split the
-        work instead of both computing every shard. False: a live process on this host holds it.
-        A claim whose process is gone (a crash, kill -9) is taken over. Remote stores: no claims."""
+        work. False: another process holds a live claim. A stale claim (see above) is taken over;
+        ``force`` takes over any claim (``generate --repair``)."""
         if _is_remote(self.path):
             return True
-        d = os.path.join(self.path, CLAIMS_DIR)
-        os.makedirs(d, exist_ok=True)
-        path, me = os.path.join(d, f"{sh.vb}.{sh.sb}"), f"{socket.gethostname()} {os.getpid()}"
+        os.makedirs(os.path.join(self.path, CLAIMS_DIR), exist_ok=True)
+        path, me = self._claim_path(sh), f"{socket.gethostname()} {os.getpid()}"
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                host, pid = open(path).read().split()
-            except (OSError, ValueError):
-                host, pid = "", "0"
-            if f"{host} {pid}" != me and not (host == socket.gethostname() and not _pid_alive(int(pid))):
+                mine = open(path).read().strip() == me
+            except OSError:
+                mine = False
+            if not (mine or force or self._claim_stale(path, lease)):
                 return False
-            tmp = f"{path}.{os.getpid()}"
+            tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
             with open(tmp, "w") as f:
                 f.write(me)
             os.replace(tmp, path)
-            return True
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+        self._held.add(path)
         return True
 
-    def remove_stale_claims(self) -> int:
-        """Delete claims whose process (on this host) is gone; returns how many."""
+    @contextlib.contextmanager
+    def keep_claims_alive(self, every: float):
+        """Touch this process's claims every ``every`` seconds while the block runs (a daemon thread)."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(every):
+                for path in list(self._held):
+                    with contextlib.suppress(OSError):
+                        os.utime(path)
+
+        t = threading.Thread(target=beat, name="relabel-claims", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
+    def remove_stale_claims(self, lease: float = CLAIM_LEASE, force: bool = False) -> int:
+        """Delete stale claims (all of them with ``force``); returns how many."""
         d = os.path.join(self.path, CLAIMS_DIR)
         if _is_remote(self.path) or not os.path.isdir(d):
             return 0
         n = 0
         for name in os.listdir(d):
-            try:
-                host, pid = open(os.path.join(d, name)).read().split()
-                stale = host == socket.gethostname() and not _pid_alive(int(pid))
-            except (OSError, ValueError):
-                stale = True
-            if stale:
+            path = os.path.join(d, name)
+            if force or self._claim_stale(path, lease):
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(d, name))
+                    os.remove(path)
                 n += 1
         return n
 
     def release(self, sh: Shard) -> None:
         if not _is_remote(self.path):
+            path = self._claim_path(sh)
+            self._held.discard(path)
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(self.path, CLAIMS_DIR, f"{sh.vb}.{sh.sb}"))
+                os.remove(path)
 
     def remove_partials(self) -> int:
         """Delete the temporary files (``<name>.<uuid>.partial``) a killed writer left; returns how many."""
@@ -783,6 +955,7 @@ class LabelStore:
             "path": self.path,
             "num_samples": h.num_samples,
             "views": h.views,
+            "held_views": list(self.held_views),
             "topk": h.topk,
             "num_classes": h.num_classes,
             "teacher": h.teacher,
@@ -799,16 +972,18 @@ class LabelStore:
             "label_bytes_per_view": self.label_bytes() / (h.num_samples * h.views),
             "schema_version": h.schema_version,
             "writer": h.writer,
+            "label_set_digest": self.label_set_digest() if self.sealed else None,
         }
 
 
 # ---------------------------------------------------------------- store files by view block, pulled subsets
 def view_block_of(rel: str) -> int | None:
     """The view block a store file belongs to, from its chunk key: a label shard
-    (``topk_index|topk_logp/c/<view_block>/<sample_block>/0``) or a ``done`` or (schema 2) ``status``
-    chunk (``done|status/c/<view_block>/<sample_block>``); None for files every view needs."""
+    (``topk_index|topk_logp/c/<view_block>/<sample_block>/0``) or a (schema 2) ``status`` chunk
+    (``status/c/<view_block>/<sample_block>``); None for files every view needs. ``done`` and
+    ``seals`` chunks are tiny and make up the label-set digest, so a pull of some views takes all."""
     parts = rel.split("/")
-    if (len(parts) == 5 and parts[0] in LABEL_ARRAYS) or (len(parts) == 4 and parts[0] in ("done", "status")):
+    if (len(parts) == 5 and parts[0] in LABEL_ARRAYS) or (len(parts) == 4 and parts[0] == "status"):
         if parts[1] == "c" and all(p.isdecimal() for p in parts[2:]):
             return int(parts[2])
     return None
@@ -844,6 +1019,8 @@ def _trim_views(path: str, views: tuple[int, int], source: str, total_views: int
     done[:] = d.astype(done.dtype)
     if g["status"].ndim == 2:  # schema 2: one status row per view block
         g["status"].resize((nvb, g["status"].shape[1]))
+    if SEAL_ARRAY in g:
+        g[SEAL_ARRAY].resize((nvb, *g[SEAL_ARRAY].shape[1:]))
     h["views"] = b
     g.attrs["relabel"] = h
     g.attrs["relabel_pull"] = {"source": source, "views": [a, b], "published_views": total_views}

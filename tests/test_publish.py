@@ -293,10 +293,11 @@ def test_pull_subset_of_views(built, tmp_path):
     print("\n" + full.stdout.strip() + "\n" + part.stdout.strip())
     n_all = sum(1 for p in (tmp_path / "all").rglob("*") if p.is_file())
     n_two = sum(1 for p in (tmp_path / "two").rglob("*") if p.is_file())
-    # view block 1: topk_index + topk_logp shard files, its done chunk and (schema 2) its status chunk
-    block1 = [p for a in ("topk_index", "topk_logp", "done", "status") for p in (tmp_path / "all" / a / "c" / "1").rglob("*")
+    # view block 1: topk_index + topk_logp shard files and its status chunk (done and seals: always fetched)
+    block1 = [p for a in ("topk_index", "topk_logp", "status") for p in (tmp_path / "all" / a / "c" / "1").rglob("*")
               if p.is_file()]
-    assert len(block1) >= 3 and n_two == n_all - len(block1)
+    # (trimming to 2 views then drops block 1's done and seal chunks too)
+    assert len(block1) == 3 and f"{len(block1)} not needed" in part.stdout and n_two == n_all - len(block1) - 2
     assert not (tmp_path / "two" / "topk_index" / "c" / "1").exists()
     st = LabelStore.open(tmp_path / "two")
     assert st.header.views == 2 and st.complete and st.group["topk_logp"].shape[0] == 2
@@ -305,9 +306,11 @@ def test_pull_subset_of_views(built, tmp_path):
         st.read_view(2)
     assert run_cli("info", tmp_path / "two").returncode == 0
     # a range: only view block 1 is fetched; block 0 stays pending in the copy
-    run_cli("pull", dest, tmp_path / "late", "--views", "3:4")
+    r = run_cli("pull", dest, tmp_path / "late", "--views", "3:4")
+    assert "views 2-3 only" in r.stdout  # what it holds: the whole view block 1
     late = LabelStore.open(tmp_path / "late")
     assert late.header.views == 4 and not (tmp_path / "late" / "topk_index" / "c" / "0").exists()
+    assert late.held_views == (2, 4) and late.complete and not late.pending_shards()
     _assert_same_views(built, late, views=[3])
     with pytest.raises(UserError):
         late.read_view(0)

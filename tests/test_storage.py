@@ -1,6 +1,7 @@
 """Image sources and the zarr label store, on real files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 
@@ -12,6 +13,7 @@ from conftest import folder_to_shards, make_imagefolder, run_cli
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
 from relabel.storage.encoding import ValueEncoding, index_dtype
 from relabel.storage.sources import fingerprint
+from relabel.storage.order import store_order
 from relabel.storage.store import STATUS_OK
 
 
@@ -80,7 +82,7 @@ def test_bad_sources(tmp_path):
 
 def test_roundtrip_labels_keys_header(tmp_path):
     h = _header()
-    keys = [f"cls/{i:04d}" for i in range(100)]
+    keys = store_order([f"cls/{i:04d}" for i in range(100)], h.seed)
     store = LabelStore.create(tmp_path / "s", h, keys)
     assert len(store.pending_shards()) == 3 * 4
     _fill(store)
@@ -96,9 +98,20 @@ def test_roundtrip_labels_keys_header(tmp_path):
     assert np.array_equal(v_idx, g_idx) and np.array_equal(v_lp, g_lp)
     # plain zarr reads it from FORMAT.md's description alone
     g = zarr.open_group(str(tmp_path / "s"), mode="r")
-    assert g.attrs["relabel"]["schema_version"] == 2 and g["status"].shape == (h.n_view_blocks, 100)
+    assert g.attrs["relabel"]["schema_version"] == 3 and g["status"].shape == (h.n_view_blocks, 100)
     assert bytes(g["keys"][:]).decode().split("\n") == keys
     assert np.array_equal(g["topk_index"][3], v_idx)
+    # ... and its seals, recomputed with hashlib as FORMAT.md writes them down
+    hd = dict(g.attrs["relabel"])
+    for name in ("views", "writer", "replay_check"):
+        hd.pop(name)
+    hd["teacher"] = {k: v for k, v in hd["teacher"].items() if k != "device_type"}
+    identity = hashlib.sha256(json.dumps(hd, sort_keys=True).encode()).hexdigest()
+    vb, sb, done = 1, 2, int(g["done"][1, 2])
+    seal = hashlib.sha256(f"relabel-seal-1\0{identity}\0{vb}\0{sb}\0{done}\0".encode())
+    for f in (f"topk_index/c/{vb}/{sb}/0", f"topk_logp/c/{vb}/{sb}/0", f"status/c/{vb}/{sb}"):
+        seal.update(hashlib.sha256((tmp_path / "s" / f).read_bytes()).digest())
+    assert bytes(g["seals"][vb, sb]) == seal.digest()
 
 
 def test_index_dtype_fits_any_class_count():
@@ -123,7 +136,7 @@ def _writer(path, shards):
 
 def test_two_processes_write_disjoint_shards(tmp_path):
     path = str(tmp_path / "s")
-    store = LabelStore.create(path, _header(), [f"k{i}" for i in range(100)])
+    store = LabelStore.create(path, _header(), store_order([f"k{i}" for i in range(100)], 0))
     all_ids = [(s.vb, s.sb) for s in store.pending_shards()]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, set(all_ids[r::2]))) for r in range(2)]
@@ -134,7 +147,7 @@ def test_two_processes_write_disjoint_shards(tmp_path):
         assert p.exitcode == 0
     back = LabelStore.open(path)
     assert back.complete and not back.check_shards()
-    ref = LabelStore.create(tmp_path / "ref", _header(), [f"k{i}" for i in range(100)])
+    ref = LabelStore.create(tmp_path / "ref", _header(), store_order([f"k{i}" for i in range(100)], 0))
     _fill(ref)
     for v in range(5):
         assert all(np.array_equal(a, b) for a, b in zip(back.read_view(v), ref.read_view(v)))
@@ -142,7 +155,7 @@ def test_two_processes_write_disjoint_shards(tmp_path):
 
 def test_resume_after_half_written(tmp_path):
     path = tmp_path / "s"
-    store = LabelStore.create(path, _header(), [f"k{i}" for i in range(100)])
+    store = LabelStore.create(path, _header(), store_order([f"k{i}" for i in range(100)], 0))
     first = store.pending_shards()
     _fill(store, first[:5])
     again = LabelStore.open(path, mode="r+")
@@ -151,11 +164,11 @@ def test_resume_after_half_written(tmp_path):
     _fill(again, left)
     assert LabelStore.open(path).complete
     with pytest.raises(UserError, match="not generated"):
-        LabelStore.create(tmp_path / "t", _header(), [f"k{i}" for i in range(100)]).read_view(0)
+        LabelStore.create(tmp_path / "t", _header(), store_order([f"k{i}" for i in range(100)], 0)).read_view(0)
 
 
 def test_extend_views_keeps_old(tmp_path):
-    store = LabelStore.create(tmp_path / "s", _header(views=3), [f"k{i}" for i in range(100)])
+    store = LabelStore.create(tmp_path / "s", _header(views=3), store_order([f"k{i}" for i in range(100)], 0))
     _fill(store)
     before = store.read_view(1)
     store.extend_views(6)
@@ -177,9 +190,9 @@ def test_bad_stores(tmp_path):
     zarr.open_group(str(tmp_path / "plain"), mode="w").attrs["x"] = 1
     with pytest.raises(UserError, match="not a relabel label store"):
         LabelStore.open(tmp_path / "plain")
-    LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
+    LabelStore.create(tmp_path / "s", _header(), store_order([f"k{i}" for i in range(100)], 0))
     with pytest.raises(UserError, match="already exists"):
-        LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
+        LabelStore.create(tmp_path / "s", _header(), store_order([f"k{i}" for i in range(100)], 0))
     assert LabelStore.open(tmp_path / "s").header.num_samples == 100  # untouched
     meta = tmp_path / "s" / "zarr.json"
     d = json.loads(meta.read_text())
@@ -195,7 +208,7 @@ def test_bad_stores(tmp_path):
 
 
 def test_damaged_shard_detected(tmp_path):
-    store = LabelStore.create(tmp_path / "s", _header(), [f"k{i}" for i in range(100)])
+    store = LabelStore.create(tmp_path / "s", _header(), store_order([f"k{i}" for i in range(100)], 0))
     _fill(store)
     f = tmp_path / "s" / "topk_logp" / "c" / "1" / "2" / "0"
     data = bytearray(f.read_bytes())

@@ -76,10 +76,13 @@ class TrainData:
         self.store = open_labels(labels) if labels else ViewPlan(self.source, img_size=img_size or 224, **plan)
         h = self.header = self.store.header
         self.repeats, self.fresh = repeats, fresh
-        if views_limit is not None and not 1 <= views_limit <= h.views:
-            raise ConfigError(f"{setting('views_limit', views_limit)}: {labels} holds {h.views} view(s) per sample; "
-                            f"use 1 to {h.views}")
-        self.views = views_limit or h.views  # stored views this run replays: the first `views`
+        # A pull of a range of views holds views [lo, hi) only; every other store all of them.
+        self.view_lo, hi = getattr(self.store, "held_views", (0, h.views))
+        held = hi - self.view_lo
+        if views_limit is not None and not 1 <= views_limit <= held:
+            raise ConfigError(f"{setting('views_limit', views_limit)}: {labels} holds {held} view(s) per sample; "
+                            f"use 1 to {held}")
+        self.views = views_limit or held  # stored views this run replays: the first `views` held
         if repeats > self.views and not fresh:
             raise ConfigError(f"{setting('aug_repeats', repeats)} shows each kept sample with {repeats} different "
                             f"views, but {setting('views_limit') + ' leaves' if views_limit else f'{labels} holds'} "
@@ -137,7 +140,7 @@ class TrainData:
             return [self.header.views + epoch * R + i for i in range(R)]
         if R > 1 and isinstance(self.store, ViewPlan):  # no store: every epoch R new views
             return [epoch * R + i for i in range(R)]
-        return views_for_epoch(seed, self.views, epoch, R)
+        return [self.view_lo + v for v in views_for_epoch(seed, self.views, epoch, R)]
 
     def _units(self, v: int, allowed: np.ndarray | None, rng: CounterRNG) -> tuple[np.ndarray, int | None, np.ndarray]:
         """Under view v, over the allowed positions: (units (U, 2) = mix pairs or two unpaired

@@ -128,9 +128,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 # Settings a resumed run must share with the checkpoint to continue the same run.
 # The schedule (epochs, lr, ...) is restored from the checkpoint, so a new value would be silently ignored.
+# The loss and the weight average are part of the run too: a preset or temperature given only on resume
+# would change them mid-run.
 _RESUME_KEYS = ("student", "mode", "seed", "batch_size", "img_size", "opt", "model_ema", "amp_dtype", "kd_target",
                 "aug_repeats", "views_limit", "topk_limit", "fresh_views", "epochs", "lr", "weight_decay",
-                "warmup_epochs", "warmup_lr", "min_lr")
+                "warmup_epochs", "warmup_lr", "min_lr", "preset", "kd_weight", "ce_weight", "smoothing",
+                "kd_temperature", "kd_renorm", "model_ema_decay", "model_ema_decay_batch", "model_ema_warmup",
+                "eval_crop_pct")
 
 
 def _validate(cfg: TrainConfig) -> None:

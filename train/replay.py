@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from relabel.models import Normalize
+from relabel.storage.errors import ConfigError, setting
 
 from .data import EpochBatchSampler, TrainData
 
@@ -61,6 +62,9 @@ class ReplayLoader:
                  rank: int | None = None, world: int | None = None, normalize_for=None, allow_subset: bool = False,
                  img_size: int | None = None, views_limit: int | None = None, aug_repeats: int = 1,
                  device: str | torch.device | None = None, allow_pixel_drift: bool = False):
+        for name, value, lo in (("batch_size", batch_size, 1), ("workers", workers, 0), ("aug_repeats", aug_repeats, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"{setting(name)} must be a whole number >= {lo} (got {value!r})")
         labels = getattr(labels, "path", labels)  # an opened store: replay reads it by path
         self.data = TrainData(data, str(labels), allow_subset=allow_subset, img_size=img_size,
                               views_limit=views_limit, repeats=aug_repeats, allow_drift=allow_pixel_drift)
@@ -68,7 +72,12 @@ class ReplayLoader:
         self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
         self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
         self.device = torch.device(device) if device is not None else None
+        if not (isinstance(self.world, int) and self.world >= 1 and isinstance(self.rank, int) and 0 <= self.rank < self.world):
+            raise ConfigError(f"{setting('rank')} {self.rank!r} of {setting('world')} {self.world!r}: need 0 <= rank < world")
         self.sampler = EpochBatchSampler(self.data, seed, batch_size, self.rank, self.world)
+        if len(self.sampler) == 0:  # a loop over no batches would fail far from here (loss.item() of nothing)
+            raise ConfigError(f"{setting('batch_size', batch_size)} x {self.world} process(es) is more than the "
+                              f"{self.data.matched} usable samples; use a smaller batch")
         gpu = self.device is not None and self.device.type == "cuda"
         self.loader = DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),
                                  num_workers=workers, pin_memory=gpu, persistent_workers=workers > 0,
