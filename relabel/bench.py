@@ -437,7 +437,8 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
 
     from .generate import GenerateConfig, ViewStream, _Unit, generate
     from .teacher import FunctionTeacher
-    from .views import RECIPES, ViewRenderer, store_order
+    from .models import pick_device
+    from .views import RECIPES, ViewRenderer, create_renderer, finish_batch, store_order
 
     folder = _photo_folder(Path(tmp) / "feed_images", cfg.feed_images)
     workers = sorted({1, cfg.workers}) if cfg.workers > 0 else [0]
@@ -447,20 +448,30 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     where = src.index()
     shard = Shard(0, 0, 0, nv, 0, n, 0)  # one shard block: every image decoded once for all its views
     units = [_Unit(shard, g0, min(g0 + recipe.mix_group, n)) for g0 in range(0, n, recipe.mix_group)]
-    stream = ViewStream(src, np.asarray([where[k] for k in keys], np.int64), ViewRenderer(recipe, 0, cfg.img_size),
-                        n, units, keys, batch_size=128)
+    dev = pick_device(cfg.device)
+    renderers = {"": create_renderer("pillow", ViewRenderer(recipe, 0, cfg.img_size)),  # workers render
+                 "torch_": create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))}  # the device renders
     contenders: dict[str, Callable] = {}
 
     def persistent(loader_kw: dict, w: int) -> DataLoader:
-        return DataLoader(**loader_kw, num_workers=w, persistent_workers=w > 0, prefetch_factor=4 if w else None)
+        return DataLoader(**loader_kw, num_workers=w, persistent_workers=w > 0, prefetch_factor=4 if w else None,
+                          pin_memory=dev.type == "cuda")
 
-    for w in workers:
-        loader = persistent(dict(dataset=stream, batch_size=None), w)
+    for tag, renderer in renderers.items():
+        stream = ViewStream(src, np.asarray([where[k] for k in keys], np.int64), renderer, n, units, keys,
+                            batch_size=128)
+        for w in workers:
+            loader = persistent(dict(dataset=stream, batch_size=None), w)
 
-        def stage1(loader=loader):
-            return sum(len(pix) for _, _, _, pix, _ in loader)  # pixels dropped
+            def stage1(loader=loader, renderer=renderer):
+                n_views = 0
+                for _, _, _, payload, _ in loader:  # pixels made on the device, then dropped
+                    n_views += len(finish_batch(renderer, payload, dev))
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                return n_views
 
-        contenders[f"stage1_w{w}"] = stage1
+            contenders[f"stage1_{tag}w{w}"] = stage1
 
     # stage two: a cached store of these images (a stub teacher: labels need no model here)
     store = os.path.join(tmp, "feed_labels")
@@ -470,27 +481,24 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
              teacher=FunctionTeacher(lambda px: px.float().mean((2, 3)) @ weights, 1000, "bench-feed-stub",
                                      input_size=cfg.img_size))
     batch = max(2, min(64, n // (2 * max(workers[-1], 1))) // 2 * 2)  # at least two batches per worker
-    for w in workers:
-        tcfg = TrainConfig(data=str(folder), labels=store, out=os.path.join(tmp, f"feed-run{w}"), student=cfg.student,
-                           mode="cached", epochs=2, batch_size=batch, img_size=cfg.img_size, device="cpu",
-                           workers=w, progress=False, log=False, warmup_epochs=0)
-        data, _ = build(tcfg)
-        made, sampler = make_loader(data, tcfg, torch.device("cpu"))
-        loader = persistent(dict(dataset=made.dataset, batch_sampler=made.batch_sampler, collate_fn=made.collate_fn,
-                                 generator=made.generator), w)
-        epoch = [0]
+    for tag, name in (("", "pillow"), ("torch_", "torch")):
+        for w in workers:
+            tcfg = TrainConfig(data=str(folder), labels=store, out=os.path.join(tmp, f"feed-run{tag}{w}"),
+                               student=cfg.student, mode="cached", epochs=2, batch_size=batch, img_size=cfg.img_size,
+                               device=str(dev), workers=w, progress=False, log=False, warmup_epochs=0, renderer=name)
+            data, _ = build(tcfg)
+            loader = make_loader(data, tcfg, dev)  # relabel train's own loader (persistent workers)
+            epoch = [0]
 
-        def stage2(data=data, loader=loader, sampler=sampler, epoch=epoch):
-            sampler.set_epoch(epoch[0] % 2)
-            epoch[0] += 1
-            labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
-            done = 0
-            for b in loader:
-                labels[0][b["positions"]], labels[1][b["positions"]]
-                done += len(b["positions"])
-            return done
+            def stage2(loader=loader, epoch=epoch):
+                loader.set_epoch(epoch[0] % 2)
+                epoch[0] += 1
+                done = sum(len(b["positions"]) for b in loader)  # pixels rendered, labels gathered
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                return done
 
-        contenders[f"stage2_w{w}"] = stage2
+            contenders[f"stage2_{tag}w{w}"] = stage2
     r = measure(contenders, cfg.repeats)
     per = {k: r[k]["median"] / max(1, int(k.rsplit("w", 1)[1])) for k in r}
     lo, hi = workers[0], workers[-1]
@@ -500,6 +508,9 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
             "stage2_img_per_s_all_workers": r[f"stage2_w{hi}"]["median"],
             "stage1_scaling": r[f"stage1_w{hi}"]["median"] / r[f"stage1_w{lo}"]["median"],
             "stage2_scaling": r[f"stage2_w{hi}"]["median"] / r[f"stage2_w{lo}"]["median"],
+            "stage1_torch_views_per_s_all_workers": r[f"stage1_torch_w{hi}"]["median"],
+            "stage2_torch_img_per_s_all_workers": r[f"stage2_torch_w{hi}"]["median"],
+            "torch_device": str(dev),
             "workers": workers, "images": n, "views_per_image_stage1": nv, "mean_jpeg_kib": mean_kb,
             "stage2_batch": batch, "detail": r}
 
@@ -537,9 +548,9 @@ def trainer_with_batches(cfg, batches: int = 1, epoch: int = 0):
     from relabel.train.loop import build, make_loader
 
     data, tr = build(cfg)
-    loader, sampler = make_loader(data, cfg, tr.device)
-    sampler.set_epoch(epoch)
-    tr.begin_epoch(epoch, sampler.views, len(sampler))
+    loader = make_loader(data, cfg, tr.device)
+    loader.set_epoch(epoch)
+    tr.begin_epoch(epoch, len(loader))
     it = iter(loader)
     return tr, [b for _, b in zip(range(batches), it)]
 
@@ -583,22 +594,15 @@ def bench_loader(cfg: BenchConfig, tmp: str) -> dict:
     for mode in ("supervised", "cached"):
         tcfg = _train_cfg(cfg, tmp, mode, workers=cfg.workers)
         data, tr = build(tcfg)
-        loader, sampler = make_loader(data, tcfg, torch.device("cpu"))
+        loader = make_loader(data, tcfg, torch.device("cpu"))  # cached: it gathers the epoch's labels too
         epoch = [0]
 
-        def run(data=data, loader=loader, sampler=sampler, mode=mode, epoch=epoch, epochs=12):
+        def run(data=data, loader=loader, epoch=epoch, epochs=12):
             n = 0
             for _ in range(epochs):  # long enough to time: the data set is small
-                sampler.set_epoch(epoch[0] % data.header.views)
+                loader.set_epoch(epoch[0] % data.header.views)
                 epoch[0] += 1
-                labels = None
-                if mode == "cached":
-                    labels = tuple(torch.from_numpy(a) for a in data.store.read_view(sampler.view))
-                for batch in loader:
-                    if labels is not None:
-                        pos = batch["positions"]
-                        labels[0][pos], labels[1][pos]
-                    n += len(batch["positions"])
+                n += sum(len(batch["positions"]) for batch in loader)
             return n
 
         contenders[mode] = run
@@ -716,7 +720,9 @@ _TARGETS = {  # (key, target, direction)
     "precision": [(f"{p}_{m}", None, "") for p in ("bf16", "fp16") for m in ("max_err", "mean_err", "vs_q8",
                                                                                "top1_agree")],
     "feed": [("stage1_views_per_s_per_worker", None, ""), ("stage1_scaling", None, ""),
-             ("stage2_img_per_s_per_worker", None, ""), ("stage2_scaling", None, "")],
+             ("stage2_img_per_s_per_worker", None, ""), ("stage2_scaling", None, ""),
+             ("stage1_views_per_s_all_workers", None, ""), ("stage1_torch_views_per_s_all_workers", None, ""),
+             ("stage2_img_per_s_all_workers", None, ""), ("stage2_torch_img_per_s_all_workers", None, "")],
     "sweep": [("cached_hours", None, ""), ("online_hours", None, ""), ("online_vs_cached", None, ""),
               ("break_even_student_epochs", None, "")],
 }

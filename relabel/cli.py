@@ -67,6 +67,7 @@ def generate(
                                             "'imagenet1k' (folders named by ImageNet synset)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher (faster on GPUs; the labels "
                                  "are the same within fp32 noise, and verify accepts them against eager)."),
+    renderer: str = typer.Option("auto", help="auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch (workers decode and cut the crop's region; the views render on the device). Both give the same bytes."),
     claim_lease: float = typer.Option(60.0, help="Seconds a shard claim stays valid without its writer refreshing "
                                       "it; then another run takes the shard over (a killed or preempted writer's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -121,12 +122,13 @@ def verify(store: str = typer.Argument(..., help="Label store."),
                                                         "ensemble member, in order)."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
            seed: int = typer.Option(0, help="Seed for picking the views."),
-           compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher.")):
+           compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher."),
+           renderer: str = typer.Option("auto", help="auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch (workers decode and cut the crop's region; the views render on the device). Both give the same bytes.")):
     """Recompute random stored views with the teacher; check completeness and shard integrity."""
     from .verify import verify as run
 
     r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint or None, device=device, seed=seed,
-            compile=compile)
+            compile=compile, renderer=renderer)
     for line in r.damaged:
         _say(f"damaged: {line}")
     for line in r.notes:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,10 +27,12 @@ from relabel.storage.store import CLAIM_LEASE, STATUS_OK, STATUS_UNREADABLE, Sha
 from . import __version__, replay_check
 from .classmap import resolve_class_map
 from .dist import Dist
+from .models import out_of_memory
 from .runtime import default_workers
 from .progress import progress_bar
 from .teacher import NonFiniteOutput, build_teacher, teacher_identity
-from .views import Recipe, ViewRenderer, create_recipe, decode_image, group_partners, mix_batch, store_order
+from .views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
+                    group_partners, plan_batch, resolve_renderer, store_order)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class GenerateConfig:
     retry_wait: float = 0.5  # seconds before the first retry; doubles each time
     progress: bool = True
     compile: bool | str = False  # torch.compile the teacher (a string: the backend); labels are the same
+    renderer: str = "auto"  # pillow (in workers), torch (on the teacher's device), auto: torch on CUDA; same bytes
     claim_lease: float = CLAIM_LEASE  # seconds a shard claim stays valid unrefreshed (a killed writer's expires)
 
 
@@ -110,10 +113,11 @@ class _Unit:
 
 
 class ViewStream(IterableDataset):
-    """Yields (shard, views, ok positions, pixels uint8 NHWC, unreadable positions), at most a batch
-    of pixels at a time: several views of a small group, or slices of one view of a large group."""
+    """Yields (shard, views, ok positions, render payload, unreadable positions), at most a batch of
+    views at a time: several views of a small group, or slices of one view of a large group. The
+    payload becomes pixels (uint8 NHWC) in the main process (``finish_batch``)."""
 
-    def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: ViewRenderer, num_samples: int,
+    def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: Renderer, num_samples: int,
                  units: list[_Unit], keys: list[str], batch_size: int, sticky: np.ndarray | None = None,
                  tries: int = 4, wait: float = 0.5):
         self.source, self.src_index, self.renderer = source, src_index, renderer
@@ -124,7 +128,7 @@ class ViewStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        r = self.renderer
+        r, spec = self.renderer, self.renderer.spec
         for u in self.units[wid::nw]:
             sh = u.shard
             views = list(range(sh.v0 + sh.done, sh.v1))
@@ -149,21 +153,19 @@ class ViewStream(IterableDataset):
                 yield sh, views, np.arange(u.g0, u.g1, dtype=np.int64), None, failed
                 continue
             ok = sorted(images)
-            per = max(1, self.batch_size // max(1, len(ok)))
+            pos, lost = np.asarray(ok, np.int64), np.asarray(bad, np.int64)
+            per = max(1, self.batch_size // max(1, len(ok)))  # views per yield (a group larger than a batch: 1)
             for c in range(0, len(views), per):
-                chunk, pix = views[c:c + per], []
+                chunk = views[c:c + per]
+                rows, vs, partners = [], [], []
                 for v in chunk:
-                    partners = group_partners(r.recipe, r.seed, v, u.g0, u.g1 - u.g0)[np.asarray(ok, int) - u.g0] if ok else []
-                    rendered = [r.render(self.keys[p], v, images[p]) for p in ok]
-                    pix.extend(mix_batch(r.recipe, r.seed, v, ok, rendered, partners)[0])
-                arr = torch.from_numpy(np.stack(pix)) if pix else torch.empty(0, r.size, r.size, 3, dtype=torch.uint8)
-                pos, lost = np.asarray(ok, np.int64), np.asarray(bad, np.int64)
-                if len(chunk) > 1 or len(ok) <= self.batch_size:
-                    yield sh, chunk, pos, arr, lost
-                    continue
-                for s0 in range(0, len(ok), self.batch_size):  # a group larger than a batch: slices of it
-                    s1 = s0 + self.batch_size
-                    yield sh, chunk, pos[s0:s1], arr[s0:s1], lost if s0 == 0 else lost[:0]
+                    part = group_partners(spec.recipe, spec.seed, v, u.g0, u.g1 - u.g0)
+                    rows += ok
+                    vs += [v] * len(ok)
+                    partners += [int(part[p - u.g0]) for p in ok]
+                planned = [r.plan(self.keys[p], v, images[p]) for p, v in zip(rows, vs)]
+                payload, _, _ = plan_batch(r, rows, vs, partners, planned)
+                yield sh, chunk, pos, payload, lost
 
 
 class _ShardBuffer:
@@ -218,6 +220,7 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
                         f"leave it out for the teacher's own size")
     if not (isinstance(cfg.claim_lease, (int, float)) and 1 <= cfg.claim_lease < float("inf")):
         raise ConfigError(f"{setting('claim_lease')} must be at least 1 second (got {cfg.claim_lease})")
+    resolve_renderer(cfg.renderer, None)  # an unknown name is refused before any model is built
     if cfg.read_retries < 1:
         raise ConfigError(f"{setting('read_retries')} must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
@@ -251,17 +254,21 @@ def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
     return store
 
 
-def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: ImageSource, dist: Dist) -> LabelStore:
-    """Rank 0 creates or checks the store; the others open it once it is ready."""
+def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: ImageSource, dist: Dist,
+                         renderer: Renderer | None = None, device=None) -> LabelStore:
+    """Rank 0 creates or checks the store; the others open it once it is ready. ``renderer``: the one
+    this run renders with on ``device`` (its canonical renders go into the header's replay check)."""
     if dist.rank == 0:
         try:
             keys = store_order(source.keys, cfg.seed)
 
             def record_replay_check() -> None:  # decodes a few images: only when a header is written
-                renderer = ViewRenderer(create_recipe(header.recipe), header.seed, header.img_size)
+                r = renderer or create_renderer("pillow", ViewRenderer(create_recipe(header.recipe), header.seed,
+                                                                       header.img_size))
                 index = source.index()
                 header.replay_check = replay_check.record(
-                    renderer, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait))
+                    r, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait),
+                    device=device)
 
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
                 if cfg.repair:
@@ -304,6 +311,7 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
     per_round = max(1, -(-2 * max(1, cfg.workers) // per_shard))
     src = source.index()
     src_index = np.asarray([src[k] for k in store.keys], np.int64)
+    sticky = (store.block_status() == STATUS_UNREADABLE).any(0)  # unreadable in any view block: in all
     total = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
     n_views, n_shards, failed, busy = 0, 0, [], 0
     with (store.keep_claims_alive(max(0.05, cfg.claim_lease / 4)),
@@ -317,17 +325,21 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
                     busy += 1
                     bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
                     continue
-                now = store.shard(sh.vb, sh.sb, int(store.done_views()[sh.vb, sh.sb]))  # another writer may be done
+                now = store.shard(sh.vb, sh.sb, int(store.group["done"][sh.vb, sh.sb]))  # another writer may be done
                 if now.done >= now.v1 - now.v0:
                     store.release(sh)
                     bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
                     continue
-                bar.advance((now.done - sh.done) * (sh.s1 - sh.s0))
+                problem = store.check_seal(now) if now.done else None
+                if problem:  # growing views merges into the shard's files: they must be this store's
+                    log.warning("%s: %s; recomputing the whole shard", now.name, problem)
+                    now = replace(now, done=0)
+                bar.advance(max(0, now.done - sh.done) * (sh.s1 - sh.s0))
                 take.append(now)
             if not take:
                 continue
             try:
-                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, bar)
+                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, bar)
             finally:
                 for sh in take:
                     store.release(sh)
@@ -339,39 +351,46 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
 
 
 def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
-             mine: list[Shard], src_index: np.ndarray, bar) -> tuple[int, int, list[str]]:
+             mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, bar) -> tuple[int, int, list[str]]:
     h = store.header
-    sticky = (store.block_status() == STATUS_UNREADABLE).any(0)
     G = recipe.mix_group
     units = [_Unit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
-    renderer = ViewRenderer(recipe, h.seed, h.img_size)
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
+    if renderer.name != h.renderer:
+        log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
     stream = ViewStream(source, src_index, renderer, h.num_samples, units, store.keys, cfg.batch_size, sticky,
                         tries=max(1, cfg.read_retries), wait=cfg.retry_wait)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                         pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
     buffers: dict[tuple[int, int], _ShardBuffer] = {}
     n_views, n_shards, failed = 0, 0, []
-    for sh, views, ok, pixels, bad in loader:
+    for sh, views, ok, payload, bad in loader:
         key = (sh.vb, sh.sb)
         buf = buffers.get(key)
         if buf is None:
             buf = buffers[key] = _ShardBuffer(sh, h.topk)
-        if pixels is None:  # a read failed for good: nothing of this unit is labelled
+        if payload is None:  # a read failed for good: nothing of this unit is labelled
             buf.failed = buf.failed or f"{sh.name}, {bad}"
             step = len(views) * len(ok)
         else:
             if len(bad):
                 buf.status[bad - sh.s0] = STATUS_UNREADABLE
             if len(ok) and buf.failed is None:
-                try:
-                    idx, logp = teacher.topk(pixels.permute(0, 3, 1, 2), h.topk)
+                parts, b0 = [], 0
+                try:  # a mix group larger than a batch is rendered whole, labelled a batch at a time
+                    pixels = finish_batch(renderer, payload, teacher.device).permute(0, 3, 1, 2)
+                    for b0 in range(0, len(pixels), cfg.batch_size):
+                        parts.append(teacher.topk(pixels[b0:b0 + cfg.batch_size], h.topk))
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
+                                                  f"; the {n_shards} shard(s) written so far are kept")) from None
                 except NonFiniteOutput as e:
-                    first = e.rows[0]
+                    first = b0 + e.rows[0]
                     raise NonFiniteOutput(e.rows, e.precision, where=(
                         f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
                         f"{views[first // len(ok)]}; {sh.name})")) from None
-                idx = idx.cpu().numpy().reshape(len(views), len(ok), h.topk)
-                logp = logp.cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
+                idx = torch.cat([p[0] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk)
+                logp = torch.cat([p[1] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
                 vi = np.asarray(views) - sh.v0 - sh.done
                 buf.index[vi[:, None], ok - sh.s0] = idx
                 buf.logp[vi[:, None], ok - sh.s0] = logp
@@ -383,6 +402,9 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
             del buffers[key]
             if buf.failed is not None:
                 failed.append(buf.failed)
+                continue
+            if not store.holds(sh):  # stalled past its lease: another writer took the shard over
+                log.warning("%s was taken over by another writer while this one computed it; left to it", sh.name)
                 continue
             try:
                 store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
@@ -433,13 +455,14 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         raise ConfigError(f"{setting('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size), teacher.device)
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
         class_names=list(source.class_names), fingerprint=source.fingerprint,
         teacher=teacher.record(), recipe=recipe.to_dict(), seed=cfg.seed,
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
-        views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map)
-    store = open_or_create_store(cfg, header, source, dist)
+        views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map, renderer=renderer.name)
+    store = open_or_create_store(cfg, header, source, dist, renderer, teacher.device)
     if cfg.repair:
         damaged = store.check_shards()
         if dist.rank == 0:

@@ -1,6 +1,7 @@
 """Model names, checkpoints and per-model normalization, shared by teacher and student."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -180,3 +181,15 @@ def autocast(device: torch.device, precision: str):
 
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def out_of_memory(device: torch.device, what: str, batch_size: int, after: str) -> str:
+    """One line for a batch that does not fit: the device, its memory, the batch size and the fix."""
+    mem = ""
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):
+            props = torch.cuda.get_device_properties(device)
+            mem = (f" ({props.name}: {props.total_memory / 2**30:.1f} GiB, {torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
+                   f" GiB allocated at the peak)")
+    return (f"{what} ran out of {device.type.upper()} memory{mem} at {setting('batch_size', batch_size)}; "
+            f"lower {setting('batch_size')} and rerun{after}")

@@ -15,7 +15,7 @@ GENERATE_SECTIONS = {
     "Data and store": ("data", "out", "views", "topk", "recipe", "seed", "img_size", "encoding", "samples_per_shard",
                        "views_per_shard", "repair", "class_map"),
     "Teacher": ("teacher", "teacher_checkpoint", "teacher_weight", "teacher_own_size", "precision", "compile"),
-    "Runtime": ("batch_size", "workers", "device", "read_retries", "retry_wait", "claim_lease", "progress"),
+    "Runtime": ("batch_size", "workers", "device", "renderer", "read_retries", "retry_wait", "claim_lease", "progress"),
 }
 
 # relabel.train.loop.TrainConfig's fields by topic
@@ -28,7 +28,7 @@ TRAIN_SECTIONS = {
     "Optimizer and schedule": ("epochs", "stop_epoch", "batch_size", "opt", "lr", "weight_decay", "momentum",
                                "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "clip_mode"),
     "Weight EMA": ("model_ema", "model_ema_decay", "model_ema_decay_batch", "model_ema_warmup"),
-    "Runtime": ("device", "amp", "amp_dtype", "workers", "seed", "resume", "progress", "log"),
+    "Runtime": ("device", "renderer", "amp", "amp_dtype", "workers", "seed", "resume", "progress", "log"),
 }
 
 

@@ -102,6 +102,9 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
                                 f"here); export this store again")
         if ih.get("recipe") != h.recipe or ih.get("teacher") != h.teacher:
             raise UserError(f"{shards}: exported from another store (recipe or teacher differ); export this store again")
+        if st.sealed and index.get("label_set_digest") != st.label_set_digest():
+            raise UserError(f"{shards}: exported from another label set (its label-set digest "
+                            f"{str(index.get('label_set_digest'))[:16]}... is not this store's); export this store again")
         present = local_files(shards, what="shard folder")
         wanted = [INDEX_NAME] + [s["name"] for s in index["shards"]]
         for name in wanted:

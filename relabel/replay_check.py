@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .randaug import OpParams, apply_op
-from .views import INTERPOLATIONS, Recipe, ViewRenderer, decode_image
+from .randaug import OpParams
+from .views import Renderer, ViewParams, ViewRenderer, create_renderer, decode_image, finish_batch, plan_batch, render_now
 
 SAMPLES = 4  # real images hashed (decoded pixels and one rendered view each)
 
@@ -40,19 +40,35 @@ def _canonical_image(size: int = 48) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def op_hashes(recipe: Recipe, size: int) -> dict[str, str]:
-    """Every RandAugment op of the recipe at two magnitudes, plus the crop-resize, on the pattern."""
-    img, rs = _canonical_image(), INTERPOLATIONS[recipe.interpolation]
-    out = {"resize": _h(np.asarray(img.resize((size, size), rs, box=(3.3, 2.7, 41.9, 44.1))))}
+def _as_renderer(renderer) -> Renderer:
+    return create_renderer("pillow", renderer) if isinstance(renderer, ViewRenderer) else renderer
+
+
+def _render(renderer: Renderer, img: Image.Image, params: list[ViewParams], device=None) -> np.ndarray:
+    planned = [renderer.plan_params(p, img) for p in params]
+    payload, _, _ = plan_batch(renderer, [0] * len(params), list(range(len(params))), [-1] * len(params), planned)
+    return finish_batch(renderer, payload, device).cpu().numpy()
+
+
+def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
+    """Every RandAugment op of the recipe at two magnitudes, plus the crop-resize, on the pattern,
+    rendered by ``renderer`` (the one that replays: its drift is what matters)."""
+    renderer = _as_renderer(renderer)
+    recipe, img = renderer.spec.recipe, _canonical_image()
+    # the crop-resize: Image.resize's box (3.3, 2.7, 41.9, 44.1) of the 48 px pattern, at the store's size
+    box = ViewParams(crop=(2.7 / 48, 3.3 / 48, (44.1 - 2.7) / 48, (41.9 - 3.3) / 48), flip=False)
+    out = {"resize": _h(_render(renderer, img, [box], device)[0])}
     ra = recipe.ra
-    for name in (ra.ops if ra is not None else ()):
-        arrs = [np.asarray(apply_op(img, OpParams(name, m, False), fill=tuple(recipe.fill), resample=rs,
-                                    magnitude_max=ra.magnitude_max)) for m in (3.0, 9.0)]
-        out[f"op:{name}"] = _h(np.concatenate([a.reshape(-1) for a in arrs]))
+    if ra is not None:  # each op alone on the whole 48 px pattern (a same-size resize is a copy)
+        at48 = type(renderer)(ViewRenderer(recipe, renderer.spec.seed, 48))
+        whole = lambda name, m: ViewParams(crop=(0.0, 0.0, 1.0, 1.0), flip=False, ops=(OpParams(name, m, False),))  # noqa: E731
+        for name in ra.ops:
+            arrs = _render(at48, img, [whole(name, 3.0), whole(name, 9.0)], device)
+            out[f"op:{name}"] = _h(np.concatenate([a.reshape(-1) for a in arrs]))
     return out
 
 
-def sample_hashes(renderer: ViewRenderer, keys: list[str], read) -> dict[str, dict[str, str]]:
+def sample_hashes(renderer: Renderer, keys: list[str], read, device=None) -> dict[str, dict[str, str]]:
     """Decoded pixels and view 0 of the first few samples that decode; ``read(key) -> bytes``."""
     out = {}
     for key in keys:
@@ -62,14 +78,19 @@ def sample_hashes(renderer: ViewRenderer, keys: list[str], read) -> dict[str, di
             img = decode_image(read(key))
         except Exception:
             continue
-        out[key] = {"decode": _h(np.asarray(img)), "view0": _h(renderer.render(key, 0, img))}
+        out[key] = {"decode": _h(np.asarray(img)), "view0": _view0(renderer, key, img, device)}
     return out
 
 
-def record(renderer: ViewRenderer, keys: list[str], read) -> dict:
+def _view0(renderer: Renderer, key: str, img: Image.Image, device=None) -> str:
+    return _h(render_now(renderer, [(0, 0, -1, key, img)], device)[0].cpu().numpy())
+
+
+def record(renderer: Renderer, keys: list[str], read, device=None) -> dict:
     """What stage one stores in the header (``replay_check``)."""
-    return {"env": decode_env(), "ops": op_hashes(renderer.recipe, renderer.size),
-            "samples": sample_hashes(renderer, keys, read)}
+    renderer = _as_renderer(renderer)
+    return {"env": decode_env(), "ops": op_hashes(renderer, device),
+            "samples": sample_hashes(renderer, keys, read, device)}
 
 
 @dataclass
@@ -91,13 +112,15 @@ class Drift:
                 f"{' ...' if len(self.problems) > 3 else ''}{cause}")
 
 
-def check(recorded: dict, renderer: ViewRenderer, read, has_key) -> Drift:
-    """Render what the header recorded again; ``has_key(key)`` says whether DATA holds a sample."""
+def check(recorded: dict, renderer: Renderer, read, has_key, device=None) -> Drift:
+    """Render what the header recorded again, with the renderer that will replay (on its device);
+    ``has_key(key)`` says whether DATA holds a sample."""
+    renderer = _as_renderer(renderer)
     now = decode_env()
     if not recorded:
         return Drift([], {}, now)
     problems = []
-    ops = op_hashes(renderer.recipe, renderer.size)
+    ops = op_hashes(renderer, device)
     for name, h in recorded.get("ops", {}).items():
         if ops.get(name) != h:
             problems.append(f"{name.removeprefix('op:')} renders differently")
@@ -107,6 +130,6 @@ def check(recorded: dict, renderer: ViewRenderer, read, has_key) -> Drift:
         img = decode_image(read(key))
         if _h(np.asarray(img)) != hs["decode"]:
             problems.append(f"image {key!r} decodes to other pixels")
-        elif _h(renderer.render(key, 0, img)) != hs["view0"]:
+        elif _view0(renderer, key, img, device) != hs["view0"]:
             problems.append(f"view 0 of {key!r} renders differently")
     return Drift(problems, recorded.get("env", {}), now)

@@ -12,7 +12,7 @@ from relabel.storage.store import STATUS_OK
 
 from . import replay_check
 from .teacher import rebuild_teacher
-from .views import ViewRenderer, create_recipe, decode_image, group_partners, mix_batch
+from .views import Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, group_partners, render_now
 
 # Recomputation noise on top of the stored rounding, by the precision the labels were made in
 # (verify itself recomputes in fp32): batch composition and kernels, plus reduced precision.
@@ -39,29 +39,31 @@ class VerifyReport:
 
 
 def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray,
-                        status: np.ndarray) -> torch.Tensor:
-    """Rebuild the exact pixels the teacher saw for (position, view) pairs, partners included."""
+                        status: np.ndarray, renderer: Renderer | None = None, device=None) -> torch.Tensor:
+    """Rebuild the exact pixels the teacher saw for (position, view) pairs, partners included:
+    uint8 (N, 3, H, W) on ``device`` (default: the renderer's output stays where it is made)."""
     h = store.header
     recipe = create_recipe(h.recipe)
-    renderer = ViewRenderer(recipe, h.seed, h.img_size)
+    renderer = renderer or create_renderer("pillow", ViewRenderer(recipe, h.seed, h.img_size))
     src, G = source.index(), recipe.mix_group
     out = []
     for p, v in zip(positions.tolist(), views.tolist()):
         g0 = p - p % G
         q = int(group_partners(recipe, h.seed, v, g0, min(G, h.num_samples - g0))[p - g0])
         members = [p] + ([q] if q >= 0 and status[q] == STATUS_OK else [])
-        pix = [renderer.render(store.keys[m], v, decode_image(source.read(src[store.keys[m]]))) for m in members]
-        mixed = mix_batch(recipe, h.seed, v, members, pix, [q if m == p else p for m in members])[0]
-        out.append(mixed[0])
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        samples = [(m, v, q if m == p else p, store.keys[m], decode_image(source.read(src[store.keys[m]])))
+                   for m in members]
+        out.append(render_now(renderer, samples, device)[0])
+    return torch.stack(out).permute(0, 3, 1, 2)
 
 
 def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=None,
            device: str = "auto", batch_size: int = 64, seed: int = 0, teacher=None,
-           compile: bool | str = False) -> VerifyReport:
+           compile: bool | str = False, renderer: str = "auto") -> VerifyReport:
     """Recompute random stored views in fp32 and compare; check shards, completeness and pixel drift.
     ``teacher_checkpoint``: a path, or one per ensemble member; ``teacher``: a ready teacher object
-    (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it."""
+    (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it;
+    ``renderer``: what replays the views (``auto``: torch on CUDA, Pillow on CPU)."""
     if samples < 0:
         raise UserError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
@@ -77,8 +79,12 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     if missing:
         raise UserError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
                         f"(first: {missing[0]!r}); verify needs the images the labels were made from")
-    drift = replay_check.check(h.replay_check, ViewRenderer(create_recipe(h.recipe), h.seed, h.img_size),
-                               lambda k: source.read(source.index()[k]), lambda k: k in source.index())
+    from .models import pick_device
+
+    where = pick_device(device) if teacher is None else teacher.device
+    view_renderer = create_renderer(renderer, ViewRenderer(create_recipe(h.recipe), h.seed, h.img_size), where)
+    drift = replay_check.check(h.replay_check, view_renderer, lambda k: source.read(source.index()[k]),
+                               lambda k: k in source.index(), device=where)
     if drift:
         rep.drift = drift.message()
     if samples <= 0:
@@ -112,7 +118,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     errs, kls, agree = [], [], []
     for b in range(0, len(pos), batch_size):
         sl = slice(b, b + batch_size)
-        logits = teacher.logits(render_stored_views(store, source, pos[sl], views[sl], status)).cpu()
+        pixels = render_stored_views(store, source, pos[sl], views[sl], status, view_renderer, teacher.device)
+        logits = teacher.logits(pixels).cpu()
         logp = torch.log_softmax(logits, -1)
         si = torch.from_numpy(s_idx[sl])
         top = logp.gather(1, si)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError, setting
+from .errors import StoreError, UserError, setting
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER, SHARD_NAME_PATTERN,
                             check_export_key, labels_dtype, npy_bytes, pack_labels)
 from .hashing import HashingWriter
@@ -105,6 +105,11 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
     if "://" in out:
         raise UserError(f"{out}: export writes to a local folder; use publish with {setting('shards')} to upload it")
     keys = store.keys
+    damaged = store.check_shards()  # every shard readable and this store's own (seals): an export vouches for it
+    if damaged:
+        raise StoreError(f"{store.path}: {damaged[0]} ({len(damaged)} damaged in all); run relabel verify, then "
+                         f"relabel generate {setting('repair', True)} before exporting")
+    digest = store.label_set_digest() if store.sealed else None
     bad = [(k, why) for k in keys if (why := check_export_key(k))]
     if bad:
         raise UserError(f"key {bad[0][0]!r} cannot be a webdataset __key__: {bad[0][1]} "
@@ -203,6 +208,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
         "image_fingerprint": images.fingerprint if images is not None else None,
         "shard_size": S,
         "header": h.to_dict(),
+        "label_set_digest": digest,
         "shards": shards,
     }
     with open(os.path.join(out, INDEX_NAME + ".partial"), "w") as f:

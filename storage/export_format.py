@@ -47,7 +47,8 @@ file name holds a '.' cannot be exported (webdataset cuts keys at the first dot 
 ``images`` (bool), ``image_member`` (``"image"``, or null without images), ``image_fingerprint``
 (fingerprint of the image source, or null),
 ``shard_size``, ``header`` (the full store header: recipe, seed, teacher, fingerprint, ... enough to
-rebuild the views), and ``shards``: a list of ``{name, samples, first_position, bytes, sha256}``.
+rebuild the views), ``label_set_digest`` (the exported store's, storage/FORMAT.md; null for a
+schema-2 store), and ``shards``: a list of ``{name, samples, first_position, bytes, sha256}``.
 
 Running the export again on the same store (and images) writes byte-identical files.
 Per-sample cost: 512-byte member header + the data rounded up to 512 bytes, per member.

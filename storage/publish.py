@@ -255,6 +255,9 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
     header = man.get("store")
     total_views, _ = _pull_header(header, src, need_blocks=False)
     rng = parse_views(views, total_views)
+    if rng is not None:  # whole view blocks: their files hold them all, and a shard's seal names its whole block
+        vps = _pull_header(header, src, need_blocks=True)[1]
+        rng = (rng[0] // vps * vps, min(total_views, -(-rng[1] // vps) * vps))
     if rng is not None and rng == (0, total_views):
         rng = None
     blocks = view_blocks_for(rng, _pull_header(header, src, need_blocks=True)[1]) if rng is not None else None
@@ -310,8 +313,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
     res.digest = _check_label_set(dest, src, blocks, expect)
     if rng is not None:
         trim_views(dest, rng, src, total_views)
-        vps = _pull_header(header, src, need_blocks=True)[1]
-        res.views = (rng[0] // vps * vps, rng[1])  # whole view blocks: the first held view can lie below A
+        res.views = rng  # whole view blocks: what the copy holds can start below A and end past B
     _write_atomic(os.path.join(dest, MANIFEST_NAME), raw)
     _rm(os.path.join(dest, PULL_MARKER))
     return res

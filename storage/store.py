@@ -44,7 +44,7 @@ CLAIM_LEASE = 60.0  # seconds: a claim whose file was not touched for this long 
 SEAL_ARRAY = "seals"
 # Header fields that do not change what a label is: the view count grows, the writer and the decode
 # environment are notes. Everything else is the store's identity, which every shard's seal names.
-_NOT_IDENTITY = ("views", "writer", "replay_check")
+_NOT_IDENTITY = ("views", "writer", "replay_check", "renderer")
 REPAIR_HINT = f"rerun generate {setting('repair', True)} with the same data and settings to rebuild it"
 
 
@@ -72,6 +72,8 @@ class StoreHeader:
     class_map: list[int] | None = None
     # Decode environment and hashes of canonical rendered views (relabel.replay_check); plain data.
     replay_check: dict = field(default_factory=dict)
+    # The renderer that made the store ("pillow" or "torch"; their bytes are equal). A note.
+    renderer: str = "pillow"
 
     def __post_init__(self):
         if isinstance(self.encoding, dict):
@@ -801,16 +803,29 @@ class LabelStore:
             if not sh.done or (sh.vb, sh.sb, sh.done) in self._sealed:
                 continue
             if self.check_seal(sh):  # damaged bytes or a foreign shard: name which
-                d = self.check_shards([sh])[0]
+                found = self.check_shards([sh])
+                if not found:  # it changed under us (another process is writing it): say so, not "damaged"
+                    raise StoreError(f"{self.path}: {sh.name} changed while it was read (is generate running on "
+                                     f"this store?); rerun when it has finished")
+                d = found[0]
                 what = f"{sh.name}: {d.problem}" if d.file == sh.name else f"label data is damaged in {d}"
                 raise StoreError(f"{self.path}: {what}; run relabel verify, then relabel generate "
                                  f"{setting('repair', True)} to recompute it")
             self._sealed.add((sh.vb, sh.sb, sh.done))
 
+    def require_sealed(self) -> None:
+        """Check the seal of every written shard this store holds, once, before a long read (a
+        foreign shard in the last view block must not stop a run hours in)."""
+        lo = self.held_views[0] // self.header.views_per_shard
+        self._require_seals([sh for sh in self.shards() if sh.vb >= lo])
+
     def label_set_digest(self) -> str:
-        """One sha256 for the whole label set: the identity, the view count and every shard's seal.
-        Published with the store; ``pull(expect=...)`` refuses any other set."""
-        d = hashlib.sha256(f"relabel-labels-1\0{self.header.identity}\0{self.header.views}\0".encode())
+        """One sha256 for the whole label set: the identity, the view count, the keys (their order
+        places every label) and every shard's seal. Published with the store; ``pull(expect=...)``
+        refuses any other set."""
+        self.keys  # noqa: B018 - checked (count, order) before they are vouched for
+        keys_sha = hashlib.sha256(np.asarray(self._array("keys")[:], dtype=np.uint8).tobytes()).hexdigest()
+        d = hashlib.sha256(f"relabel-labels-1\0{self.header.identity}\0{self.header.views}\0{keys_sha}\0".encode())
         seals = np.asarray(self._array(SEAL_ARRAY)[:], dtype=np.uint8)
         done = self.done_views()
         for vb in range(done.shape[0]):
@@ -827,19 +842,42 @@ class LabelStore:
     def _claim_path(self, sh: Shard) -> str:
         return os.path.join(self.path, CLAIMS_DIR, f"{sh.vb}.{sh.sb}")
 
-    @staticmethod
-    def _claim_stale(path: str, lease: float) -> bool:
+    def _now_on_store(self) -> float:
+        """The store file system's clock (a probe file's mtime): claim ages never mix two clocks."""
+        probe = os.path.join(self.path, CLAIMS_DIR, f".now-{os.getpid()}")
         try:
-            age = time.time() - os.stat(path).st_mtime
-            host, pid = open(path).read().split()
-            pid_n = int(pid)
+            with open(probe, "w"):
+                pass
+            return os.stat(probe).st_mtime
+        except OSError:
+            return time.time()
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(probe)
+
+    def _claim_stale(self, path: str, lease: float, now: float | None = None) -> bool:
+        try:
+            age = (self._now_on_store() if now is None else now) - os.stat(path).st_mtime
         except FileNotFoundError:
             return True
-        except (OSError, ValueError):
-            return True  # unreadable or torn: nobody can be shown to hold it
         if age > lease:
             return True
+        try:
+            host, pid = open(path).read().split()
+            pid_n = int(pid)
+        except (OSError, ValueError):
+            return False  # being written (or torn): held until its lease runs out
         return host == socket.gethostname() and pid_n != os.getpid() and not _pid_alive(pid_n)
+
+    def holds(self, sh: Shard) -> bool:
+        """Whether this process still holds its claim on ``sh`` (a stalled writer's may have been
+        taken over after its lease): checked before a shard is written. Remote stores: always."""
+        if _is_remote(self.path):
+            return True
+        try:
+            return open(self._claim_path(sh)).read().strip() == f"{socket.gethostname()} {os.getpid()}"
+        except OSError:
+            return False
 
     def claim(self, sh: Shard, lease: float = CLAIM_LEASE, force: bool = False) -> bool:
         """Claim a shard for this process before computing it, so two writers on one store split the
@@ -892,21 +930,25 @@ class LabelStore:
         d = os.path.join(self.path, CLAIMS_DIR)
         if _is_remote(self.path) or not os.path.isdir(d):
             return 0
-        n = 0
+        n, now = 0, self._now_on_store()
         for name in os.listdir(d):
             path = os.path.join(d, name)
-            if force or self._claim_stale(path, lease):
+            if name.startswith(".now-"):
+                continue
+            if force or self._claim_stale(path, lease, now):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
                 n += 1
         return n
 
     def release(self, sh: Shard) -> None:
+        """Drop this process's claim on ``sh`` (never another writer's that took it over)."""
         if not _is_remote(self.path):
             path = self._claim_path(sh)
             self._held.discard(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+            if self.holds(sh):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
     def remove_partials(self) -> int:
         """Delete the temporary files (``<name>.<uuid>.partial``) a killed writer left; returns how many."""

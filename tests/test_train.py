@@ -188,7 +188,7 @@ def test_repeated_augmentation_views_pairs_and_ranks(world):
     from collections import defaultdict
 
     from relabel.storage import UserError
-    from relabel.train.data import TrainData
+    from relabel.train.data import TrainData, finish_pixels
     from relabel.views import ViewRenderer, decode_image, mix_batch, pairs_for_view
 
     data = TrainData(str(world / "train"), str(world / "labels_g8"), repeats=3)
@@ -215,7 +215,7 @@ def test_repeated_augmentation_views_pairs_and_ranks(world):
     # a batch holding several views mixes each pair with its own view's parameters
     batch_items = next(b for b in data.batches(7, 0, 8) if len({v for _, v, _ in b}) > 1)
     ds, collate = data.dataset(), data.collate()
-    got = collate([ds[it] for it in batch_items])
+    got = finish_pixels(data.renderer, collate([ds[it] for it in batch_items]), None)
     assert got["views"].tolist() == [v for _, v, _ in batch_items]
     renderer = ViewRenderer(data.recipe, h.seed, data.img_size)
     for i, (p, v, q) in enumerate(batch_items):
@@ -380,7 +380,7 @@ def test_val_with_other_classes_is_refused(world, tmp_path):
 def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_path, caplog):
     """A 3-class folder labelled by a 5-class teacher: CE targets and val labels are teacher indices."""
     from relabel.storage import LabelStore, StoreHeader, UserError, open_source
-    from relabel.train.data import TrainData
+    from relabel.train.data import TrainData, finish_pixels
     from relabel.train.evaluate import eval_loader
     from relabel.train.loop import train
     from relabel.views import create_recipe, store_order
@@ -403,7 +403,7 @@ def test_class_map_puts_ground_truth_and_val_in_the_teachers_index_space(tmp_pat
         store.write_shard(sh, 0, idx, logp, np.ones(n, np.uint8))
     data = TrainData(str(folder), str(tmp_path / "labels"))
     assert np.array_equal(data.gt, gt)  # dataset class i -> teacher class cmap[i]
-    batch = data.collate()([data.dataset()[it] for it in data.batches(0, 0, 4)[0]])
+    batch = finish_pixels(data.renderer, data.collate()([data.dataset()[it] for it in data.batches(0, 0, 4)[0]]), None)
     assert set(batch["y"].tolist()) <= set(cmap)
     loader = eval_loader(str(val), h.class_names, 32, 0.9, 4, 0, class_map=data.class_map)
     names = open_source(str(val)).class_names

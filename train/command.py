@@ -69,6 +69,7 @@ def train_command(
     seed: int = typer.Option(42, help="Seed: student init, view schedule, batch order, dropout."),
     recipe: str = typer.Option("usi", help="Without --labels: augmentation recipe of the views (usi, simple, or a file)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the student (and the online teacher)."),
+    renderer: str = typer.Option("auto", help="auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch (workers decode and cut the crop's region; the views render on the device). Both give the same bytes."),
     allow_pixel_drift: bool = typer.Option(False, "--allow-pixel-drift", help="Train even when this machine renders "
                                            "the store's canonical views differently than stage one did."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 
 from relabel import replay_check
 from relabel.rng import CounterRNG
-from relabel.views import (Recipe, ViewRenderer, create_recipe, decode_image, mix_batch, mix_params, pairs_for_view,
-                           store_order)
+from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, mix_params,
+                           pairs_for_view, plan_batch, store_order)
 from relabel.storage import StoreHeader, UserError, open_source
 from relabel.storage.errors import ConfigError, StoreError, setting
 from relabel.storage.labels import open_labels
@@ -71,7 +71,7 @@ class TrainData:
 
     def __init__(self, data: str, labels: str | None, allow_subset: bool = False, img_size: int | None = None,
                  plan: dict | None = None, views_limit: int | None = None, repeats: int = 1, fresh: bool = False,
-                 allow_drift: bool = False):
+                 allow_drift: bool = False, renderer: str = "auto", device: torch.device | str | None = None):
         self.source: ImageSource = open_source(data)
         self.store = open_labels(labels) if labels else ViewPlan(self.source, img_size=img_size or 224, **plan)
         h = self.header = self.store.header
@@ -90,12 +90,23 @@ class TrainData:
                             f"more views")
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
+        # Workers plan (Pillow: render); the main process finishes each batch on `device`.
+        self.renderer: Renderer = create_renderer(renderer, ViewRenderer(self.recipe, h.seed, self.img_size), device)
+        self.device = device
         if not self.store.complete:
             raise StoreError(f"{labels}: the label store is incomplete ({len(self.store.pending_shards())} shard(s) "
                             f"pending); finish 'relabel generate' first")
+        require_sealed = getattr(self.store, "require_sealed", None)
+        if require_sealed is not None:  # every shard's seal before the first step, not when its block comes up
+            require_sealed()
         index = self.source.index()
         self.src_index = np.asarray([index.get(k, -1) for k in self.store.keys], np.int64)
         self.present = self.src_index >= 0
+        if self.source.fingerprint == h.fingerprint and not self.present.all():  # same dataset, other keys
+            first = self.store.keys[int(np.argmin(self.present))]
+            raise StoreError(f"{labels}: {int((~self.present).sum())} of the store's keys (first: {first!r}) are not in "
+                             f"DATA although DATA is the dataset the labels were made for: the keys array was edited; "
+                             f"rerun generate {setting('repair', True)} to rebuild it")
         self.status_ok = self.store.status() == STATUS_OK
         self.usable = self.present & self.status_ok
         self.matched, self.total = int(self.usable.sum()), h.num_samples
@@ -123,8 +134,9 @@ class TrainData:
     def _check_drift(self, allow: bool) -> None:
         """Render the header's canonical views here: pixels the teacher never saw are not trained on."""
         h, index = self.header, self.source.index()
-        drift = replay_check.check(h.replay_check, ViewRenderer(self.recipe, h.seed, h.img_size),
-                                   lambda k: self.source.read(index[k]), lambda k: k in index)
+        at_store_size = type(self.renderer)(ViewRenderer(self.recipe, h.seed, h.img_size))  # what was recorded
+        drift = replay_check.check(h.replay_check, at_store_size, lambda k: self.source.read(index[k]),
+                                   lambda k: k in index, device=self.device)
         if drift and not allow:
             raise UserError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
                             f"machine/Pillow the labels were made with, regenerate, or set "
@@ -231,10 +243,10 @@ class TrainData:
         return [items[i:i + batch_size] for i in range(0, n, batch_size)][rank::world]
 
     def dataset(self) -> "ViewDataset":
-        return ViewDataset(self.source, self.src_index, self.store.keys, ViewRenderer(self.recipe, self.header.seed, self.img_size))
+        return ViewDataset(self.source, self.src_index, self.store.keys, self.renderer)
 
     def collate(self) -> "MixCollate":
-        return MixCollate(self.recipe, self.header.seed, self.gt)
+        return MixCollate(self.renderer, self.gt)
 
 
 class EpochBatchSampler:
@@ -261,9 +273,9 @@ class EpochBatchSampler:
 
 
 class ViewDataset(Dataset):
-    """Item (position, view, partner) -> (position, view, partner, pixels uint8 HWC); one decode."""
+    """Item (position, view, partner) -> (position, view, partner, the renderer's plan); one decode."""
 
-    def __init__(self, source: ImageSource, src_index: np.ndarray, keys: list[str], renderer: ViewRenderer):
+    def __init__(self, source: ImageSource, src_index: np.ndarray, keys: list[str], renderer: Renderer):
         self.source, self.src_index, self.keys, self.renderer = source, src_index, keys, renderer
 
     def __len__(self) -> int:
@@ -272,32 +284,26 @@ class ViewDataset(Dataset):
     def __getitem__(self, item: Item):
         p, v, q = item
         img = decode_image(self.source.read(int(self.src_index[p])))
-        return p, v, q, self.renderer.render(self.keys[p], v, img)
+        return p, v, q, self.renderer.plan(self.keys[p], v, img)
 
 
 @dataclass
 class MixCollate:
-    """Stack a batch and mix the pairs in it exactly as stage one did (``mix_batch``, once per view)."""
+    """A batch's plans -> the renderer's payload, its pairs mixed exactly as stage one mixed them
+    (``plan_batch``, per view); ``finish_pixels`` turns the payload into pixels after the loader."""
 
-    recipe: Recipe
-    seed: int
+    renderer: Renderer
     gt: np.ndarray  # ground-truth class per store position
 
     def __call__(self, items) -> dict:
         pos = [it[0] for it in items]
         views = [it[1] for it in items]
-        pixels, lam, other = [it[3] for it in items], [1.0] * len(items), [-1] * len(items)
-        for v in sorted(set(views)):
-            sel = [i for i, x in enumerate(views) if x == v]
-            px, lm, ot = mix_batch(self.recipe, self.seed, v, [pos[i] for i in sel], [pixels[i] for i in sel],
-                                   [items[i][2] for i in sel])
-            for j, i in enumerate(sel):
-                pixels[i], lam[i], other[i] = px[j], lm[j], ot[j]
+        payload, lam, other = plan_batch(self.renderer, pos, views, [it[2] for it in items], [it[3] for it in items])
         pos_t = torch.as_tensor(pos, dtype=torch.int64)
         other_t = torch.as_tensor(other, dtype=torch.int64)
         y = torch.from_numpy(self.gt[pos_t.numpy()])
         return {
-            "pixels": torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2),  # NCHW view of NHWC = channels_last
+            "render": payload,
             "positions": pos_t,
             "y": y,
             "lam": torch.as_tensor(lam, dtype=torch.float32),
@@ -305,3 +311,12 @@ class MixCollate:
             "y_partner": torch.where(other_t >= 0, torch.from_numpy(self.gt[other_t.clamp(min=0).numpy()]), y),
             "views": torch.as_tensor(views, dtype=torch.int64),
         }
+
+
+def finish_pixels(renderer: Renderer, batch: dict, device) -> dict:
+    """Main-process stage after the DataLoader: the batch's ``render`` payload becomes ``pixels``,
+    uint8 (B, 3, H, W) in channels_last memory, on ``device``."""
+    from relabel.views import finish_batch
+
+    batch["pixels"] = finish_batch(renderer, batch.pop("render"), device).permute(0, 3, 1, 2)
+    return batch

@@ -19,14 +19,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .. import __version__
 from relabel.dist import Dist
 from relabel.runtime import default_workers
-from relabel.models import Normalize, autocast, create, pick_device, resolve_name
+from relabel.models import Normalize, autocast, create, out_of_memory, pick_device, resolve_name
 from relabel.progress import progress_bar
 from relabel.rng import derive_key
 from relabel.teacher import Teacher, compile_backend, rebuild_teacher, topk_logprobs
@@ -34,7 +32,8 @@ from relabel.storage import UserError
 from relabel.storage.errors import ConfigError, setting
 from relabel.storage.paths import is_inside
 
-from .data import EpochBatchSampler, TrainData
+from .data import TrainData, finish_pixels
+from .replay import ReplayLoader
 from .evaluate import eval_loader, evaluate
 from .losses import kd_loss, kd_loss_full, mixed_ce, truncate_topk
 from .report import plot_curves, summary_line, write_metrics
@@ -111,6 +110,7 @@ class TrainConfig:
     recipe: str = "usi"  # without --labels: the views' recipe; one fresh view per epoch
     allow_pixel_drift: bool = False  # train even if views render differently here than in stage one
     compile: bool | str = False  # torch.compile the student (and an online teacher); a string: the backend
+    renderer: str = "auto"  # pillow (in workers), torch (on the device), auto: torch on CUDA; same bytes
     progress: bool = True
     log: bool = True
 
@@ -134,13 +134,16 @@ _RESUME_KEYS = ("student", "mode", "seed", "batch_size", "img_size", "opt", "mod
                 "aug_repeats", "views_limit", "topk_limit", "fresh_views", "epochs", "lr", "weight_decay",
                 "warmup_epochs", "warmup_lr", "min_lr", "preset", "kd_weight", "ce_weight", "smoothing",
                 "kd_temperature", "kd_renorm", "model_ema_decay", "model_ema_decay_batch", "model_ema_warmup",
-                "eval_crop_pct")
+                "eval_crop_pct", "drop", "drop_path", "momentum", "clip_grad", "clip_mode")
 
 
 def _validate(cfg: TrainConfig) -> None:
     """Refuse bad settings before any data is read (``cfg`` resolved)."""
     if cfg.mode not in MODES:
         raise ConfigError(f"unknown {setting('mode')} {cfg.mode!r}; use one of {', '.join(MODES)}")
+    from relabel.views import resolve_renderer
+
+    resolve_renderer(cfg.renderer, None)
     if cfg.labels and is_inside(cfg.out, cfg.labels):  # checkpoints would be published with the labels
         raise ConfigError(f"{cfg.out}: {setting('out')} lies inside the label store {cfg.labels}; put the run elsewhere")
     fin = lambda x: x is not None and math.isfinite(x)  # noqa: E731
@@ -239,9 +242,6 @@ class Trainer:
         self.ema_decay = cfg.model_ema_decay ** (cfg.batch_size * self.dist.world / b_ref) if b_ref else cfg.model_ema_decay
         self.ema = ModelEmaV3(model, decay=self.ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
         self.teacher = self._teacher() if cfg.mode == "online" else None
-        self.labels: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._label_views: tuple[int, ...] = ()
-        self._slot = torch.zeros(0, dtype=torch.int64)
         self.epoch, self.step_in_epoch, self.steps_in_epoch, self.global_step = 0, 0, 1, 0
 
     def _teacher(self):
@@ -275,31 +275,18 @@ class Trainer:
                             f"{self.data.header.num_classes}")
         return t
 
-    def begin_epoch(self, epoch: int, views: list[int] | int, steps: int) -> None:
-        """Seed torch's RNG from (seed, epoch, rank) so dropout/drop-path replay on resume; load the
-        epoch's labels (cached: every sample's row of each of the epoch's views)."""
+    def begin_epoch(self, epoch: int, steps: int) -> None:
+        """Seed torch's RNG from (seed, epoch, rank) so dropout/drop-path replay on resume."""
         self.epoch, self.step_in_epoch, self.steps_in_epoch = epoch, 0, max(steps, 1)
         torch.manual_seed(derive_key("torch", self.cfg.seed, epoch, self.dist.rank) % (1 << 63))
-        views = (views,) if isinstance(views, int) else tuple(int(v) for v in views)
-        if self.cfg.mode == "cached" and views != self._label_views:
-            rows = [self.data.store.read_view(v) for v in views]
-            idx = torch.from_numpy(np.stack([r[0] for r in rows]))
-            logp = torch.from_numpy(np.stack([r[1] for r in rows]))
-            if self.cfg.topk_limit is not None:
-                idx, logp = truncate_topk(idx, logp, self.cfg.topk_limit)
-            self.labels = (idx.contiguous().to(self.device), logp.contiguous().to(self.device))
-            self._slot = torch.full((max(views) + 1,), -1, dtype=torch.int64)
-            self._slot[list(views)] = torch.arange(len(views))
-            self._slot = self._slot.to(self.device)
-            self._label_views = views
 
     def kd_per_sample(self, logits: torch.Tensor, batch: dict, pixels: torch.Tensor) -> torch.Tensor:
         """Per-sample T^2 KL(target || student) for a KD mode; ``pixels`` are the batch's replayed views."""
         cfg, dev = self.cfg, self.device
-        if cfg.mode == "cached":
-            pos = batch["positions"].to(dev, non_blocking=True)
-            slot = self._slot[batch["views"].to(dev, non_blocking=True)]
-            idx, logp = self.labels[0][slot, pos], self.labels[1][slot, pos]
+        if cfg.mode == "cached":  # the batch's stored rows, gathered on the device by the ReplayLoader
+            idx, logp = batch["topk_index"].to(dev, non_blocking=True), batch["topk_logp"].to(dev, non_blocking=True)
+            if cfg.topk_limit is not None:
+                idx, logp = truncate_topk(idx, logp, cfg.topk_limit)
             return kd_loss(logits, idx, logp, cfg.kd_temperature, cfg.kd_renorm)
         t = self.teacher.logits(pixels).clone()
         if cfg.kd_target == "full":  # USI: the teacher's whole distribution
@@ -324,6 +311,8 @@ class Trainer:
 
         self.scheduler.step(self.epoch + self.step_in_epoch / self.steps_in_epoch)
         self.model.train()
+        if "pixels" not in batch:  # a batch straight from the DataLoader: the renderer's device stage
+            finish_pixels(self.data.renderer, batch, self.device)
         pixels = batch["pixels"].to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
             logits = self.model(self.normalize(pixels))
@@ -418,29 +407,24 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
     cfg = resolve_config(cfg)
     _validate(cfg)
     dist = dist or Dist()
+    device = pick_device(dist.device_str(cfg.device))
     data = TrainData(cfg.data, cfg.labels, cfg.allow_subset, cfg.img_size,
                      plan=dict(recipe=cfg.recipe, seed=cfg.seed, views=cfg.epochs * cfg.aug_repeats),
                      views_limit=cfg.views_limit, repeats=cfg.aug_repeats, fresh=cfg.fresh_views,
-                     allow_drift=cfg.allow_pixel_drift)
+                     allow_drift=cfg.allow_pixel_drift, renderer=cfg.renderer, device=device)
     if cfg.topk_limit is not None and cfg.topk_limit > data.header.topk:
         raise ConfigError(f"{setting('topk_limit', cfg.topk_limit)}: {cfg.labels} stores the top {data.header.topk}; "
                         f"use 1 to {data.header.topk}")
     data.batches(cfg.seed, 0, cfg.batch_size)  # fails early on an odd batch for a mixing recipe
-    device = pick_device(dist.device_str(cfg.device))
     return data, Trainer(cfg, data, device, dist)
 
 
-def make_loader(data: TrainData, cfg: TrainConfig, device: torch.device, dist: Dist | None = None
-                ) -> tuple[DataLoader, EpochBatchSampler]:
-    """Workers decode + render + mix; call ``sampler.set_epoch(e)`` before iterating an epoch."""
+def make_loader(data: TrainData, cfg: TrainConfig, device: torch.device, dist: Dist | None = None) -> ReplayLoader:
+    """The run's ``ReplayLoader`` (the one stage-two data path: workers decode and plan, the device
+    renders, labels are gathered on the device); call ``loader.set_epoch(e)`` before each epoch."""
     dist = dist or Dist()
-    sampler = EpochBatchSampler(data, cfg.seed, cfg.batch_size, dist.rank, dist.world)
-    gpu = device.type == "cuda"
-    loader = DataLoader(data.dataset(), batch_sampler=sampler, collate_fn=data.collate(), num_workers=cfg.workers,
-                        pin_memory=gpu, persistent_workers=gpu and cfg.workers > 0,
-                        prefetch_factor=4 if cfg.workers else None,
-                        generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
-    return loader, sampler
+    return ReplayLoader.for_data(data, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, rank=dist.rank,
+                                 world=dist.world, device=device, with_labels=cfg.mode == "cached")
 
 
 def _save(obj: dict | str, path: str) -> None:
@@ -568,7 +552,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
     if tr.ema is not None and cfg.model_ema_decay_batch:
         say(f"EMA decay {tr.ema_decay:.8f} per step (= {cfg.model_ema_decay} at a batch of {cfg.model_ema_decay_batch}, "
             f"scaled to the global batch {cfg.batch_size * dist.world})")
-    loader, sampler = make_loader(data, cfg, tr.device, dist)
+    loader = make_loader(data, cfg, tr.device, dist)
     val = None
     if cfg.val:
         val = eval_loader(cfg.val, h.class_names, data.img_size, cfg.eval_crop_pct or tr.info.crop_pct, cfg.batch_size,
@@ -584,29 +568,35 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
         os.makedirs(cfg.out, exist_ok=True)
     stop = min(cfg.epochs, cfg.stop_epoch or cfg.epochs)
     for epoch in range(start, stop):
-        sampler.set_epoch(epoch)
-        n = len(sampler)
+        loader.set_epoch(epoch)
+        n = len(loader)
         if n == 0:
             raise ConfigError(f"{setting('batch_size', cfg.batch_size)} x {dist.world} process(es) is more than the "
                             f"{data.matched} usable samples; use a smaller batch")
-        tr.begin_epoch(epoch, sampler.views, n)
+        tr.begin_epoch(epoch, n)
         losses, wait, t0 = [], 0.0, time.perf_counter()
-        with progress_bar(cfg.progress and lead, f"epoch {epoch + 1}/{cfg.epochs}", n, unit="batch") as bar:
-            it, tw = iter(loader), t0
-            while (batch := next(it, None)) is not None:
-                wait += time.perf_counter() - tw  # time the step waited for the DataLoader
-                losses.append(tr.train_step(batch))
-                if not dist.active and len(losses) % 50 == 0:  # one rank alone may stop early; DDP checks below
-                    _check_finite(losses, epoch, cfg)
-                bar.advance(1)
-                tw = time.perf_counter()
-            wait += time.perf_counter() - tw
+        try:
+            with progress_bar(cfg.progress and lead, f"epoch {epoch + 1}/{cfg.epochs}", n, unit="batch") as bar:
+                it, tw = iter(loader), t0
+                while (batch := next(it, None)) is not None:  # (the loader renders on the device: inside the try)
+                    wait += time.perf_counter() - tw  # time the step waited for the DataLoader
+                    losses.append(tr.train_step(batch))
+                    if not dist.active and len(losses) % 50 == 0:  # one rank alone may stop early; DDP checks below
+                        _check_finite(losses, epoch, cfg)
+                    bar.advance(1)
+                    tw = time.perf_counter()
+                wait += time.perf_counter() - tw
+        except torch.cuda.OutOfMemoryError:
+            kept = f"; epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "; no checkpoint was written"
+            raise UserError(out_of_memory(tr.device, f"training {cfg.student} ({cfg.mode})", cfg.batch_size,
+                                          f" (with {setting('resume', True)} to continue){kept}")) from None
         losses = torch.stack(losses).float().cpu().tolist()
         train_s = time.perf_counter() - t0
         train_loss = dist.sum(float(sum(losses))) / dist.sum(len(losses))  # every rank sees a NaN of any rank
         if not math.isfinite(train_loss):
             _check_finite(losses, epoch, cfg, force=True)
-        m = {"epoch": epoch + 1, "mode": cfg.mode, "view": sampler.view if len(sampler.views) == 1 else sampler.views,
+        views = loader.epoch_views
+        m = {"epoch": epoch + 1, "mode": cfg.mode, "view": views[0] if len(views) == 1 else views,
              "train_loss": train_loss, "lr": tr.lr,
              "steps": len(losses), "samples": dist.sum(len(losses) * cfg.batch_size),
              "img_s": dist.sum(len(losses) * cfg.batch_size / train_s), "data_wait_frac": wait / train_s,

@@ -6,6 +6,7 @@ views are read once (a few MB for ImageNet) and each batch's rows are gathered b
 """
 from __future__ import annotations
 
+import operator
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 from relabel.models import Normalize
 from relabel.storage.errors import ConfigError, setting
 
-from .data import EpochBatchSampler, TrainData
+from .data import EpochBatchSampler, TrainData, finish_pixels
 
 
 class ReplayLoader:
@@ -35,7 +36,11 @@ class ReplayLoader:
         img_size: render size (default: the size the teacher saw).
         views_limit: replay only the first V stored views.
         aug_repeats: repeated augmentation, each epoch about N/R samples x R different views.
-        device: move batches there (non-blocking, from pinned memory on CUDA).
+        device: move batches there (non-blocking, from pinned memory on CUDA); the torch renderer
+            renders them there.
+        renderer: ``pillow`` (render in the workers), ``torch`` (workers decode and cut the crop's
+            region; the views render on ``device`` after the DataLoader) or ``auto`` (torch on CUDA).
+            Both give the same bytes.
         allow_pixel_drift: replay even when this machine renders the store's canonical views
             differently than stage one did (otherwise a RelabelError names what differs).
 
@@ -61,17 +66,42 @@ class ReplayLoader:
     def __init__(self, data: str, labels, batch_size: int, *, seed: int = 42, workers: int = 4,
                  rank: int | None = None, world: int | None = None, normalize_for=None, allow_subset: bool = False,
                  img_size: int | None = None, views_limit: int | None = None, aug_repeats: int = 1,
-                 device: str | torch.device | None = None, allow_pixel_drift: bool = False):
+                 device: str | torch.device | None = None, allow_pixel_drift: bool = False, renderer: str = "auto"):
         for name, value, lo in (("batch_size", batch_size, 1), ("workers", workers, 0), ("aug_repeats", aug_repeats, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            try:
+                ok = not isinstance(value, bool) and operator.index(value) >= lo  # ints, numpy ints
+            except TypeError:
+                ok = False
+            if not ok:
                 raise ConfigError(f"{setting(name)} must be a whole number >= {lo} (got {value!r})")
+        batch_size, workers, aug_repeats = int(batch_size), int(workers), int(aug_repeats)
         labels = getattr(labels, "path", labels)  # an opened store: replay reads it by path
-        self.data = TrainData(data, str(labels), allow_subset=allow_subset, img_size=img_size,
-                              views_limit=views_limit, repeats=aug_repeats, allow_drift=allow_pixel_drift)
+        dev = torch.device(device) if device is not None else None
+        td = TrainData(data, str(labels), allow_subset=allow_subset, img_size=img_size, views_limit=views_limit,
+                       repeats=aug_repeats, allow_drift=allow_pixel_drift, renderer=renderer, device=dev)
+        self._setup(td, batch_size, seed=seed, workers=workers, rank=rank, world=world, device=dev,
+                    normalize_for=normalize_for, with_labels=True)
+
+    @classmethod
+    def for_data(cls, data: TrainData, batch_size: int, *, seed: int, workers: int, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None, with_labels: bool = True) -> "ReplayLoader":
+        """The loader of an already matched ``TrainData`` (``relabel train`` builds its data once and
+        trains from this; ``with_labels=False`` for supervised and online runs, or no store)."""
+        self = cls.__new__(cls)
+        self._setup(data, batch_size, seed=seed, workers=workers, rank=rank, world=world, device=device,
+                    normalize_for=None, with_labels=with_labels)
+        return self
+
+    def _setup(self, data: TrainData, batch_size: int, *, seed: int, workers: int, rank, world, device,
+               normalize_for, with_labels: bool) -> None:
+        self.data, self.device, self.with_labels = data, device, with_labels
         self.data.batches(seed, 0, batch_size)  # an odd batch for a mixing recipe fails here, not mid-epoch
-        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-        self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
-        self.device = torch.device(device) if device is not None else None
+        try:
+            self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+            self.world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+        except ValueError:
+            raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} in the "
+                              f"environment are not whole numbers; fix them or pass rank= and world=") from None
         if not (isinstance(self.world, int) and self.world >= 1 and isinstance(self.rank, int) and 0 <= self.rank < self.world):
             raise ConfigError(f"{setting('rank')} {self.rank!r} of {setting('world')} {self.world!r}: need 0 <= rank < world")
         self.sampler = EpochBatchSampler(self.data, seed, batch_size, self.rank, self.world)
@@ -82,14 +112,16 @@ class ReplayLoader:
         self.loader = DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),
                                  num_workers=workers, pin_memory=gpu, persistent_workers=workers > 0,
                                  prefetch_factor=4 if workers else None,
-                                 generator=torch.Generator().manual_seed(seed))
+                                 generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
         self.normalize = None
         if normalize_for is not None:
             cfg = _pretrained_cfg(normalize_for)
             self.normalize = Normalize(cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
             if self.device is not None:
                 self.normalize = self.normalize.to(self.device)
-        self._labels: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._label_views: tuple[int, ...] = ()
+        self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._slot = torch.zeros(0, dtype=torch.int64)
         self.set_epoch(0)
 
     @property
@@ -108,30 +140,69 @@ class ReplayLoader:
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch's views and batches and read those views' labels (once per epoch)."""
         self.sampler.set_epoch(epoch)
-        self._labels = {}
-        for v in self.sampler.views:
-            idx, lp = self.data.store.read_view(int(v))
-            self._labels[int(v)] = (torch.from_numpy(np.ascontiguousarray(idx)), torch.from_numpy(lp))
+        if self.with_labels:
+            self._load_labels()
+
+    def _load_labels(self) -> None:
+        """Every sample's row of each of the epoch's views, on the loader's device (a few MB a view
+        for ImageNet): batches gather by (view, store position) there, never in the workers."""
+        views = tuple(int(v) for v in self.sampler.views)
+        if views == self._label_views:
+            return
+        rows = [self.data.store.read_view(v) for v in views]
+        dev = self.device or torch.device("cpu")
+        self._rows = (torch.from_numpy(np.stack([r[0] for r in rows])).to(dev),
+                      torch.from_numpy(np.stack([r[1] for r in rows])).to(dev))
+        slot = torch.full((max(views) + 1,), -1, dtype=torch.int64)
+        slot[list(views)] = torch.arange(len(views))
+        self._slot, self._label_views = slot.to(dev), views
 
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def _device_stage(self, b: dict) -> dict:
+        """Render the batch's views, move it to the device and gather its labels there."""
+        finish_pixels(self.data.renderer, b, self.device)  # the renderer's device stage
+        b["view"] = b["views"]  # a view per sample (repeated augmentation mixes views)
+        if self.device is not None:
+            b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        if self.with_labels:
+            slot = self._slot[b["views"].to(self._slot.device)]
+            pos = b["positions"].to(self._slot.device)
+            b["topk_index"], b["topk_logp"] = self._rows[0][slot, pos], self._rows[1][slot, pos]
+        if self.normalize is not None:
+            b["input"] = self.normalize(b["pixels"])
+        return b
+
     def __iter__(self):
-        k = self.data.header.topk
+        if self.device is not None and self.device.type == "cuda":
+            yield from self._prefetched()
+            return
         for b in self.loader:
-            pos, views = b["positions"], b["views"]  # a view per sample (repeated augmentation mixes views)
-            b["view"] = views
-            b["topk_index"] = torch.empty((len(pos), k), dtype=torch.int64)
-            b["topk_logp"] = torch.empty((len(pos), k + 1), dtype=torch.float32)
-            for v in views.unique().tolist():
-                sel = views == v
-                idx, lp = self._labels[v]
-                b["topk_index"][sel], b["topk_logp"][sel] = idx[pos[sel]], lp[pos[sel]]
-            if self.device is not None:
-                b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-            if self.normalize is not None:
-                b["input"] = self.normalize(b["pixels"])
-            yield b
+            yield self._device_stage(b)
+
+    def _prefetched(self):
+        """CUDA: the next batch's upload, render and label gather run on a side stream while the
+        caller's step for this batch runs on the current one (timm's PrefetchLoader, one batch ahead)."""
+        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        side.wait_stream(main)  # the epoch's label rows (made on the main stream) are ready first
+
+        def stage(b):
+            with torch.cuda.stream(side):
+                return self._device_stage(b)
+
+        it = iter(self.loader)
+        nxt = next(it, None)
+        nxt = None if nxt is None else stage(nxt)
+        while nxt is not None:
+            main.wait_stream(side)  # this batch is complete before the step reads it
+            cur = nxt
+            for v in cur.values():
+                if torch.is_tensor(v) and v.is_cuda:
+                    v.record_stream(main)  # made on the side stream, used on the main one: keep it alive
+            nxt = next(it, None)
+            nxt = None if nxt is None else stage(nxt)  # queued now: overlaps the caller's work on `cur`
+            yield cur
 
 
 def _pretrained_cfg(model) -> dict:

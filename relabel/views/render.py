@@ -1,0 +1,224 @@
+"""Renderers, and the one driver every stage renders views through.
+
+A renderer turns decoded images plus view parameters into uint8 pixels, in two places: ``plan``
+(per sample) and ``stack`` (per batch, mixing its pairs) run in DataLoader workers; ``finish`` runs
+after the DataLoader, in the main process, on the renderer's device (timm's ``PrefetchLoader``
+shape). The Pillow renderer does its work in the workers and ``finish`` only moves the batch; the
+torch renderer's workers ship each view's support region (the crop plus the filter's reach) and
+``finish`` renders the batch on the device. Their bytes are equal (tests/test_render_torch.py), so a
+store made with one replays with the other.
+
+Generate, verify, the replay check, ``relabel train`` and ``ReplayLoader`` all call ``plan_batch``
+and ``finish_batch`` (or ``render_now``, both at once): there is one view path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from relabel.storage.errors import ConfigError, setting
+
+from .params import MixParams, ViewParams, batch_mixes, mix_lambda, view_params
+from .pillow import mix_pixels, render_view
+from .recipe import Recipe
+
+RENDERER_CHOICES = ("auto", "pillow", "torch")
+
+
+@dataclass
+class ViewRenderer:
+    """What fixes a store's views: recipe, seed and output size (picklable; workers get a copy).
+    ``render`` is the Pillow reference for one view."""
+
+    recipe: Recipe
+    seed: int
+    size: int
+
+    def params(self, key: str, view: int, img: Image.Image) -> ViewParams:
+        return view_params(self.recipe, self.seed, key, view, img.size)
+
+    def erase_seed(self, key: str, view: int) -> tuple:
+        return (self.recipe.digest, self.seed, key, view)
+
+    def render(self, key: str, view: int, img: Image.Image) -> np.ndarray:
+        return render_view(img, self.params(key, view, img), self.recipe, self.size,
+                           erase_seed=self.erase_seed(key, view))
+
+
+class Renderer(Protocol):
+    """Turns (key, view, decoded image) into pixels; see the module doc for where each step runs."""
+
+    name: str
+    spec: ViewRenderer
+
+    def plan(self, key: str, view: int, img: Image.Image) -> Any:
+        """Worker side of one view: ``plan_params`` with the view's drawn parameters."""
+        ...
+
+    def plan_params(self, params: ViewParams, img: Image.Image, erase_seed: tuple = ()) -> Any: ...
+
+    def stack(self, planned: Sequence[Any], mixes: Sequence[tuple[int, int, MixParams]]) -> Any: ...
+
+    def finish(self, payload: Any, device: torch.device | None) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on ``device`` (None: where the payload is)."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[[ViewRenderer], Renderer]] = {}
+
+
+def register_renderer(name: str):
+    def deco(cls):
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def resolve_renderer(name: str, device: torch.device | str | None) -> str:
+    """``auto``: torch where the pixels go to a GPU (the CPU only decodes), Pillow on a CPU (it is
+    faster there, and runs in parallel workers)."""
+    if name not in RENDERER_CHOICES:
+        raise ConfigError(f"unknown {setting('renderer')} {name!r}; use one of {', '.join(RENDERER_CHOICES)}")
+    if name != "auto":
+        return name
+    return "torch" if device is not None and torch.device(device).type == "cuda" else "pillow"
+
+
+def create_renderer(name: str, spec: ViewRenderer, device: torch.device | str | None = None) -> Renderer:
+    """A renderer by name (``auto`` resolved for ``device``), checked against the recipe."""
+    if not isinstance(spec, ViewRenderer):
+        raise TypeError("create_renderer takes a ViewRenderer (recipe, seed, size)")
+    r = _REGISTRY[resolve_renderer(name, device)](spec)
+    check = getattr(r, "check", None)
+    if check is not None:
+        check()
+    return r
+
+
+@register_renderer("pillow")
+class PillowRenderer:
+    """Everything in the workers: render, mix (numpy integer arithmetic), stack."""
+
+    name = "pillow"
+
+    def __init__(self, spec: ViewRenderer):
+        self.spec = spec
+
+    def plan(self, key: str, view: int, img: Image.Image) -> np.ndarray:
+        return self.spec.render(key, view, img)
+
+    def plan_params(self, params: ViewParams, img: Image.Image, erase_seed: tuple = ()) -> np.ndarray:
+        return render_view(img, params, self.spec.recipe, self.spec.size, erase_seed=erase_seed)
+
+    def stack(self, planned, mixes) -> torch.Tensor:
+        out = list(planned)
+        for i, j, mix in mixes:
+            out[i], out[j], _ = mix_pixels(planned[i], planned[j], mix)
+        if not out:
+            s = self.spec.size
+            return torch.empty((0, s, s, 3), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(out))
+
+    def finish(self, payload: torch.Tensor, device) -> torch.Tensor:
+        return payload if device is None else payload.to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class _TorchItem:
+    """What a worker sends for one view: its parameters and the pixels its crop-resize reads."""
+
+    params: ViewParams
+    region: np.ndarray  # uint8 (h, w, 3) inside the support box
+    offset: tuple[int, int]  # (x0, y0) of the region in the decoded image
+    full_size: tuple[int, int]  # the decoded image's (width, height)
+    erase_seed: tuple
+
+
+@register_renderer("torch")
+class TorchRenderer:
+    """Workers decode and cut support regions; the device renders and mixes the whole batch."""
+
+    name = "torch"
+
+    def __init__(self, spec: ViewRenderer):
+        self.spec = spec
+
+    def check(self) -> None:
+        from .torch import check_recipe
+
+        check_recipe(self.spec.recipe)
+
+    def plan(self, key: str, view: int, img: Image.Image) -> _TorchItem:
+        return self.plan_params(self.spec.params(key, view, img), img, self.spec.erase_seed(key, view))
+
+    def plan_params(self, params: ViewParams, img: Image.Image, erase_seed: tuple = ()) -> _TorchItem:
+        from .torch import support_box
+
+        x0, y0, x1, y1 = support_box(params, self.spec.recipe, img.width, img.height, self.spec.size)
+        region = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
+        return _TorchItem(params, region, (x0, y0), img.size, erase_seed)
+
+    def stack(self, planned, mixes) -> dict:
+        """One flat uint8 tensor of every region (one pinned upload) plus the plain-data rest."""
+        flat = (torch.from_numpy(np.concatenate([it.region.reshape(-1) for it in planned]))
+                if planned else torch.empty(0, dtype=torch.uint8))
+        return {"regions": flat, "shapes": [it.region.shape[:2] for it in planned],
+                "items": [(it.params, it.offset, it.full_size, it.erase_seed) for it in planned],
+                "mixes": list(mixes)}
+
+    def finish(self, payload: dict, device) -> torch.Tensor:
+        from .torch import mix_pairs_torch, render_batch
+
+        flat = payload["regions"]
+        device = flat.device if device is None else torch.device(device)
+        flat = flat.to(device, non_blocking=True)
+        regions, at = [], 0
+        for h, w in payload["shapes"]:
+            regions.append(flat[at:at + h * w * 3].view(h, w, 3))
+            at += h * w * 3
+        items = payload["items"]
+        x = render_batch(regions, [it[1] for it in items], [it[2] for it in items], [it[0] for it in items],
+                         self.spec.recipe, self.spec.size, [it[3] for it in items], device)
+        if payload["mixes"]:
+            x, _ = mix_pairs_torch(x, payload["mixes"])
+        return x
+
+
+# ------------------------------------------------------------------------------------ the driver
+def plan_batch(renderer: Renderer, positions: Sequence[int], views: Sequence[int], partners: Sequence[int],
+               planned: Sequence[Any]) -> tuple[Any, list[float], list[int]]:
+    """Worker side of a batch of views held together (stage one: a mix group's views, stage two: a
+    batch): mix every pair whose both members are here with its view's parameters. Returns
+    (payload for ``finish_batch``, own lambda per row, partner position per row or -1)."""
+    spec = renderer.spec
+    lam, other = [1.0] * len(planned), [-1] * len(planned)
+    mixes: list[tuple[int, int, MixParams]] = []
+    for v in sorted(set(int(x) for x in views)):
+        sel = [i for i, x in enumerate(views) if int(x) == v]
+        for a, b, mix in batch_mixes(spec.recipe, spec.seed, v, [positions[i] for i in sel],
+                                     [partners[i] for i in sel]):
+            i, j = sel[a], sel[b]
+            mixes.append((i, j, mix))
+            lam[i] = lam[j] = mix_lambda(mix, spec.size, spec.size)
+            other[i], other[j] = int(positions[j]), int(positions[i])
+    return renderer.stack(planned, mixes), lam, other
+
+
+def finish_batch(renderer: Renderer, payload: Any, device: torch.device | str | None = None) -> torch.Tensor:
+    """Main-process side: the batch's pixels, (N, H, W, 3) uint8 on ``device``."""
+    return renderer.finish(payload, device)
+
+
+def render_now(renderer: Renderer, samples: Sequence[tuple[int, int, int, str, Image.Image]],
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """Plan, stack and finish at once: ``samples`` = (position, view, partner, key, image) held
+    together (a pair's partner must be among them to be mixed). (N, H, W, 3) uint8."""
+    planned = [renderer.plan(key, v, img) for _, v, _, key, img in samples]
+    payload, _, _ = plan_batch(renderer, [s[0] for s in samples], [s[1] for s in samples],
+                               [s[2] for s in samples], planned)
+    return finish_batch(renderer, payload, device)
