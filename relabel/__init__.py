@@ -49,11 +49,11 @@ _EXPORTS = {
     "TrainResult": "relabel.train.loop",
     "CachedDistillationTask": "relabel.train.timm_task",
     # errors
-    "RelabelError": "relabel.storage.errors",
-    "ConfigError": "relabel.storage.errors",
-    "SourceError": "relabel.storage.errors",
-    "StoreError": "relabel.storage.errors",
-    "UserError": "relabel.storage.errors",
+    "RelabelError": "relabel.errors",
+    "ConfigError": "relabel.errors",
+    "SourceError": "relabel.errors",
+    "StoreError": "relabel.errors",
+    "UserError": "relabel.errors",
 }
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
-from relabel.storage.errors import UserError
+from relabel.storage.errors import ConfigError
 
 # Seconds every rank has to reach the rendezvous (torchrun starts them together). Only the rendezvous:
 # later barriers may legitimately wait for a slow rank for as long as torch's default allows.
@@ -19,14 +19,14 @@ def _env_int(name: str, default: int | None = None) -> int:
     v = os.environ.get(name)
     if v is None or v.strip() == "":
         if default is None:
-            raise UserError(f"WORLD_SIZE is set but {name} is not: a stale torchrun environment? Launch with "
-                            f"torchrun, or unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT to run one process")
+            raise ConfigError(f"WORLD_SIZE is set but {name} is not: a stale torchrun environment? Launch with "
+                              f"torchrun, or unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT to run one process")
         return default
     try:
         return int(v)
     except ValueError:
-        raise UserError(f"{name}={v!r} is not an integer; launch with torchrun, or unset RANK WORLD_SIZE "
-                        f"LOCAL_RANK to run one process") from None
+        raise ConfigError(f"{name}={v!r} is not an integer; launch with torchrun, or unset RANK WORLD_SIZE "
+                          f"LOCAL_RANK to run one process") from None
 
 
 def _rendezvous(rank: int, world: int):
@@ -34,20 +34,20 @@ def _rendezvous(rank: int, world: int):
     wait: a stale environment or a rank that never comes is an error after the timeout, not a hang."""
     addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
     if not addr or not port:
-        raise UserError(f"RANK/WORLD_SIZE are set (WORLD_SIZE={world}) but MASTER_ADDR/MASTER_PORT are not: a stale "
-                        f"torchrun environment? Launch with torchrun, or unset RANK WORLD_SIZE LOCAL_RANK to run "
-                        f"one process")
+        raise ConfigError(f"RANK/WORLD_SIZE are set (WORLD_SIZE={world}) but MASTER_ADDR/MASTER_PORT are not: a stale "
+                          f"torchrun environment? Launch with torchrun, or unset RANK WORLD_SIZE LOCAL_RANK to run "
+                          f"one process")
     try:
         timeout = float(os.environ.get("RELABEL_DIST_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
     except ValueError:
-        raise UserError(f"RELABEL_DIST_TIMEOUT={os.environ['RELABEL_DIST_TIMEOUT']!r} is not a number of "
-                        f"seconds") from None
+        raise ConfigError(f"RELABEL_DIST_TIMEOUT={os.environ['RELABEL_DIST_TIMEOUT']!r} is not a number of "
+                          f"seconds") from None
     try:
         store, _, _ = next(tdist.rendezvous("env://", timeout=timedelta(seconds=timeout)))
     except (RuntimeError, ValueError, OSError) as e:  # DistStoreError / DistNetworkError are RuntimeErrors
-        raise UserError(f"torch.distributed rendezvous at {addr}:{port} failed within {timeout:.0f}s (rank {rank} of "
-                        f"{world}: {type(e).__name__}); start every rank with torchrun, unset RANK WORLD_SIZE to run "
-                        f"one process, or raise RELABEL_DIST_TIMEOUT") from None
+        raise ConfigError(f"torch.distributed rendezvous at {addr}:{port} failed within {timeout:.0f}s (rank {rank} of "
+                          f"{world}: {type(e).__name__}); start every rank with torchrun, unset RANK WORLD_SIZE to run "
+                          f"one process, or raise RELABEL_DIST_TIMEOUT") from None
     store.set_timeout(timedelta(minutes=30))  # torch's default for everything after the rendezvous
     return store
 
@@ -65,7 +65,7 @@ class Dist:
             return cls()
         rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK", 0)
         if not 0 <= rank < world:
-            raise UserError(f"RANK={rank} is not in [0, WORLD_SIZE={world}); launch with torchrun")
+            raise ConfigError(f"RANK={rank} is not in [0, WORLD_SIZE={world}); launch with torchrun")
         d = cls(rank, world, local_rank)
         if not tdist.is_initialized():
             use_nccl = torch.cuda.is_available() and device != "cpu"

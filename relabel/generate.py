@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
@@ -106,7 +106,9 @@ class GenerateResult:
 
 
 @dataclass(frozen=True)
-class _Unit:
+class WorkUnit:
+    """One mix group [g0, g1) of a shard: what a worker decodes once and renders every pending view of."""
+
     shard: Shard
     g0: int
     g1: int
@@ -118,7 +120,7 @@ class ViewStream(IterableDataset):
     payload becomes pixels (uint8 NHWC) in the main process (``finish_batch``)."""
 
     def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: Renderer, num_samples: int,
-                 units: list[_Unit], keys: list[str], batch_size: int, sticky: np.ndarray | None = None,
+                 units: list[WorkUnit], keys: list[str], batch_size: int, sticky: np.ndarray | None = None,
                  tries: int = 4, wait: float = 0.5):
         self.source, self.src_index, self.renderer = source, src_index, renderer
         self.N, self.units, self.keys, self.batch_size = num_samples, units, keys, batch_size
@@ -283,7 +285,7 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
                 except StoreExistsError:  # another generate made it first: join it if the settings agree
                     store = _open_existing(cfg, header)
         except OSError as e:
-            raise UserError(f"could not write the label store {cfg.out}: {e.strerror or e}; "
+            raise StoreError(f"could not write the label store {cfg.out}: {e.strerror or e}; "
                             f"free space (or fix permissions) and rerun") from None
     dist.barrier()
     return LabelStore.open(cfg.out, mode="r+") if dist.rank else store
@@ -354,7 +356,7 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
              mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, bar) -> tuple[int, int, list[str]]:
     h = store.header
     G = recipe.mix_group
-    units = [_Unit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
+    units = [WorkUnit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
     renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
     if renderer.name != h.renderer:
         log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
@@ -382,7 +384,7 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
                     for b0 in range(0, len(pixels), cfg.batch_size):
                         parts.append(teacher.topk(pixels[b0:b0 + cfg.batch_size], h.topk))
                 except torch.cuda.OutOfMemoryError:
-                    raise UserError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
+                    raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
                                                   f"; the {n_shards} shard(s) written so far are kept")) from None
                 except NonFiniteOutput as e:
                     first = b0 + e.rows[0]
@@ -409,7 +411,7 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
             try:
                 store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
             except OSError as e:  # disk full, quota, I/O error: the shard stays pending
-                raise UserError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
+                raise StoreError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
                                 f"free space and rerun to resume") from None
             store.release(sh)
             n_shards += 1
@@ -485,7 +487,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     n_failed = dist.sum(len(failed))
     if n_failed:
         first = f" (first here: {failed[0]})" if failed else ""
-        raise UserError(f"{n_failed} shard(s) could not be read and stay pending{first}; the rest is written: "
+        raise SourceError(f"{n_failed} shard(s) could not be read and stay pending{first}; the rest is written: "
                         f"fix the storage and rerun the same command to resume")
     elapsed = time.perf_counter() - t0
     summary = LabelStore.open(cfg.out).summary()

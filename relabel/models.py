@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import timm
 
-from relabel.storage.errors import ConfigError, UserError, setting
+from relabel.storage.errors import ConfigError, setting
 from relabel.storage.hashing import sha256_file
 
 # Short names people use for common models -> timm names.
@@ -32,7 +32,7 @@ def resolve_name(name: str) -> str:
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
         hint = f"; close: {', '.join(close)}" if close else ""
-        raise UserError(f"unknown model {name!r}: not a timm model name or alias{hint}")
+        raise ConfigError(f"unknown model {name!r}: not a timm model name or alias{hint}")
     return full
 
 
@@ -42,12 +42,12 @@ _STATE_KEYS = ("state_dict", "model", "module", "net")
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A plain state_dict, a timm checkpoint, a relabel checkpoint or USI's; never unpickles code."""
     if not os.path.isfile(path):
-        raise UserError(f"{path}: checkpoint not found")
+        raise ConfigError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
-                        f"save a state_dict with torch.save(model.state_dict(), path)") from None
+        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
+                          f"save a state_dict with torch.save(model.state_dict(), path)") from None
     sd = ckpt
     if isinstance(ckpt, dict):
         for k in _STATE_KEYS:
@@ -55,7 +55,7 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
                 sd = ckpt[k]
                 break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{path}: holds no state_dict of tensors")
+        raise ConfigError(f"{path}: holds no state_dict of tensors")
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
@@ -100,7 +100,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
     if sd is not None:
         ck_classes = _classifier_rows(full, sd)
         if num_classes is not None and ck_classes is not None and ck_classes != num_classes:
-            raise UserError(f"{checkpoint}: has {ck_classes} classes but {num_classes} are needed")
+            raise ConfigError(f"{checkpoint}: has {ck_classes} classes but {num_classes} are needed")
         num_classes = ck_classes or num_classes
     extra = {"num_classes": num_classes} if num_classes is not None else {}
     try:
@@ -123,8 +123,8 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
                 missing, extra = sorted(want - have), sorted(have - want)
                 detail = (f"missing {len(missing)} keys, e.g. {missing[0]!r}" if missing else
                           f"unexpected {len(extra)} keys, e.g. {extra[0]!r}" if extra else "tensor shapes differ")
-                raise UserError(f"{checkpoint}: weights do not fit {full} ({detail}); is {setting('teacher')} the "
-                                f"architecture this checkpoint was trained as?") from None
+                raise ConfigError(f"{checkpoint}: weights do not fit {full} ({detail}); is {setting('teacher')} the "
+                                  f"architecture this checkpoint was trained as?") from None
     cfg = model.pretrained_cfg
     info = ModelInfo(
         name=name, model=full, num_classes=model.num_classes,
@@ -153,10 +153,10 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"{setting('device', 'cuda')} asked for but no CUDA GPU is visible; "
-                        f"use {setting('device', 'cpu')} or auto")
+        raise ConfigError(f"{setting('device', 'cuda')} asked for but no CUDA GPU is visible; "
+                          f"use {setting('device', 'cpu')} or auto")
     if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
 
 
@@ -167,7 +167,7 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     """``auto`` -> what really runs: fp16 autocast on CUDA (as USI ran its teacher; its noise is far
     below the q8 rounding, bf16's is not: see the README), fp32 elsewhere."""
     if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     return precision

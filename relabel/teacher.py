@@ -180,8 +180,8 @@ class FunctionTeacher:
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         out = torch.as_tensor(self.fn(pixels.to(self.device))).float()
         if out.shape != (pixels.shape[0], self.num_classes):
-            raise UserError(f"teacher function {self.name!r} returned shape {tuple(out.shape)}; expected "
-                            f"({pixels.shape[0]}, {self.num_classes})")
+            raise ConfigError(f"teacher function {self.name!r} returned shape {tuple(out.shape)}; expected "
+                              f"({pixels.shape[0]}, {self.num_classes})")
         return out
 
     def topk(self, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,14 +238,14 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     members = record.get("members") or [record]
     ckpts = [] if checkpoints is None else [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     if any(m.get("weights") == "function" for m in members):
-        raise UserError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
+        raise ConfigError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
     if ckpts and len(ckpts) != len(members):
         raise ConfigError(f"the store's teacher has {len(members)} member(s): give one "
                         f"{setting('teacher_checkpoint')} each, in order")
     notes = []
     for i, c in enumerate(ckpts):
         if not os.path.isfile(c):
-            raise UserError(f"{c}: checkpoint not found")
+            raise ConfigError(f"{c}: checkpoint not found")
         want = members[i].get("checkpoint_sha256")
         if want and want != sha256_file(c)[1]:
             notes.append(f"the checkpoint of teacher {i + 1} ({members[i].get('model')}) differs from the one the "

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from relabel.storage import LabelStore, UserError, open_source
-from relabel.storage.errors import setting
+from relabel.storage import LabelStore, open_source
+from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
 from relabel.storage.store import STATUS_OK
 
 from . import replay_check
@@ -65,7 +65,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it;
     ``renderer``: what replays the views (``auto``: torch on CUDA, Pillow on CPU)."""
     if samples < 0:
-        raise UserError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
+        raise ConfigError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
     h = store.header
     rep = VerifyReport()
@@ -77,8 +77,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     source = open_source(data)
     missing = [k for k in store.keys if k not in source.index()]
     if missing:
-        raise UserError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
-                        f"(first: {missing[0]!r}); verify needs the images the labels were made from")
+        raise SourceError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
+                          f"(first: {missing[0]!r}); verify needs the images the labels were made from")
     from .models import pick_device
 
     where = pick_device(device) if teacher is None else teacher.device
@@ -95,8 +95,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
         rep.notes.extend(notes)
     made_in = t.get("precision", "auto")
     if made_in not in _TOLERANCE:
-        raise UserError(f"{store_path}: the header records teacher precision {made_in!r}, which this relabel "
-                        f"does not know; upgrade relabel")
+        raise StoreError(f"{store_path}: the header records teacher precision {made_in!r}, which this relabel "
+                         f"does not know; upgrade relabel")
     if made_in == "auto":
         rep.notes.append("the store does not record the precision its teacher ran in (made by relabel < 0.2): "
                          "checked with the bf16 tolerance")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .errors import ConfigError
 
 ENCODINGS = ("q8", "f16", "f32")
 
@@ -25,7 +25,7 @@ class ValueEncoding:
 
     def __post_init__(self):
         if self.name not in ENCODINGS:
-            raise UserError(f"unknown value encoding {self.name!r}; choose one of {', '.join(ENCODINGS)}")
+            raise ConfigError(f"unknown value encoding {self.name!r}; choose one of {', '.join(ENCODINGS)}")
 
     @property
     def dtype(self) -> np.dtype:

@@ -1,32 +1,4 @@
-"""relabel's error family: problems the user can fix, each message naming the problem and the fix.
+"""relabel's error family, where the storage layer has always imported it from (``relabel.errors``)."""
+from relabel.errors import ConfigError, RelabelError, SourceError, StoreError, UserError, setting
 
-The library raises these (keeping any cause); only the CLI turns them into one line and exit code 2.
-Messages name settings as the config fields a Python caller sets, in backticks (`views`,
-`resume=True`, `mode='online'`); the CLI rewrites each into the option a shell user types
-(--views, --resume, --mode online). ``setting`` writes that form.
-"""
-
-
-class RelabelError(Exception):
-    """Base of every error the user can fix (bad input, damaged or mismatched data)."""
-
-
-class ConfigError(RelabelError):
-    """A setting that cannot work (out of range, contradictory, unknown)."""
-
-
-class SourceError(RelabelError):
-    """The images: missing, ambiguous, malformed or hostile input."""
-
-
-class StoreError(RelabelError):
-    """A label store or export: missing, damaged, edited, or made with other settings."""
-
-
-def setting(name: str, value=...) -> str:
-    """How a message names setting ``name`` (set to ``value``, if given): `name` or `name=value`."""
-    return f"`{name}`" if value is ... else f"`{name}={value!r}`"
-
-
-# The name the code base grew up with: every RelabelError is a UserError and vice versa.
-UserError = RelabelError
+__all__ = ["RelabelError", "ConfigError", "SourceError", "StoreError", "UserError", "setting"]

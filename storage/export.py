@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import StoreError, UserError, setting
+from .errors import ConfigError, SourceError, StoreError, setting
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER, SHARD_NAME_PATTERN,
                             check_export_key, labels_dtype, npy_bytes, pack_labels)
 from .hashing import HashingWriter
@@ -95,15 +95,15 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
     """
     h = store.header
     if store.pending_shards():
-        raise UserError(f"{store.path}: the store is incomplete ({len(store.pending_shards())} shard(s) pending); "
-                        f"finish 'relabel generate' before exporting")
+        raise StoreError(f"{store.path}: the store is incomplete ({len(store.pending_shards())} shard(s) pending); "
+                         f"finish 'relabel generate' before exporting")
     S = int(shard_size or h.samples_per_shard)
     if S < 1:
-        raise UserError(f"{setting('shard_size')} must be >= 1 (got {S})")
+        raise ConfigError(f"{setting('shard_size')} must be >= 1 (got {S})")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", prefix):
-        raise UserError(f"{setting('prefix')} {prefix!r}: use letters, digits, '_' and '-' only")
+        raise ConfigError(f"{setting('prefix')} {prefix!r}: use letters, digits, '_' and '-' only")
     if "://" in out:
-        raise UserError(f"{out}: export writes to a local folder; use publish with {setting('shards')} to upload it")
+        raise StoreError(f"{out}: export writes to a local folder; use publish with {setting('shards')} to upload it")
     keys = store.keys
     damaged = store.check_shards()  # every shard readable and this store's own (seals): an export vouches for it
     if damaged:
@@ -112,19 +112,19 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
     digest = store.label_set_digest() if store.sealed else None
     bad = [(k, why) for k in keys if (why := check_export_key(k))]
     if bad:
-        raise UserError(f"key {bad[0][0]!r} cannot be a webdataset __key__: {bad[0][1]} "
-                        f"({len(bad)} such key(s)); rename those files")
+        raise SourceError(f"key {bad[0][0]!r} cannot be a webdataset __key__: {bad[0][1]} "
+                          f"({len(bad)} such key(s)); rename those files")
     notes: list[str] = []
     src_index = None
     if images is not None:
         if list(images.class_names) != list(h.class_names):
-            raise UserError(f"{images.root}: its classes ({len(images.class_names)}) differ from the store's "
-                            f"({len(h.class_names)}); pass the images the labels were made from")
+            raise SourceError(f"{images.root}: its classes ({len(images.class_names)}) differ from the store's "
+                              f"({len(h.class_names)}); pass the images the labels were made from")
         idx = images.index()
         missing = [k for k in keys if k not in idx]
         if missing:
-            raise UserError(f"{images.root}: {len(missing)} of the store's {len(keys)} keys are missing "
-                            f"(first: {missing[0]!r}); pass the images the labels were made from")
+            raise SourceError(f"{images.root}: {len(missing)} of the store's {len(keys)} keys are missing "
+                              f"(first: {missing[0]!r}); pass the images the labels were made from")
         src_index = np.asarray([idx[k] for k in keys], np.int64)
         if images.fingerprint != h.fingerprint:
             notes.append(f"{images.root} has {len(images) - len(keys)} image(s) the store has no labels for; "
@@ -137,7 +137,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
             os.remove(os.path.join(out, f))
     foreign = sorted(f for f in os.listdir(out) if f != INDEX_NAME and not pat.fullmatch(f))
     if foreign:
-        raise UserError(f"{out}: holds other files ({foreign[0]!r}, ...); export into an empty folder")
+        raise StoreError(f"{out}: holds other files ({foreign[0]!r}, ...); export into an empty folder")
     n_shards = -(-h.num_samples // S)
     for f in os.listdir(out):  # shards of an earlier, larger export
         m = pat.fullmatch(f)
@@ -160,8 +160,8 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                 blk_idx = np.asarray(g_idx[:, s0:s1])
                 blk_val = np.asarray(g_val[:, s0:s1])
             except Exception as e:
-                raise UserError(f"{store.path}: labels of samples {s0}-{s1 - 1} are unreadable "
-                                f"({type(e).__name__}); run 'relabel verify'") from None
+                raise StoreError(f"{store.path}: labels of samples {s0}-{s1 - 1} are unreadable "
+                                 f"({type(e).__name__}); run 'relabel verify'") from None
             for p in range(s0, s1):
                 if p % S == 0:
                     if writer is not None:
@@ -171,7 +171,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                     shards.append({"name": name, "first_position": p, "samples": 0})
                 key = keys[p]
                 if status[p] == STATUS_PENDING:
-                    raise UserError(f"{store.path}: sample {key!r} has no labels (pending); finish 'relabel generate'")
+                    raise StoreError(f"{store.path}: sample {key!r} has no labels (pending); finish 'relabel generate'")
                 a = pack_labels(blk_idx[:, p - s0], blk_val[:, p - s0], p, int(status[p]), ldt)
                 members = [(f"{key}.{LABELS_MEMBER}", npy_bytes(a))]
                 if images is not None:

@@ -57,7 +57,7 @@ Readers treat an export as data from others: index.json is size-capped and check
 (shard names are plain ``*.tar`` file names beside it, never paths or URLs), every member's size is
 checked before it is read, a labels member's ``.npy`` header is parsed and checked against the
 index's views and top-k before anything is allocated (no pickles, ever), and any violation is one
-``UserError`` naming the file and member.
+``StoreError`` naming the file and member.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ import io
 import numpy as np
 
 from .encoding import ValueEncoding
-from .errors import UserError
+from .errors import StoreError
 from .sources import TAR_IMAGE_MEMBER
 
 EXPORT_FORMAT = "relabel-webdataset"
@@ -99,7 +99,7 @@ def pack_labels(index: np.ndarray, stored: np.ndarray, position: int, status: in
     """(V, k) indices + (V, k+1) stored values + position/status -> the (V+1, 2k+1) array."""
     V, k = index.shape
     if not 0 <= position < 1 << 32:
-        raise UserError(f"store position {position} does not fit the export format (< 2**32)")
+        raise StoreError(f"store position {position} does not fit the export format (< 2**32)")
     a = np.zeros((V + 1, 2 * k + 1), dtype)
     a[:V, :k] = index
     a[:V, k:] = _code_bits(stored)
@@ -113,7 +113,7 @@ def unpack_labels(a, k: int, encoding: ValueEncoding | dict) -> tuple[int, int, 
         encoding = ValueEncoding.from_dict(encoding)
     a = np.asarray(a)
     if a.ndim != 2 or a.shape[1] != 2 * k + 1 or a.shape[0] < 2:
-        raise UserError(f"labels array has shape {a.shape}; expected (views + 1, {2 * k + 1})")
+        raise StoreError(f"labels array has shape {a.shape}; expected (views + 1, {2 * k + 1})")
     V = a.shape[0] - 1
     meta = a[V].astype(np.int64)
     codes = a[:V, k:]
@@ -144,15 +144,15 @@ def load_npy(data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
         else:
             raise ValueError(f"npy version {version}")
     except Exception as e:
-        raise UserError(f"{where}: not a readable .npy ({type(e).__name__}: {str(e)[:80]})") from None
+        raise StoreError(f"{where}: not a readable .npy ({type(e).__name__}: {str(e)[:80]})") from None
     if dtype.str not in ("<u2", "<u4") or fortran:
-        raise UserError(f"{where}: .npy dtype {dtype.str}{' (Fortran order)' if fortran else ''}; expected <u2 or <u4")
+        raise StoreError(f"{where}: .npy dtype {dtype.str}{' (Fortran order)' if fortran else ''}; expected <u2 or <u4")
     if tuple(got) != tuple(shape):
-        raise UserError(f"{where}: .npy shape {tuple(got)}; index.json says {tuple(shape)} (views + 1, 2k + 1)")
+        raise StoreError(f"{where}: .npy shape {tuple(got)}; index.json says {tuple(shape)} (views + 1, 2k + 1)")
     payload = data[fp.tell():]
     if len(payload) != int(np.prod(shape)) * dtype.itemsize:
-        raise UserError(f"{where}: .npy holds {len(payload)} data bytes; its header says "
-                        f"{int(np.prod(shape)) * dtype.itemsize}")
+        raise StoreError(f"{where}: .npy holds {len(payload)} data bytes; its header says "
+                         f"{int(np.prod(shape)) * dtype.itemsize}")
     return np.frombuffer(payload, dtype).reshape(shape)
 
 

@@ -3,7 +3,7 @@ samples, and ``ExportedLabelStore``, an export standing in for a label store.
 
 The format is specified in storage/export_format.py. An export is data from others: index.json is
 size-capped and checked field by field, member sizes are checked before reads, and every violation
-is one ``UserError`` naming the file and member.
+is one ``StoreError`` naming the file and member.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .encoding import ValueEncoding
-from .errors import UserError
+from .errors import StoreError, UserError
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_FIELDS, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER,
                             MAX_LABELS_BYTES, NPY_HEADER_MAX, load_npy, sniff_image_ext, split_key, unpack_labels)
 from .hashing import HashingReader
@@ -31,7 +31,7 @@ def _open(url: str, mode: str = "rb"):
         import fsspec
 
         return fsspec.open(url, mode).open()
-    check_regular(url, "an export file")  # a FIFO would block the open
+    check_regular(url, "an export file", error=StoreError)  # a FIFO would block the open
     return open(url, mode)
 
 
@@ -43,7 +43,7 @@ def _read_capped(url: str, cap: int) -> bytes:
     with _open(url) as f:
         data = f.read(cap + 1)
     if len(data) > cap:
-        raise UserError(f"{url}: larger than {cap >> 20} MiB; not an index written by 'relabel export'")
+        raise StoreError(f"{url}: larger than {cap >> 20} MiB; not an index written by 'relabel export'")
     return data
 
 
@@ -54,10 +54,10 @@ def _check_index(d, url: str) -> dict:
     """index.json from others: every field the readers use has its type and a sane range, and shard
     names are plain file names beside index.json (no '/', '..', absolute paths or URLs)."""
     if not isinstance(d, dict) or d.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{url}: not a relabel webdataset export index")
+        raise StoreError(f"{url}: not a relabel webdataset export index")
 
-    def bad(field: str, why: str) -> UserError:
-        return UserError(f"{url}: field {field!r} {why}; not a valid export index (export again)")
+    def bad(field: str, why: str) -> StoreError:
+        return StoreError(f"{url}: field {field!r} {why}; not a valid export index (export again)")
 
     def integer(field: str, lo: int, hi: int, obj=d) -> int:
         v = obj.get(field)
@@ -66,7 +66,7 @@ def _check_index(d, url: str) -> dict:
         return v
 
     if integer("version", 1, 1 << 30) > EXPORT_VERSION:
-        raise UserError(f"{url}: export version {d['version']} is newer than this relabel understands; upgrade")
+        raise StoreError(f"{url}: export version {d['version']} is newer than this relabel understands; upgrade")
     V, k = integer("views", 1, 1 << 24), integer("topk", 1, 1 << 24)
     integer("num_samples", 0, 1 << 32)
     integer("num_classes", 1, 1 << 32)
@@ -88,8 +88,8 @@ def _check_index(d, url: str) -> dict:
             raise bad("shards", "holds an entry that is not an object")
         name = s.get("name")
         if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
-            raise UserError(f"{url}: shard name {str(name)[:80]!r} is not a plain .tar file name beside index.json; "
-                            f"refusing it")
+            raise StoreError(f"{url}: shard name {str(name)[:80]!r} is not a plain .tar file name beside index.json; "
+                             f"refusing it")
         integer("samples", 0, 1 << 32, s)
         integer("first_position", 0, 1 << 32, s)
         if "sha256" in s and not (isinstance(s["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", s["sha256"])):
@@ -109,13 +109,13 @@ def load_index(path_or_url: str) -> dict:
     try:
         d = json.loads(_read_capped(url, MAX_TEXT_BYTES))
     except FileNotFoundError:
-        raise UserError(f"{url}: not found; pass a folder written by 'relabel export'") from None
+        raise StoreError(f"{url}: not found; pass a folder written by 'relabel export'") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{url}: not valid JSON ({str(e)[:80]})") from None
+        raise StoreError(f"{url}: not valid JSON ({str(e)[:80]})") from None
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{url}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
+        raise StoreError(f"{url}: cannot read ({type(e).__name__}: {str(e)[:120]})") from None
     return _check_index(d, url)
 
 
@@ -129,7 +129,7 @@ def _resolve(urls) -> tuple[list[str], dict]:
     if isinstance(urls, (list, tuple)):
         urls = [str(u) for u in urls]
         if not urls:
-            raise UserError("no shards given")
+            raise StoreError("no shards given")
         return urls, load_index(urls[0])
     urls = str(urls)
     if "{" in urls:
@@ -157,22 +157,22 @@ def iter_exported_samples(urls, verify: bool = False) -> Iterator[dict]:
         try:
             raw = _open(url)
         except FileNotFoundError:
-            raise UserError(f"{url}: shard not found") from None
+            raise StoreError(f"{url}: shard not found") from None
         with raw:
             f = HashingReader(raw)
             try:
                 yield from _iter_tar(f, url, V, k, enc)
             except tarfile.TarError as e:
-                raise UserError(f"{url}: not a readable tar ({e})") from None
+                raise StoreError(f"{url}: not a readable tar ({e})") from None
             except UnicodeError as e:  # a member name that is not UTF-8, ...
-                raise UserError(f"{url}: unreadable member ({type(e).__name__}: {str(e)[:80]})") from None
+                raise StoreError(f"{url}: unreadable member ({type(e).__name__}: {str(e)[:80]})") from None
             if verify:
                 f.drain()
                 want = by_name.get(url.rpartition("/")[2], {}).get("sha256")
                 if want is None:
-                    raise UserError(f"{url}: not listed in index.json")
+                    raise StoreError(f"{url}: not listed in index.json")
                 if f.sha.hexdigest() != want:
-                    raise UserError(f"{url}: sha256 mismatch with index.json; the shard was changed or damaged")
+                    raise StoreError(f"{url}: sha256 mismatch with index.json; the shard was changed or damaged")
 
 
 # Not webdataset's tar_file_iterator + group_by_keys: they read a member before its size can be checked.
@@ -185,13 +185,13 @@ def _iter_tar(f, url: str, V: int, k: int, enc: ValueEncoding) -> Iterator[dict]
                 continue
             where = f"{url}: member {m.name!r}"
             if m.name.startswith("/") or ".." in m.name.split("/") or "\\" in m.name:
-                raise UserError(f"{where} has an absolute or '..' path; refusing this shard")
+                raise StoreError(f"{where} has an absolute or '..' path; refusing this shard")
             key, field = split_key(m.name)
             cap = {LABELS_MEMBER: labels_cap, "cls": MAX_CLS_BYTES}.get(field, MAX_IMAGE_BYTES)
             if field != LABELS_MEMBER and field != "cls" and field.lower() not in IMAGE_FIELDS:
                 continue  # a field this reader does not use: skipped unread
             if m.size > cap:  # checked before the read
-                raise UserError(f"{where} is {m.size:,} bytes, above the {cap:,} a {field} member may have")
+                raise StoreError(f"{where} is {m.size:,} bytes, above the {cap:,} a {field} member may have")
             if cur is not None and cur["__key__"] != key:
                 yield _finish(cur, url)
                 cur = None
@@ -213,7 +213,7 @@ def _iter_tar(f, url: str, V: int, k: int, enc: ValueEncoding) -> Iterator[dict]
 
 def _finish(cur: dict, url: str) -> dict:
     if not cur.pop("_labels"):
-        raise UserError(f"{url}: sample {cur['__key__']!r} has no {LABELS_MEMBER} member")
+        raise StoreError(f"{url}: sample {cur['__key__']!r} has no {LABELS_MEMBER} member")
     return cur
 
 
@@ -265,17 +265,17 @@ class ExportedLabelStore:
         try:
             self.header = StoreHeader.from_dict(r.header)
         except UserError as e:
-            raise UserError(f"{path_or_url}: index.json's store header: {e}") from None
+            raise StoreError(f"{path_or_url}: index.json's store header: {e}") from None
         except Exception as e:  # missing or mistyped fields in a header from others
-            raise UserError(f"{path_or_url}: index.json's store header is malformed ({type(e).__name__}: "
-                            f"{str(e)[:80]}); export again") from None
+            raise StoreError(f"{path_or_url}: index.json's store header is malformed ({type(e).__name__}: "
+                             f"{str(e)[:80]}); export again") from None
         if (self.header.views, self.header.topk) != (r.index.shape[1], r.index.shape[2]):
-            raise UserError(f"{path_or_url}: index.json's store header ({self.header.views} views, top-"
-                            f"{self.header.topk}) does not match its labels; export again")
+            raise StoreError(f"{path_or_url}: index.json's store header ({self.header.views} views, top-"
+                             f"{self.header.topk}) does not match its labels; export again")
         n = self.header.num_samples
         if len(r.keys) != n or not np.array_equal(r.positions, np.arange(n)):
-            raise UserError(f"{path_or_url}: export holds {len(r.keys)} of the store's {n} samples; "
-                            f"export the whole store (or pull all shards)")
+            raise StoreError(f"{path_or_url}: export holds {len(r.keys)} of the store's {n} samples; "
+                             f"export the whole store (or pull all shards)")
         self.keys, self._index, self._logp, self._status = r.keys, r.index, r.logp, r.status
         self.complete = True
 

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 
-from .errors import UserError
+from .errors import StoreError
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
@@ -37,7 +37,7 @@ def check_relpath(rel: str, where: str = "manifest") -> str:
     parts = rel.split("/")
     if (not rel or rel.startswith("/") or "\\" in rel or ":" in parts[0] or any(p in ("", ".", "..") for p in parts)
             or any(ord(c) < 32 for c in rel)):
-        raise UserError(f"{where}: unsafe file name {rel!r}; refusing it")
+        raise StoreError(f"{where}: unsafe file name {rel!r}; refusing it")
     return rel
 
 
@@ -49,7 +49,7 @@ def local_files(root: str, prefix: str = "", what: str = "store") -> dict[str, s
     """
     root = os.path.abspath(root)
     if os.path.islink(root):
-        raise UserError(f"{root}: the {what} folder is itself a symlink; pass the real folder")
+        raise StoreError(f"{root}: the {what} folder is itself a symlink; pass the real folder")
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in sorted(dirnames + filenames):
@@ -60,12 +60,12 @@ def local_files(root: str, prefix: str = "", what: str = "store") -> dict[str, s
                 target = os.path.realpath(p)
                 inside = target == root or target.startswith(root + os.sep)
                 where = "inside" if inside else "outside"
-                raise UserError(f"{p}: symlink to {os.readlink(p)!r} ({where} the {what}); relabel never follows "
-                                f"symlinks when publishing: replace it with the real file or remove it")
+                raise StoreError(f"{p}: symlink to {os.readlink(p)!r} ({where} the {what}); relabel never follows "
+                                 f"symlinks when publishing: replace it with the real file or remove it")
             if stat.S_ISREG(st.st_mode):
                 out[prefix + check_relpath(rel, root)] = p
             elif not stat.S_ISDIR(st.st_mode):
-                raise UserError(f"{p}: not a regular file; remove it from the {what} before publishing")
+                raise StoreError(f"{p}: not a regular file; remove it from the {what} before publishing")
         dirnames.sort()
     return out
 
@@ -95,20 +95,20 @@ def parse_manifest(data: bytes, where: str) -> dict:
     try:
         m = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{where}: manifest.json is not valid JSON ({str(e)[:80]})") from None
+        raise StoreError(f"{where}: manifest.json is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
-        raise UserError(f"{where}: manifest.json is not a relabel manifest")
+        raise StoreError(f"{where}: manifest.json is not a relabel manifest")
     if not is_int(m.get("version"), 1):
-        raise UserError(f"{where}: manifest.json has version {str(m.get('version'))[:20]!r}, not a positive integer")
+        raise StoreError(f"{where}: manifest.json has version {str(m.get('version'))[:20]!r}, not a positive integer")
     if m["version"] > MANIFEST_VERSION:
-        raise UserError(f"{where}: manifest version {m['version']} is newer than this relabel understands; upgrade")
+        raise StoreError(f"{where}: manifest version {m['version']} is newer than this relabel understands; upgrade")
     if not isinstance(m.get("store"), (dict, type(None))) or not isinstance(m.get("shards"), (str, type(None))):
-        raise UserError(f"{where}/{MANIFEST_NAME}: 'store' must be an object and 'shards' a folder name or null")
+        raise StoreError(f"{where}/{MANIFEST_NAME}: 'store' must be an object and 'shards' a folder name or null")
     for rel, e in m["files"].items():
         check_relpath(rel, f"{where}/{MANIFEST_NAME}")
         if (not isinstance(e, dict) or not is_int(e.get("size"))
                 or not re.fullmatch(r"[0-9a-f]{64}", str(e.get("sha256")))):
-            raise UserError(f"{where}/{MANIFEST_NAME}: entry {rel!r} lacks a size (an integer >= 0) or a sha256")
+            raise StoreError(f"{where}/{MANIFEST_NAME}: entry {rel!r} lacks a size (an integer >= 0) or a sha256")
     return m
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .errors import UserError
+from .errors import RelabelError, SourceError
 
 
 def is_inside(child: str | os.PathLike, parent: str | os.PathLike, strict: bool = False) -> bool:
@@ -20,8 +20,10 @@ def is_inside(child: str | os.PathLike, parent: str | os.PathLike, strict: bool 
     return c.startswith(p.rstrip(os.sep) + os.sep)
 
 
-def read_regular(path: str | os.PathLike, cap: int, what: str = "a file") -> bytes:
-    """The bytes of a local regular file of at most ``cap`` bytes; anything else is a UserError.
+def read_regular(path: str | os.PathLike, cap: int, what: str = "a file",
+                 error: type[RelabelError] = SourceError) -> bytes:
+    """The bytes of a local regular file of at most ``cap`` bytes; anything else is an ``error``
+    (``SourceError`` for input data, the default; readers of stores and exports pass ``StoreError``).
 
     Opened non-blocking so a FIFO cannot stall the open, checked with fstat (no race with a rename),
     and read with a bound even if the file grows meanwhile.
@@ -31,9 +33,9 @@ def read_regular(path: str | os.PathLike, cap: int, what: str = "a file") -> byt
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path}: not a regular file (a FIFO, device or socket); {what} must be a regular file")
+            raise error(f"{path}: not a regular file (a FIFO, device or socket); {what} must be a regular file")
         if st.st_size > cap:
-            raise UserError(f"{path}: {st.st_size:,} bytes, above the {cap / (1 << 20):,.0f} MiB limit for {what}")
+            raise error(f"{path}: {st.st_size:,} bytes, above the {cap / (1 << 20):,.0f} MiB limit for {what}")
         os.set_blocking(fd, True)
         chunks, n = [], 0
         while n <= cap:
@@ -43,18 +45,19 @@ def read_regular(path: str | os.PathLike, cap: int, what: str = "a file") -> byt
             chunks.append(b)
             n += len(b)
         if n > cap:
-            raise UserError(f"{path}: grew above the {cap / (1 << 20):,.0f} MiB limit for {what} while read")
+            raise error(f"{path}: grew above the {cap / (1 << 20):,.0f} MiB limit for {what} while read")
         return b"".join(chunks)
     finally:
         os.close(fd)
 
 
-def check_regular(path: str | os.PathLike, what: str = "a file") -> None:
-    """A local path (symlinks followed) must be a regular file: opening a FIFO would block."""
+def check_regular(path: str | os.PathLike, what: str = "a file", error: type[RelabelError] = SourceError) -> None:
+    """A local path (symlinks followed) must be a regular file: opening a FIFO would block. Else an
+    ``error``, as for ``read_regular``."""
     path = os.fspath(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return  # the caller's own "not found" wording applies
     if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{path}: not a regular file (a FIFO, device or socket); {what} must be a regular file")
+        raise error(f"{path}: not a regular file (a FIFO, device or socket); {what} must be a regular file")

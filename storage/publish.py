@@ -63,7 +63,7 @@ def publish_files(dest: str, files: dict[str, str | bytes], store_header: dict, 
         check_relpath(rel, "publish")
         entries[rel] = sha256_bytes(src) if isinstance(src, bytes) else sha256_file(src)
         if expected and rel in expected and entries[rel][1] != expected[rel]:
-            raise UserError(f"{src}: sha256 differs from its index.json; the file changed after export, export again")
+            raise StoreError(f"{src}: sha256 differs from its index.json; the file changed after export, export again")
     manifest = build_manifest(entries, store_header, shards)
     mbytes = dump_manifest(manifest)
     remote.prepare(private=private)
@@ -104,11 +104,11 @@ def parse_views(spec: str | None, total: int) -> tuple[int, int] | None:
         else:
             a, b = 0, int(s)
     except ValueError:
-        raise UserError(f"{setting('views')} {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
+        raise ConfigError(f"{setting('views')} {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
     if not 0 <= a < b:
-        raise UserError(f"{setting('views')} {spec!r}: need 0 <= A < B")
+        raise ConfigError(f"{setting('views')} {spec!r}: need 0 <= A < B")
     if b > total:
-        raise UserError(f"{setting('views')} {spec!r}: the published store has only {total} views")
+        raise ConfigError(f"{setting('views')} {spec!r}: the published store has only {total} views")
     return a, b
 
 
@@ -157,15 +157,15 @@ def _download(remote: Remote, rel: str, dst: str, size: int, sha: str) -> int:
         raise
     except FileNotFoundError:
         _rm(tmp)
-        raise UserError(f"{remote.url}/{rel}: listed in manifest.json but missing at the source") from None
+        raise StoreError(f"{remote.url}/{rel}: listed in manifest.json but missing at the source") from None
     except Exception as e:
         _rm(tmp)
         raise remote_error(remote.url, f"downloading {rel}", e) from None
     if n != size or h.hexdigest() != sha:
         _rm(tmp)
         got = f"more than {size}" if n > size else f"{n} of {size}"
-        raise UserError(f"{remote.url}/{rel}: sha256 mismatch (manifest {sha[:16]}..., got {h.hexdigest()[:16]}..., "
-                        f"{got} bytes); the file was changed or damaged after publishing")
+        raise StoreError(f"{remote.url}/{rel}: sha256 mismatch (manifest {sha[:16]}..., got {h.hexdigest()[:16]}..., "
+                         f"{got} bytes); the file was changed or damaged after publishing")
     os.replace(tmp, dst)
     return n
 
@@ -180,13 +180,13 @@ def _rm(path: str) -> None:
 def _pull_header(header, src: str, need_blocks: bool) -> tuple[int, int]:
     """(views, views_per_shard) of the published store, checked: they size what a pull fetches."""
     if not isinstance(header, dict):
-        raise UserError(f"{src}/{MANIFEST_NAME}: no store header ('store'); not a published label store")
+        raise StoreError(f"{src}/{MANIFEST_NAME}: no store header ('store'); not a published label store")
     views, vps = header.get("views"), header.get("views_per_shard")
     if not is_int(views, 1):
-        raise UserError(f"{src}/{MANIFEST_NAME}: the store header's views is {str(views)[:20]!r}, not an integer >= 1")
+        raise StoreError(f"{src}/{MANIFEST_NAME}: the store header's views is {str(views)[:20]!r}, not an integer >= 1")
     if need_blocks and not is_int(vps, 1):
-        raise UserError(f"{src}/{MANIFEST_NAME}: the store header's views_per_shard is {str(vps)[:20]!r}, "
-                        f"not an integer >= 1")
+        raise StoreError(f"{src}/{MANIFEST_NAME}: the store header's views_per_shard is {str(vps)[:20]!r}, "
+                         f"not an integer >= 1")
     return views, vps
 
 
@@ -232,26 +232,26 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
         raise ConfigError(f"{setting('expect')} {expect!r}: give the 64-hex-digit label-set digest that "
                           f"'relabel publish' printed")
     if "://" in str(dest):
-        raise UserError(f"{dest}: pull writes to a local folder")
+        raise StoreError(f"{dest}: pull writes to a local folder")
     dest = os.path.abspath(dest)
     if "://" not in str(src):
         src = os.path.abspath(src)
         if is_inside(dest, src) or is_inside(src, dest):
-            raise UserError(f"{dest}: DEST must not lie inside the source {src} or contain it; choose another DEST")
+            raise StoreError(f"{dest}: DEST must not lie inside the source {src} or contain it; choose another DEST")
     remote = open_remote(src)
     raw = remote.read(MANIFEST_NAME)
     if raw is None:
-        raise UserError(f"{src}: no manifest.json here; pass a destination 'relabel publish' wrote to")
+        raise StoreError(f"{src}: no manifest.json here; pass a destination 'relabel publish' wrote to")
     man = parse_manifest(raw, src)
     marker = unfinished_pull(dest)
     if os.path.lexists(dest):
         if os.path.islink(dest) or not os.path.isdir(dest):
-            raise UserError(f"{dest}: exists and is not a folder; choose another DEST")
+            raise StoreError(f"{dest}: exists and is not a folder; choose another DEST")
         if marker is not None and marker["source"] != src:
-            raise UserError(f"{dest}: holds an unfinished pull of {marker['source']}; rerun 'relabel pull "
-                            f"{marker['source']} {dest}' to finish it, or choose another DEST")
+            raise StoreError(f"{dest}: holds an unfinished pull of {marker['source']}; rerun 'relabel pull "
+                             f"{marker['source']} {dest}' to finish it, or choose another DEST")
         if marker is None and os.listdir(dest) and not os.path.isfile(os.path.join(dest, MANIFEST_NAME)):
-            raise UserError(f"{dest}: exists and is not an empty folder or an earlier pull; choose another DEST")
+            raise StoreError(f"{dest}: exists and is not an empty folder or an earlier pull; choose another DEST")
     header = man.get("store")
     total_views, _ = _pull_header(header, src, need_blocks=False)
     rng = parse_views(views, total_views)
@@ -286,7 +286,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
             res.reused.append(rel)
             continue
         todo.append((rel, dst, e["size"], e["sha256"]))
-    errors: list[UserError] = []
+    errors: list[StoreError] = []
 
     def get(item):
         rel, dst, size, sha = item
@@ -296,7 +296,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
             errors.append(e)
             return rel, -1
         except OSError as e:  # disk full, permissions in DEST
-            errors.append(UserError(f"{dst}: could not write ({e.strerror or e}); fix it and rerun to resume"))
+            errors.append(StoreError(f"{dst}: could not write ({e.strerror or e}); fix it and rerun to resume"))
             return rel, -1
 
     with ThreadPoolExecutor(max(1, jobs)) as ex:
@@ -307,7 +307,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
     if errors:
         errors.sort(key=str)
         more = f" (and {len(errors) - 1} more file(s))" if len(errors) > 1 else ""
-        raise UserError(f"{errors[0]}{more}; rerun the same pull to resume")
+        raise StoreError(f"{errors[0]}{more}; rerun the same pull to resume")
     if os.path.isfile(stash):
         os.replace(stash, root_meta)
     res.digest = _check_label_set(dest, src, blocks, expect)

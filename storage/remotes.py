@@ -12,15 +12,15 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import UserError
+from .errors import StoreError, UserError
 from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from .paths import check_regular, read_regular
 
 
-def remote_error(url: str, what: str, e: Exception) -> UserError:
+def remote_error(url: str, what: str, e: Exception) -> StoreError:
     """One line for a failed remote operation: the URL, what failed, the error's type and first line."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return UserError(f"{url}: {what} failed ({type(e).__name__}{': ' + msg[:200] if msg else ''})")
+    return StoreError(f"{url}: {what} failed ({type(e).__name__}{': ' + msg[:200] if msg else ''})")
 
 
 class Remote:
@@ -32,7 +32,7 @@ class Remote:
         raise NotImplementedError
 
     def read(self, rel: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
-        """The whole file (None if absent); more than ``cap`` bytes is a UserError, not an allocation."""
+        """The whole file (None if absent); more than ``cap`` bytes is a StoreError, not an allocation."""
         raise NotImplementedError
 
     def open(self, rel: str):
@@ -82,7 +82,7 @@ class FsspecRemote(Remote):
     def read(self, rel: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
         try:
             if self.local:
-                return read_regular(self._path(rel), cap, f"a {rel}")
+                return read_regular(self._path(rel), cap, f"a {rel}", error=StoreError)
             with self.fs.open(self._path(rel), "rb") as f:
                 data = f.read(cap + 1)
         except FileNotFoundError:
@@ -92,12 +92,12 @@ class FsspecRemote(Remote):
         except Exception as e:
             raise remote_error(self.url, f"reading {rel}", e) from None
         if len(data) > cap:
-            raise UserError(f"{self.url}/{rel}: larger than {cap >> 20} MiB; not a file relabel publish wrote")
+            raise StoreError(f"{self.url}/{rel}: larger than {cap >> 20} MiB; not a file relabel publish wrote")
         return data
 
     def open(self, rel: str):
         if self.local:  # a FIFO would block the open
-            check_regular(self._path(rel), f"a published file ({rel})")
+            check_regular(self._path(rel), f"a published file ({rel})", error=StoreError)
         return self.fs.open(self._path(rel), "rb")
 
     def prepare(self, private: bool = False) -> None:
@@ -158,11 +158,11 @@ class HubRemote(Remote):
     def __init__(self, url: str):
         m = _HF_RE.fullmatch(url.rstrip("/"))
         if not m:
-            raise UserError(f"{url}: a Hugging Face destination is hf://datasets/ORG/NAME (labels are dataset repos)")
+            raise StoreError(f"{url}: a Hugging Face destination is hf://datasets/ORG/NAME (labels are dataset repos)")
         try:
             from huggingface_hub import HfApi
         except ImportError:
-            raise UserError("hf:// needs huggingface_hub: pip install huggingface_hub") from None
+            raise StoreError("hf:// needs huggingface_hub: pip install huggingface_hub") from None
         self.url, self.repo_id, self.revision = url.rstrip("/"), m.group(1), m.group(2)
         self.sub = (m.group(3) or "").strip("/")
         self.api = HfApi()
@@ -195,7 +195,7 @@ class HubRemote(Remote):
             return None
         except Exception as e:
             raise remote_error(self.url, f"reading {rel}", e) from None
-        return read_regular(p, cap, f"a {rel}")
+        return read_regular(p, cap, f"a {rel}", error=StoreError)
 
     def open(self, rel: str):
         from huggingface_hub import HfFileSystem
@@ -232,7 +232,7 @@ def open_remote(url: str, write: bool = False) -> Remote:
     url = str(url)
     if url.startswith("hf://"):
         if not url.startswith("hf://datasets/"):
-            raise UserError(f"{url}: a Hugging Face destination is hf://datasets/ORG/NAME (labels are dataset repos)")
+            raise StoreError(f"{url}: a Hugging Face destination is hf://datasets/ORG/NAME (labels are dataset repos)")
         return HubRemote(url) if write else FsspecRemote(url)
     return FsspecRemote(url)
 

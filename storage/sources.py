@@ -221,9 +221,9 @@ class TarShardSource(ImageSource):
         self._fs, self._paths = _expand_shards(spec)
         members: dict[str, dict] = {}
 
-        def twice(key: str, first: tuple[int, str], path: str, name: str) -> UserError:
+        def twice(key: str, first: tuple[int, str], path: str, name: str) -> SourceError:
             # A key met twice drops a sample whichever one wins: refuse, naming both places.
-            return UserError(f"{spec}: sample key {key!r} appears twice: {self._paths[first[0]]} ({first[1]}) and "
+            return SourceError(f"{spec}: sample key {key!r} appears twice: {self._paths[first[0]]} ({first[1]}) and "
                              f"{path} ({name}); keep one image and one .cls per key")
 
         for si, path in enumerate(self._paths):

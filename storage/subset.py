@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from .errors import UserError
+from .errors import StoreError, UserError
 from .header import LABEL_ARRAYS, SEAL_ARRAY
 
 
@@ -29,8 +29,8 @@ def trim_views(path: str, views: tuple[int, int], source: str, total_views: int)
     except UserError:
         raise
     except Exception as e:  # metadata from others that zarr cannot take
-        raise UserError(f"{source}: the pulled store's metadata cannot be trimmed to views {views[0]}-{views[1] - 1} "
-                        f"({type(e).__name__}: {str(e)[:80]}); pull all views, or ask the publisher") from None
+        raise StoreError(f"{source}: the pulled store's metadata cannot be trimmed to views {views[0]}-{views[1] - 1} "
+                         f"({type(e).__name__}: {str(e)[:80]}); pull all views, or ask the publisher") from None
 
 
 def _trim_views(path: str, views: tuple[int, int], source: str, total_views: int) -> None:

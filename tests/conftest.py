@@ -103,7 +103,7 @@ def _run_cli_here(args: list[str]) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from relabel.cli import main
+    from relabel.commands.cli import main
 
     out, err, code = io.StringIO(), io.StringIO(), 0
     cwd = os.getcwd()
@@ -121,7 +121,7 @@ def _run_cli_here(args: list[str]) -> subprocess.CompletedProcess:
 
 def cli_inprocess(capsys, *args) -> subprocess.CompletedProcess:
     """The CLI in this process (saves the ~5 s torch import of a subprocess): code, stdout, stderr."""
-    from relabel.cli import main
+    from relabel.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in args])

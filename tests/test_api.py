@@ -108,12 +108,12 @@ def test_every_cli_default_is_its_config_default():
     import dataclasses
     import inspect
 
-    from relabel.bench import BenchConfig, bench_command
-    from relabel.cli import generate
-    from relabel.demo import DemoConfig, demo_command
+    from relabel.commands.bench import BenchConfig, bench_command
+    from relabel.commands.stages import generate
+    from relabel.commands.demo import DemoConfig, demo_command
     from relabel.generate import GenerateConfig
-    from relabel.study import StudyConfig, study_command
-    from relabel.train.command import train_command
+    from relabel.commands.study import StudyConfig, study_command
+    from relabel.commands.train_command import train_command
     from relabel.train.loop import TrainConfig
 
     cli_only = {"quiet", "part", "json_out"}  # not settings: output switches and the bench part
@@ -143,7 +143,7 @@ def test_every_cli_default_is_its_config_default():
 
 
 def test_cli_words_settings_as_the_running_commands_options():
-    from relabel.cli import _cli_words
+    from relabel.commands.cli import _cli_words
 
     assert _cli_words("`shards=True`", "pull") == "--shards"  # pull's flag, not publish's --shards PATH
     assert _cli_words("`shards='out/wds'`", "publish") == "--shards out/wds"

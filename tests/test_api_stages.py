@@ -56,9 +56,9 @@ def test_stage_functions_return_typed_results(world, tmp_path):
 def test_every_config_field_has_one_help_section_and_every_option_shows_in_one():
     import typer.main
 
-    from relabel.cli import app
+    from relabel.commands.cli import app
     from relabel.generate import GenerateConfig
-    from relabel.options import GENERATE_SECTIONS, TRAIN_SECTIONS
+    from relabel.commands.options import GENERATE_SECTIONS, TRAIN_SECTIONS
     from relabel.train.loop import TrainConfig
 
     for cfg, sections, command in ((GenerateConfig, GENERATE_SECTIONS, "generate"),
@@ -85,7 +85,7 @@ def test_cached_distillation_task_is_a_timm_task_with_the_trainers_loss(world, t
     import relabel
     from timm.task import TrainingTask
 
-    from relabel.bench import trainer_with_batches
+    from relabel.commands.bench import trainer_with_batches
 
     store = tmp_path / "labels.zarr"
     relabel.generate_labels(_gen_cfg(world, store))

@@ -68,6 +68,25 @@ def _replay_all_epochs(world, store, epochs=40):
     return loader
 
 
+def _probe_teacher(world, name: str, hook):
+    """The world's teacher as a FunctionTeacher that calls ``hook(pixels)`` before each batch: a probe
+    into what generate does at that moment (its claims, say), or a fault it injects."""
+    import timm
+    import torch
+
+    from relabel.teacher import FunctionTeacher
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    model.load_state_dict(torch.load(world[2], weights_only=True))
+    model.eval()
+
+    def fn(pixels):
+        hook(pixels)
+        return model((pixels.float() / 255 - 0.5) / 0.5)
+
+    return FunctionTeacher(fn, num_classes=3, name=name, input_size=32)
+
+
 # ------------------------------------------------------------------------- 1. shards bound to store and place
 def test_a_shard_from_another_store_is_named_refused_and_repaired(world, tmp_path, capsys):
     out = _copy(world, tmp_path)
@@ -192,23 +211,9 @@ def test_a_live_claim_is_left_alone_and_repair_takes_it_over(world, tmp_path, ca
 
 def test_writers_claim_a_few_shards_at_a_time(world, tmp_path):
     """A second writer finds work: the first holds one round's claims, not every pending shard."""
-    import timm
-    import torch
-
-    from relabel.teacher import FunctionTeacher
-
-    out = tmp_path / "s"
-    model = timm.create_model("test_resnet", num_classes=3)
-    model.load_state_dict(torch.load(world[2], weights_only=True))
-    model.eval()
-    held = []
-
-    def fn(pixels):
-        held.append(len(list((out / ".claims").glob("*"))))
-        return model((pixels.float() / 255 - 0.5) / 0.5)
-
-    cfg = _cfg(world, out, views=8)  # 4 view blocks x 2 sample blocks = 8 shards
-    res = generate(cfg, teacher=FunctionTeacher(fn, num_classes=3, name="claims-probe", input_size=32))
+    out, held = tmp_path / "s", []
+    probe = _probe_teacher(world, "claims-probe", lambda px: held.append(len(list((out / ".claims").glob("*")))))
+    res = generate(_cfg(world, out, views=8), teacher=probe)  # 4 view blocks x 2 sample blocks = 8 shards
     assert res.complete and res.shards_written == 8 and held and max(held) == 2  # workers=0: two mix groups a round
 
 
@@ -324,26 +329,15 @@ def test_a_pull_ending_inside_a_view_block_holds_the_whole_block(world, tmp_path
 
 def test_a_stalled_writer_whose_claim_was_taken_over_does_not_write(world, tmp_path, caplog):
     """Writer A stalls past its lease; B takes the shard over. A, resuming, must not write it."""
-    import timm
-    import torch
+    out, taken = tmp_path / "s", []
 
-    from relabel.teacher import FunctionTeacher
-
-    out = tmp_path / "s"
-    model = timm.create_model("test_resnet", num_classes=3)
-    model.load_state_dict(torch.load(world[2], weights_only=True))
-    model.eval()
-    taken = []
-
-    def fn(pixels):
-        if not taken:  # while A computes its first shard, B takes the claim over
+    def take_over(pixels):
+        if not taken:  # while A computes its first shards, B takes their claims over
             for c in (out / ".claims").glob("*.*"):
                 c.write_text("writer-b 77")
                 taken.append(c.name)
-        return model((pixels.float() / 255 - 0.5) / 0.5)
 
-    res = generate(_cfg(world, out), teacher=FunctionTeacher(fn, num_classes=3, name="test_resnet-probe",
-                                                             input_size=32))
+    res = generate(_cfg(world, out), teacher=_probe_teacher(world, "takeover-probe", take_over))
     assert taken and "taken over by another writer" in caplog.text
     assert not res.complete and res.shards_written == 4 - len(taken)  # the taken shards were left to B
     assert all((out / ".claims" / c).read_text() == "writer-b 77" for c in taken)  # and B's claims were kept
@@ -373,26 +367,20 @@ def test_publish_refuses_an_edited_keys_array_and_the_digest_covers_the_keys(wor
 
 # ------------------------------------------------------------------------- a batch that does not fit (issue 23)
 def test_a_teacher_batch_out_of_memory_is_one_line_and_keeps_the_written_shards(world, tmp_path):
-    import timm
     import torch
 
     from relabel.storage import RelabelError
-    from relabel.teacher import FunctionTeacher
 
-    model = timm.create_model("test_resnet", num_classes=3)
-    model.load_state_dict(torch.load(world[2], weights_only=True))
-    model.eval()
     calls = []
 
-    def fn(pixels):
+    def oom(pixels):
         calls.append(len(pixels))
         if len(calls) == 5:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return model((pixels.float() / 255 - 0.5) / 0.5)
 
     out = tmp_path / "s"
     with pytest.raises(RelabelError) as e:
-        generate(_cfg(world, out), teacher=FunctionTeacher(fn, num_classes=3, name="oom-probe", input_size=32))
+        generate(_cfg(world, out), teacher=_probe_teacher(world, "oom-probe", oom))
     msg = str(e.value)
     assert "ran out of CPU memory at `batch_size=32`" in msg and "shard(s) written so far are kept" in msg
     assert "\n" not in msg and 0 < sum(LabelStore.open(out).done_views().ravel() > 0) < 4

@@ -29,8 +29,8 @@ def test_demo_reduced(tmp_path):
 def check_printed_commands(stderr: str, generate_config: dict, expect_train: int) -> None:
     import typer.main
 
-    from relabel.cli import app
-    from relabel.train.command import parse_train_argv
+    from relabel.commands.cli import app
+    from relabel.commands.train_command import parse_train_argv
     from relabel.train.loop import resolve_config
 
     lines = [shlex.split(line.strip()) for line in stderr.splitlines() if line.strip().startswith("relabel ")]

@@ -54,7 +54,7 @@ def _slow(path, mode, exclusive=False):
         yield f
 
 L._atomic_write = _slow
-from relabel.cli import main
+from relabel.commands.cli import main
 sys.argv[0] = "relabel"
 main(sys.argv[1:])
 '''
@@ -102,8 +102,8 @@ def assert_no_torn_shards(out: Path) -> None:
 
 
 def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """relabel.cli.main in this process (no interpreter start-up): exit code, stdout, stderr."""
-    from relabel.cli import main
+    """relabel.commands.cli.main in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from relabel.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in args])
@@ -478,7 +478,7 @@ CLI_CASES = [
 
 
 def _commands() -> set[str]:
-    from relabel.cli import app
+    from relabel.commands.cli import app
 
     return {c.name or c.callback.__name__ for c in app.registered_commands}
 

@@ -3,7 +3,7 @@ result or one line and exit 2, bounded work, nothing written lost. Real files th
 here, FIFOs, symlinks to /dev/zero, sparse files for sizes that would be costly to write, a real
 rendezvous port with nobody behind it, a real SIGKILL of a DataLoader worker and a real SIGINT.
 
-Most cases call the library or ``relabel.cli.main`` in this process: no interpreter start-up per case.
+Most cases call the library or ``relabel.commands.cli.main`` in this process: no interpreter start-up per case.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ TRAIN = ["--student", "test_resnet", "--epochs", "1", "--batch-size", "8", "--im
 
 # ------------------------------------------------------------------------------------------ helpers
 def run_main(capsys, *args) -> subprocess.CompletedProcess:
-    """relabel.cli.main in this process: exit code, stdout, stderr."""
-    from relabel.cli import main
+    """relabel.commands.cli.main in this process: exit code, stdout, stderr."""
+    from relabel.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in args])
@@ -532,7 +532,7 @@ def test_ctrl_c_prints_the_resume_line(tmp_path, tiny, capsys):
         r = run_main(capsys, "generate", data, "--out", out, "--teacher-checkpoint", tiny["ckpt"], *GEN,
                      "--views", "40", "--views-per-shard", "1", "--workers", "0")
     except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped relabel.cli.main")
+        pytest.fail("Ctrl-C escaped relabel.commands.cli.main")
     finally:
         running.clear()
         t.join()

@@ -28,7 +28,7 @@ def _run(args, cwd, timeout=300):
 
 
 def test_import_and_help_beside_user_modules(clash):
-    code = ("import relabel, relabel.storage, relabel.train.loop, relabel.cli; "
+    code = ("import relabel, relabel.storage, relabel.train.loop, relabel.commands.cli; "
             "print(relabel.storage.__file__); print(relabel.train.__file__)")
     r = _run([sys.executable, "-c", code], clash)
     assert r.returncode == 0, r.stderr
@@ -66,7 +66,7 @@ def test_progress_without_a_terminal_is_plain_lines(tmp_path, monkeypatch, capsy
     import io
     import logging
 
-    from relabel.cli import _log_to_stderr
+    from relabel.commands.cli import _log_to_stderr
     from relabel.progress import progress_bar
 
     _log_to_stderr()

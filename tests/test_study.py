@@ -7,7 +7,7 @@ import pytest
 
 
 def test_study_tiny_runs_and_outputs_parse(tmp_path, capsys):
-    from relabel.cli import main
+    from relabel.commands.cli import main
 
     out = tmp_path / "study"
     with pytest.raises(SystemExit) as e:
@@ -39,7 +39,7 @@ def test_study_tiny_runs_and_outputs_parse(tmp_path, capsys):
 
 
 def test_digits_are_written_afresh_so_a_smaller_set_leaves_no_stale_images(tmp_path):
-    from relabel.demo import write_digits
+    from relabel.commands.demo import write_digits
 
     train, _ = write_digits(tmp_path / "d", 16, limit=60)
     assert sum(len(list(d.iterdir())) for d in train.iterdir()) == 43

@@ -269,7 +269,7 @@ def test_cached_matches_online(world, tmp_path, enc):
 
 
 def test_online_teacher_named_with_the_stores_checkpoint_is_not_flagged_as_another(world, tmp_path, caplog):
-    from relabel.bench import trainer_with_batches
+    from relabel.commands.bench import trainer_with_batches
 
     lg = logging.getLogger("relabel")  # the CLI may have turned its propagation off in this process
     lg.addHandler(caplog.handler)
@@ -289,7 +289,7 @@ def test_online_teacher_named_with_the_stores_checkpoint_is_not_flagged_as_anoth
 def test_online_default_target_is_the_teachers_full_softmax(world, tmp_path):
     """USI's online KD: KL(softmax(teacher(pixels)) || student) on the replayed pixels, no top-k."""
     from relabel.models import Normalize, create
-    from relabel.bench import trainer_with_batches
+    from relabel.commands.bench import trainer_with_batches
 
     cfg = dict(mode="online", teacher_checkpoint=str(world / "teacher.pth"), labels=str(world / "labels_f32"))
     tr, (batch,) = trainer_with_batches(_cfg(world, tmp_path / "a", **cfg), batches=1)
@@ -434,7 +434,7 @@ def TrainConfig_(data, labels, out, **kw):
 
 
 def test_preset_usi_and_explicit_options_win(world, tmp_path):
-    from relabel.train.command import parse_train_argv
+    from relabel.commands.train_command import parse_train_argv
     from relabel.train.loop import PRESETS, build, resolve_config
 
     base = [str(world / "train"), "--labels", str(world / "labels_g8"), "--out", str(tmp_path / "r")]

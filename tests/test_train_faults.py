@@ -35,7 +35,7 @@ def _args(root, out, *extra):
 
 
 def _main(capsys, argv) -> tuple[int, str]:
-    from relabel.cli import main
+    from relabel.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(argv)

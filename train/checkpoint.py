@@ -7,7 +7,6 @@ import shutil
 
 import torch
 
-from relabel.storage import UserError
 from relabel.storage.errors import ConfigError, setting
 
 from .config import _RESUME_KEYS, TrainConfig
@@ -72,8 +71,8 @@ def save_checkpoint(obj: dict | str, path: str) -> None:
             pass
         kept = " (the last good checkpoint is kept)" if os.path.exists(path) else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"the write failed: {str(e).splitlines()[0][:100]}"
-        raise UserError(f"{path}: could not write the checkpoint ({why}; is the disk full?){kept}; "
-                        f"free disk space and rerun with {setting('resume', True)}") from None
+        raise ConfigError(f"{path}: could not write the checkpoint ({why}; is the disk full?){kept}; "
+                          f"free disk space and rerun with {setting('resume', True)}") from None
 
 
 def load_resume(cfg: TrainConfig) -> dict | None:

@@ -23,7 +23,7 @@ from relabel import replay_check
 from relabel.rng import CounterRNG
 from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, mix_params,
                            pairs_for_view, plan_batch, store_order)
-from relabel.storage import StoreHeader, UserError, open_source
+from relabel.storage import StoreHeader, open_source
 from relabel.storage.errors import ConfigError, StoreError, setting
 from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
@@ -120,7 +120,7 @@ class TrainData:
                                 f"{h.num_samples} keys are in DATA, which has {len(self.source)} images; "
                                 f"set {setting('allow_subset', True)} to train on the matched ones")
         if self.matched == 0:
-            raise UserError(f"{data}: no image has usable labels in {labels}")
+            raise StoreError(f"{data}: no image has usable labels in {labels}")
         if labels is not None:
             self._check_drift(allow_drift)
         # Ground truth in the teacher's index space: the store's class map (dataset class -> teacher
@@ -138,9 +138,9 @@ class TrainData:
         drift = replay_check.check(h.replay_check, at_store_size, lambda k: self.source.read(index[k]),
                                    lambda k: k in index, device=self.device)
         if drift and not allow:
-            raise UserError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
-                            f"machine/Pillow the labels were made with, regenerate, or set "
-                            f"{setting('allow_pixel_drift', True)}")
+            raise StoreError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
+                             f"machine/Pillow the labels were made with, regenerate, or set "
+                             f"{setting('allow_pixel_drift', True)}")
         if drift:
             log.warning("warning: %s (training anyway: %s)", drift.message(), setting("allow_pixel_drift", True))
 

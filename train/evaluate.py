@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from relabel.models import autocast
 from relabel.views import INTERPOLATIONS, decode_image
-from relabel.storage import UserError, open_source
+from relabel.storage import SourceError, open_source
 from relabel.storage.sources import ImageSource
 
 class EvalDataset(Dataset):
@@ -58,13 +58,13 @@ def eval_loader(path: str, class_names: list[str], img_size: int, crop_pct: floa
         where = {n: i for i, n in enumerate(class_names)}
         unknown = [n for n in source.class_names if n not in where]
         if unknown:
-            raise UserError(f"{path}: validation class(es) {', '.join(unknown[:5])} are not in the store's class map "
-                            f"({len(class_names)} classes); validate on the labelled classes only")
+            raise SourceError(f"{path}: validation class(es) {', '.join(unknown[:5])} are not in the store's class map "
+                              f"({len(class_names)} classes); validate on the labelled classes only")
         targets = np.asarray([class_map[where[n]] for n in source.class_names], np.int64)
     elif list(source.class_names) != list(class_names):
         diff = sorted(set(source.class_names) ^ set(class_names))[:5]
-        raise UserError(f"{path}: validation classes differ from the label store's ({len(source.class_names)} vs "
-                        f"{len(class_names)} classes{'; e.g. ' + ', '.join(diff) if diff else ', other order'})")
+        raise SourceError(f"{path}: validation classes differ from the label store's ({len(source.class_names)} vs "
+                          f"{len(class_names)} classes{'; e.g. ' + ', '.join(diff) if diff else ', other order'})")
     ds = EvalDataset(source, img_size, crop_pct, indices=list(range(rank, len(source), world)), targets=targets)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 

@@ -20,7 +20,6 @@ from .. import __version__
 from relabel.dist import Dist
 from relabel.models import out_of_memory, pick_device
 from relabel.progress import progress_bar
-from relabel.storage import UserError
 from relabel.storage.errors import ConfigError, setting
 
 from .checkpoint import check_inputs, load_resume, run_inputs, save_checkpoint
@@ -67,9 +66,9 @@ def _check_finite(losses: list, epoch: int, cfg: TrainConfig, force: bool = Fals
     if len(bad) or force:
         where = f" at step {int(bad[0]) + 1}" if len(bad) else " on another process"
         kept = f"epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "no checkpoint was written"
-        raise UserError(f"the loss became non-finite in epoch {epoch + 1}{where}; stopped, {kept}; "
-                        f"lower {setting('lr')} (now {cfg.lr:g}) or set {setting('clip_grad')}, then rerun (with "
-                        f"{setting('resume', True)} to continue)")
+        raise ConfigError(f"the loss became non-finite in epoch {epoch + 1}{where}; stopped, {kept}; "
+                          f"lower {setting('lr')} (now {cfg.lr:g}) or set {setting('clip_grad')}, then rerun (with "
+                          f"{setting('resume', True)} to continue)")
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
                 wait += time.perf_counter() - tw
         except torch.cuda.OutOfMemoryError:
             kept = f"; epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "; no checkpoint was written"
-            raise UserError(out_of_memory(tr.device, f"training {cfg.student} ({cfg.mode})", cfg.batch_size,
-                                          f" (with {setting('resume', True)} to continue){kept}")) from None
+            raise ConfigError(out_of_memory(tr.device, f"training {cfg.student} ({cfg.mode})", cfg.batch_size,
+                                            f" (with {setting('resume', True)} to continue){kept}")) from None
         losses = torch.stack(losses).float().cpu().tolist()
         train_s = time.perf_counter() - t0
         train_loss = dist.sum(float(sum(losses))) / dist.sum(len(losses))  # every rank sees a NaN of any rank

@@ -14,7 +14,7 @@ from functools import cached_property
 
 from PIL import Image
 
-from relabel.storage.errors import UserError
+from relabel.storage.errors import ConfigError
 
 from ..randaug import RandAugmentConfig, parse_randaugment
 
@@ -49,29 +49,29 @@ class Recipe:
     def __post_init__(self):
         self._check_types()
         if self.version != RECIPE_VERSION:
-            raise UserError(f"recipe {self.name}: version {self.version} is not one this relabel replays "
-                            f"({RECIPE_VERSION}); {'upgrade relabel' if self.version > RECIPE_VERSION else 'regenerate'}")
+            raise ConfigError(f"recipe {self.name}: version {self.version} is not one this relabel replays "
+                              f"({RECIPE_VERSION}); {'upgrade relabel' if self.version > RECIPE_VERSION else 'regenerate'}")
         if self.interpolation not in INTERPOLATIONS:
-            raise UserError(f"recipe {self.name}: unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+            raise ConfigError(f"recipe {self.name}: unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):
-            raise UserError(f"recipe {self.name}: scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+            raise ConfigError(f"recipe {self.name}: scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not (0 < self.ratio[0] <= self.ratio[1]):
-            raise UserError(f"recipe {self.name}: ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+            raise ConfigError(f"recipe {self.name}: ratio must satisfy 0 < lo <= hi, got {self.ratio}")
         if self.mix_group < 2 or self.mix_group % 2:
-            raise UserError(f"recipe {self.name}: mix_group must be an even number >= 2, got {self.mix_group}")
+            raise ConfigError(f"recipe {self.name}: mix_group must be an even number >= 2, got {self.mix_group}")
         for p in ("hflip", "erase_prob", "mix_prob", "switch_prob"):
             if not 0 <= getattr(self, p) <= 1:
-                raise UserError(f"recipe {self.name}: {p} must be in [0, 1]")
+                raise ConfigError(f"recipe {self.name}: {p} must be in [0, 1]")
         if self.randaugment:
             try:
                 ra = parse_randaugment(self.randaugment)
             except ValueError as e:
-                raise UserError(f"recipe {self.name}: {e}") from None
+                raise ConfigError(f"recipe {self.name}: {e}") from None
             geometric = sorted(set(ra.ops) & GEOMETRIC_OPS) if ra.num_ops else []
             if geometric and self.interpolation not in AFFINE_INTERPOLATIONS:
-                raise UserError(f"recipe {self.name}: interpolation {self.interpolation!r} cannot resample the "
-                                f"geometric RandAugment ops ({', '.join(geometric)}: Pillow's transform has no "
-                                f"{self.interpolation} filter); use one of {', '.join(AFFINE_INTERPOLATIONS)}")
+                raise ConfigError(f"recipe {self.name}: interpolation {self.interpolation!r} cannot resample the "
+                                  f"geometric RandAugment ops ({', '.join(geometric)}: Pillow's transform has no "
+                                  f"{self.interpolation} filter); use one of {', '.join(AFFINE_INTERPOLATIONS)}")
 
     def _check_types(self) -> None:
         """A recipe file is user input: a wrong type is one clear line, not a TypeError deep in a worker."""
@@ -93,8 +93,8 @@ class Recipe:
             else:
                 ok = num(v)
             if not ok:
-                raise UserError(f"recipe {self.name}: setting {f.name!r} has a wrong value {v!r} "
-                                f"(expected {f.type})")
+                raise ConfigError(f"recipe {self.name}: setting {f.name!r} has a wrong value {v!r} "
+                                  f"(expected {f.type})")
 
     @property
     def mixes(self) -> bool:
@@ -112,7 +112,7 @@ class Recipe:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UserError(f"recipe: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"recipe: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
@@ -146,14 +146,14 @@ def create_recipe(spec: str | dict) -> Recipe:
             else:
                 d = json.loads(text)
         except Exception as e:
-            raise UserError(f"{spec}: not valid {'YAML' if spec.endswith(('.yaml', '.yml')) else 'JSON'} ({e})") from None
+            raise ConfigError(f"{spec}: not valid {'YAML' if spec.endswith(('.yaml', '.yml')) else 'JSON'} ({e})") from None
         if not isinstance(d, dict):
-            raise UserError(f"{spec}: a recipe file must hold a mapping of settings")
+            raise ConfigError(f"{spec}: a recipe file must hold a mapping of settings")
         base = RECIPES.get(d.pop("base", "usi"))
         if base is None:
-            raise UserError(f"{spec}: unknown base recipe; use one of {', '.join(RECIPES)}")
+            raise ConfigError(f"{spec}: unknown base recipe; use one of {', '.join(RECIPES)}")
         d.setdefault("name", os.path.splitext(os.path.basename(spec))[0])
         return Recipe.from_dict({**base.to_dict(), **d})
-    raise UserError(f"unknown recipe {spec!r}; use one of {', '.join(RECIPES)} or a .yaml/.json file")
+    raise ConfigError(f"unknown recipe {spec!r}; use one of {', '.join(RECIPES)} or a .yaml/.json file")
 
 

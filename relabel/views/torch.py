@@ -663,18 +663,8 @@ def _mix_boxes(mix: MixParams, W: int, H: int):
 
 def mix_pair_torch(a: torch.Tensor, b: torch.Tensor, mix: MixParams) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``views.mix_pixels`` on (H, W, 3) uint8 tensors: same integer arithmetic, same bytes."""
-    H, W = a.shape[:2]
-    if mix.kind == "mixup":
-        wa = int(round(mix.lam * 256))
-        a32, b32 = a.to(torch.int32), b.to(torch.int32)
-        out_a = ((a32 * wa + b32 * (256 - wa) + 128) >> 8).to(torch.uint8)
-        out_b = ((b32 * wa + a32 * (256 - wa) + 128) >> 8).to(torch.uint8)
-        return out_a, out_b, wa / 256
-    y0, x0, y1, x1, lam = _mix_boxes(mix, W, H)
-    out_a, out_b = a.clone(), b.clone()
-    out_a[y0:y1, x0:x1] = b[y0:y1, x0:x1]
-    out_b[y0:y1, x0:x1] = a[y0:y1, x0:x1]
-    return out_a, out_b, lam
+    out, lam = mix_pairs_torch(torch.stack([a, b]), [(0, 1, mix)])
+    return out[0], out[1], lam[0]
 
 
 def mix_pairs_torch(pixels: torch.Tensor, pairs: Sequence[tuple[int, int, MixParams]]) -> tuple[torch.Tensor, list[float]]:

@@ -26,7 +26,7 @@ from typing import Optional
 
 import typer
 
-from relabel.storage import UserError
+from relabel.storage import ConfigError
 
 
 @dataclass
@@ -68,12 +68,12 @@ def _check(cfg: StudyConfig) -> None:
                            ("--topk-views", min(cfg.topk_views, default=1) >= 1),
                            ("--train-per-class", cfg.train_per_class is None or cfg.train_per_class >= 1)) if not ok]
     if bad:
-        raise UserError(f"{', '.join(bad)}: must be >= 1 (--topk-list: >= 0, 0 = all classes; --batch-size >= 2)")
+        raise ConfigError(f"{', '.join(bad)}: must be >= 1 (--topk-list: >= 0, 0 = all classes; --batch-size >= 2)")
     unknown = sorted(set(cfg.modes) - {"cached", "online", "supervised"})
     if unknown or not cfg.modes:
-        raise UserError(f"--modes: use cached, online and/or supervised (got {', '.join(cfg.modes) or 'none'})")
+        raise ConfigError(f"--modes: use cached, online and/or supervised (got {', '.join(cfg.modes) or 'none'})")
     if (cfg.data is None) != (cfg.val is None):
-        raise UserError("--data and --val go together (or neither: the bundled digits)")
+        raise ConfigError("--data and --val go together (or neither: the bundled digits)")
     if max(cfg.views_list) > cfg.epochs and "cached" in cfg.modes:
         _say(f"note: --epochs {cfg.epochs} replays at most {cfg.epochs} of the {max(cfg.views_list)} stored views")
 
@@ -126,7 +126,7 @@ def run_study(cfg: StudyConfig) -> dict:
     main_k = cfg.topk if cfg.topk > 0 else n_classes
     ks = sorted({k if k > 0 else n_classes for k in cfg.topk_list} | {main_k})
     if max(ks) > n_classes:
-        raise UserError(f"--topk-list {max(ks)} is more than the {n_classes} classes")
+        raise ConfigError(f"--topk-list {max(ks)} is more than the {n_classes} classes")
     V = max(cfg.views_list)
     _say(f"[2/3] labels: {V} views at top-{max(ks)}, generated once:")
     results["generate"] = make_labels(train_dir, store, cfg.teacher, ckpt, V, max(ks), cfg.img_size, Path(recipe),
@@ -241,7 +241,7 @@ def _ints(text: str, name: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{name} takes comma-separated integers (got {text!r})") from None
+        raise ConfigError(f"{name} takes comma-separated integers (got {text!r})") from None
 
 
 def study_command(

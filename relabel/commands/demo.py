@@ -5,7 +5,7 @@ ImageFolder at 32 px with a train/val split. A teacher is trained supervised, ``
 the training views with it, and a smaller student is trained three ways on the same views:
 cached labels, the teacher in the loop (online: its full softmax, USI's loss), and ground truth only
 (supervised). Every step prints the ``relabel`` command that reproduces it exactly (derived from the
-very config object the step runs). ``relabel study`` (relabel/study.py) reuses these pieces.
+very config object the step runs). ``relabel study`` (relabel/commands/study.py) reuses these pieces.
 """
 from __future__ import annotations
 
@@ -81,19 +81,22 @@ def _say(msg: str) -> None:
 
 def train_command_line(cfg) -> str:
     """The ``relabel train`` command that runs exactly ``cfg`` (a TrainConfig)."""
-    from relabel.train.command import format_command, train_argv
+    from relabel.commands.train_command import format_command, train_argv
 
     return format_command("train", *train_argv(cfg))
 
 
 def generate_command_line(cfg) -> str:
     """The ``relabel generate`` command that runs exactly ``cfg`` (a GenerateConfig)."""
+    import typer
     import typer.main
 
-    from relabel.cli import app
-    from relabel.train.command import argv_for, format_command
+    from relabel.commands.stages import generate
+    from relabel.commands.train_command import argv_for, format_command
 
-    cmd = typer.main.get_command(app).commands["generate"]
+    one = typer.Typer()
+    one.command("generate")(generate)
+    cmd = typer.main.get_command(one)  # the generate command alone: no import of the CLI (which imports demo)
     return format_command("generate", *argv_for(cmd, cfg))
 
 
@@ -115,7 +118,7 @@ def train_teacher(train_dir: Path, val_dir: Path, recipe: Path, run: Path, teach
 def make_labels(train_dir: Path, store: Path, teacher: str, checkpoint: Path, views: int, topk: int, img_size: int,
                 recipe: Path, workers: int, device: str) -> dict:
     """Stage one over the training images with the trained teacher (resumes an existing store)."""
-    from .generate import GenerateConfig, generate
+    from relabel.generate import GenerateConfig, generate
 
     cfg = GenerateConfig(data=str(train_dir), out=str(store), teacher=teacher, teacher_checkpoint=str(checkpoint),
                          views=views, topk=topk, img_size=img_size, workers=workers, device=device, recipe=str(recipe),
@@ -232,9 +235,9 @@ def demo_command(
 ):
     """Run the whole pipeline on real images that ship with scikit-learn, and compare the three modes."""
     if seeds < 1 or epochs < 1 or teacher_epochs < 1:
-        from relabel.storage import UserError
+        from relabel.storage import ConfigError
 
-        raise UserError("--seeds, --epochs and --teacher-epochs must be >= 1")
+        raise ConfigError("--seeds, --epochs and --teacher-epochs must be >= 1")
     r = run_demo(DemoConfig(out=out, seeds=seeds, epochs=epochs, views=epochs, teacher_epochs=teacher_epochs,
                             teacher=teacher, student=student, limit=limit, workers=workers, device=device))
     typer.echo(r["table"])

@@ -165,7 +165,7 @@ def bench_size(cfg: BenchConfig, tmp: str) -> dict:
 
     from relabel.storage.encoding import ValueEncoding
 
-    from .teacher import topk_logprobs
+    from relabel.teacher import topk_logprobs
 
     rng = np.random.default_rng(1)
     n, views = 16384, 4
@@ -300,8 +300,8 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
 
     import torch
 
-    from .generate import GenerateConfig, generate
-    from .teacher import Teacher
+    from relabel.generate import GenerateConfig, generate
+    from relabel.teacher import Teacher
 
     folder = _jpeg_folder(Path(tmp) / "gen_images", cfg.gen_images)
     gcfg = GenerateConfig(data=str(folder), out="", teacher=cfg.teacher, views=cfg.gen_views, topk=5,
@@ -364,8 +364,8 @@ def bench_precision(cfg: BenchConfig, tmp: str) -> dict:
     from relabel.storage import open_source
     from relabel.storage.encoding import ValueEncoding
 
-    from .teacher import Teacher, topk_logprobs
-    from .views import ViewRenderer, create_recipe, decode_image
+    from relabel.teacher import Teacher, topk_logprobs
+    from relabel.views import ViewRenderer, create_recipe, decode_image
 
     folder = cfg.data or str(_jpeg_folder(Path(tmp) / "prec_images", max(cfg.gen_images, 64)))
     src = open_source(folder)
@@ -435,10 +435,10 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     from relabel.storage.store import Shard
     from relabel.train.loop import TrainConfig, build, make_loader
 
-    from .generate import GenerateConfig, ViewStream, _Unit, generate
-    from .teacher import FunctionTeacher
-    from .models import pick_device
-    from .views import RECIPES, ViewRenderer, create_renderer, finish_batch, store_order
+    from relabel.generate import GenerateConfig, ViewStream, WorkUnit, generate
+    from relabel.teacher import FunctionTeacher
+    from relabel.models import pick_device
+    from relabel.views import RECIPES, ViewRenderer, create_renderer, finish_batch, store_order
 
     folder = _photo_folder(Path(tmp) / "feed_images", cfg.feed_images)
     workers = sorted({1, cfg.workers}) if cfg.workers > 0 else [0]
@@ -447,7 +447,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     keys = store_order(src.keys, 0)
     where = src.index()
     shard = Shard(0, 0, 0, nv, 0, n, 0)  # one shard block: every image decoded once for all its views
-    units = [_Unit(shard, g0, min(g0 + recipe.mix_group, n)) for g0 in range(0, n, recipe.mix_group)]
+    units = [WorkUnit(shard, g0, min(g0 + recipe.mix_group, n)) for g0 in range(0, n, recipe.mix_group)]
     dev = pick_device(cfg.device)
     renderers = {"": create_renderer("pillow", ViewRenderer(recipe, 0, cfg.img_size)),  # workers render
                  "torch_": create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))}  # the device renders
@@ -518,8 +518,8 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
 # ------------------------------------------------------------------------------------ step / loader
 def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     """Real images and a real label store (random-weight teacher) for stage-two timing."""
-    from .generate import GenerateConfig, generate
-    from .teacher import Teacher
+    from relabel.generate import GenerateConfig, generate
+    from relabel.teacher import Teacher
 
     folder = os.path.join(tmp, "train_images")
     store = os.path.join(tmp, "train_labels")
@@ -618,7 +618,7 @@ def _view_vs_timm(cfg: BenchConfig, data) -> dict:
     (RandomResizedCrop + flip + RandAugment + ToTensor + Normalize) on the same decoded images."""
     from timm.data import create_transform
 
-    from .views import RECIPES, ViewRenderer, decode_image
+    from relabel.views import RECIPES, ViewRenderer, decode_image
 
     images = [decode_image(data.source.read(i)) for i in range(min(32, len(data.source)))]
     renderer = ViewRenderer(RECIPES["usi"], 0, cfg.img_size)
@@ -779,17 +779,17 @@ def bench_command(
     json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
 ):
     """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
-    from relabel.storage import UserError
+    from relabel.storage import ConfigError
 
     parts = list(PARTS) if part == "all" else part.split(",")  # step,generate: also the sweep, from both
     if any(p not in PARTS for p in parts):
-        raise UserError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
+        raise ConfigError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
     if os.path.isdir(json_out):
-        raise UserError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
+        raise ConfigError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
     if repeats < 1 or batch_size < 2 or steps < 1:
-        raise UserError("--repeats and --steps must be >= 1 and --batch-size >= 2")
+        raise ConfigError("--repeats and --steps must be >= 1 and --batch-size >= 2")
     if feed_images < 2 or feed_views < 1 or min(sweep_students, sweep_epochs, sweep_views, sweep_images) < 1:
-        raise UserError("--feed-images must be >= 2 and --feed-views and the --sweep-* counts >= 1")
+        raise ConfigError("--feed-images must be >= 2 and --feed-views and the --sweep-* counts >= 1")
     cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
                       precision=precision, repeats=repeats, workers=workers, label_views=label_views,
                       scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps,

@@ -1,4 +1,4 @@
-"""``relabel train``: the CLI face of train.loop (registered by relabel/cli.py).
+"""``relabel train``: the CLI face of relabel.train.loop (registered by relabel/commands/cli.py).
 
 Settings a preset can set have no default here (None): ``resolve_config`` fills what the user did not
 give from ``--preset``, then from the defaults, so an explicit option always wins over a preset.
@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from relabel.options import TRAIN_SECTIONS, with_sections
+from relabel.commands.options import TRAIN_SECTIONS, with_sections
 from relabel.runtime import default_workers
 
 
@@ -76,7 +76,7 @@ def train_command(
 ):
     """Stage two: train a timm student from the stored views and their cached soft labels."""
     params = dict(locals())
-    from .loop import train
+    from relabel.train.loop import train
 
     cfg = config_from_params(params)
     r = train(cfg)
@@ -91,9 +91,9 @@ with_sections(train_command, TRAIN_SECTIONS)
 
 def config_from_params(params: dict):
     """The TrainConfig that ``relabel train`` with these parsed parameters runs."""
-    from relabel.options import config_from_params as make
+    from relabel.commands.options import config_from_params as make
 
-    from .loop import TrainConfig
+    from relabel.train.loop import TrainConfig
 
     # --teacher-checkpoint is repeatable: one path per ensemble member
     return make(TrainConfig, params, one_or_list=("teacher_checkpoint",))
