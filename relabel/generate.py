@@ -32,7 +32,7 @@ from .runtime import default_workers
 from .progress import progress_bar
 from .teacher import NonFiniteOutput, build_teacher, teacher_identity
 from .views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
-                    group_partners, plan_batch, resolve_renderer, store_order)
+                    group_partners, plan_batch, prefetch_on_device, resolve_renderer, store_order)
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,9 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
     src = source.index()
     src_index = np.asarray([src[k] for k in store.keys], np.int64)
     sticky = (store.block_status() == STATUS_UNREADABLE).any(0)  # unreadable in any view block: in all
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
+    if renderer.name != h.renderer and mine:
+        log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
     total = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
     n_views, n_shards, failed, busy = 0, 0, [], 0
     with (store.keep_claims_alive(max(0.05, cfg.claim_lease / 4)),
@@ -341,7 +344,7 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
             if not take:
                 continue
             try:
-                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, bar)
+                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, renderer, bar)
             finally:
                 for sh in take:
                     store.release(sh)
@@ -353,71 +356,85 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
 
 
 def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
-             mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, bar) -> tuple[int, int, list[str]]:
+             mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, renderer: Renderer,
+             bar) -> tuple[int, int, list[str]]:
     h = store.header
     G = recipe.mix_group
     units = [WorkUnit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
-    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
-    if renderer.name != h.renderer:
-        log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
     stream = ViewStream(source, src_index, renderer, h.num_samples, units, store.keys, cfg.batch_size, sticky,
                         tries=max(1, cfg.read_retries), wait=cfg.retry_wait)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                         pin_memory=teacher.device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
     buffers: dict[tuple[int, int], _ShardBuffer] = {}
     n_views, n_shards, failed = 0, 0, []
-    for sh, views, ok, payload, bad in loader:
-        key = (sh.vb, sh.sb)
-        buf = buffers.get(key)
-        if buf is None:
-            buf = buffers[key] = _ShardBuffer(sh, h.topk)
-        if payload is None:  # a read failed for good: nothing of this unit is labelled
-            buf.failed = buf.failed or f"{sh.name}, {bad}"
-            step = len(views) * len(ok)
-        else:
-            if len(bad):
-                buf.status[bad - sh.s0] = STATUS_UNREADABLE
-            if len(ok) and buf.failed is None:
-                parts, b0 = [], 0
-                try:  # a mix group larger than a batch is rendered whole, labelled a batch at a time
-                    pixels = finish_batch(renderer, payload, teacher.device).permute(0, 3, 1, 2)
-                    for b0 in range(0, len(pixels), cfg.batch_size):
-                        parts.append(teacher.topk(pixels[b0:b0 + cfg.batch_size], h.topk))
-                except torch.cuda.OutOfMemoryError:
-                    raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
-                                                  f"; the {n_shards} shard(s) written so far are kept")) from None
-                except NonFiniteOutput as e:
-                    first = b0 + e.rows[0]
-                    raise NonFiniteOutput(e.rows, e.precision, where=(
-                        f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
-                        f"{views[first // len(ok)]}; {sh.name})")) from None
-                idx = torch.cat([p[0] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk)
-                logp = torch.cat([p[1] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
-                vi = np.asarray(views) - sh.v0 - sh.done
-                buf.index[vi[:, None], ok - sh.s0] = idx
-                buf.logp[vi[:, None], ok - sh.s0] = logp
-            step = len(views) * (len(ok) + len(bad))
-        buf.left -= step
-        n_views += step
-        bar.advance(step)
-        if buf.left == 0:
-            del buffers[key]
-            if buf.failed is not None:
-                failed.append(buf.failed)
-                continue
-            if not store.holds(sh):  # stalled past its lease: another writer took the shard over
-                log.warning("%s was taken over by another writer while this one computed it; left to it", sh.name)
-                continue
-            try:
-                store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
-            except OSError as e:  # disk full, quota, I/O error: the shard stays pending
-                raise StoreError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
-                                f"free space and rerun to resume") from None
-            store.release(sh)
-            n_shards += 1
+
+    def render(item):  # the main process's device stage: pixels on the teacher's device (None: a failed read)
+        sh, views, ok, payload, bad = item
+        pixels = None if payload is None else finish_batch(renderer, payload, teacher.device).permute(0, 3, 1, 2)
+        return sh, views, ok, pixels, bad
+
+    try:  # on CUDA the next unit's views render on a side stream while the teacher labels this one
+        for sh, views, ok, pixels, bad in prefetch_on_device(loader, render, teacher.device):
+            n_views, n_shards = _label_unit(cfg, store, teacher, buffers, failed, sh, views, ok, pixels, bad,
+                                            n_views, n_shards, bar)
+    except torch.cuda.OutOfMemoryError:
+        raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
+                                        f"; the {n_shards} shard(s) written so far are kept")) from None
     if buffers:
         raise RuntimeError(f"{len(buffers)} shard(s) were not completed; rerun to resume")
     return n_views, n_shards, failed
+
+
+def _label_unit(cfg: GenerateConfig, store: LabelStore, teacher, buffers: dict, failed: list, sh: Shard,
+                views: list[int], ok: np.ndarray, pixels, bad: np.ndarray, n_views: int, n_shards: int, bar):
+    """Label one unit's views (a batch at a time) into its shard's buffer; write the shard when all its
+    units are in. Returns the updated (views, shards written)."""
+    h = store.header
+    key = (sh.vb, sh.sb)
+    buf = buffers.get(key)
+    if buf is None:
+        buf = buffers[key] = _ShardBuffer(sh, h.topk)
+    if pixels is None:  # a read failed for good: nothing of this unit is labelled
+        buf.failed = buf.failed or f"{sh.name}, {bad}"
+        step = len(views) * len(ok)
+    else:
+        if len(bad):
+            buf.status[bad - sh.s0] = STATUS_UNREADABLE
+        if len(ok) and buf.failed is None:
+            parts, b0 = [], 0
+            try:  # a mix group larger than a batch is rendered whole, labelled a batch at a time
+                for b0 in range(0, len(pixels), cfg.batch_size):
+                    parts.append(teacher.topk(pixels[b0:b0 + cfg.batch_size], h.topk))
+            except NonFiniteOutput as e:
+                first = b0 + e.rows[0]
+                raise NonFiniteOutput(e.rows, e.precision, where=(
+                    f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
+                    f"{views[first // len(ok)]}; {sh.name})")) from None
+            idx = torch.cat([p[0] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk)
+            logp = torch.cat([p[1] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
+            vi = np.asarray(views) - sh.v0 - sh.done
+            buf.index[vi[:, None], ok - sh.s0] = idx
+            buf.logp[vi[:, None], ok - sh.s0] = logp
+        step = len(views) * (len(ok) + len(bad))
+    buf.left -= step
+    n_views += step
+    bar.advance(step)
+    if buf.left == 0:
+        del buffers[key]
+        if buf.failed is not None:
+            failed.append(buf.failed)
+            return n_views, n_shards
+        if not store.holds(sh):  # stalled past its lease: another writer took the shard over
+            log.warning("%s was taken over by another writer while this one computed it; left to it", sh.name)
+            return n_views, n_shards
+        try:
+            store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
+        except OSError as e:  # disk full, quota, I/O error: the shard stays pending
+            raise StoreError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
+                            f"free space and rerun to resume") from None
+        store.release(sh)
+        n_shards += 1
+    return n_views, n_shards
 
 
 def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:

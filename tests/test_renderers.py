@@ -137,3 +137,18 @@ def test_cuda_renders_the_cpu_bytes(world):
                                device="cuda")
     for bc, bg in zip(cpu, gpu):
         assert np.array_equal(bc["pixels"].numpy(), bg["pixels"].cpu().numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_store_made_on_cuda_with_the_torch_renderer_has_the_cpu_labels(world, tmp_path):
+    """On a GPU machine: views rendered on the device (side stream, one unit ahead) label as on the CPU.
+    The teacher runs in fp32 on both, so the labels must agree within fp32 noise (verify's tolerance)."""
+    root, folder, ckpt, stores = world
+    out = tmp_path / "cuda"
+    generate(GenerateConfig(data=str(folder), out=str(out), teacher_checkpoint=str(ckpt), recipe=str(root / "usi-erase.json"),
+                            renderer="torch", encoding="f32", precision="fp32",
+                            **{**GEN, "device": "cuda"}))
+    from relabel.verify import verify
+
+    rep = verify(str(out), str(folder), samples=64, teacher_checkpoint=str(ckpt), device="cpu", renderer="pillow")
+    assert rep.ok and rep.checked > 0, rep

@@ -175,34 +175,11 @@ class ReplayLoader:
         return b
 
     def __iter__(self):
-        if self.device is not None and self.device.type == "cuda":
-            yield from self._prefetched()
-            return
-        for b in self.loader:
-            yield self._device_stage(b)
+        """On CUDA the next batch's upload, render and label gather run on a side stream while the
+        caller's step for this batch runs (timm's PrefetchLoader, one batch ahead)."""
+        from relabel.views import prefetch_on_device
 
-    def _prefetched(self):
-        """CUDA: the next batch's upload, render and label gather run on a side stream while the
-        caller's step for this batch runs on the current one (timm's PrefetchLoader, one batch ahead)."""
-        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
-        side.wait_stream(main)  # the epoch's label rows (made on the main stream) are ready first
-
-        def stage(b):
-            with torch.cuda.stream(side):
-                return self._device_stage(b)
-
-        it = iter(self.loader)
-        nxt = next(it, None)
-        nxt = None if nxt is None else stage(nxt)
-        while nxt is not None:
-            main.wait_stream(side)  # this batch is complete before the step reads it
-            cur = nxt
-            for v in cur.values():
-                if torch.is_tensor(v) and v.is_cuda:
-                    v.record_stream(main)  # made on the side stream, used on the main one: keep it alive
-            nxt = next(it, None)
-            nxt = None if nxt is None else stage(nxt)  # queued now: overlaps the caller's work on `cur`
-            yield cur
+        yield from prefetch_on_device(self.loader, self._device_stage, self.device)
 
 
 def _pretrained_cfg(model) -> dict:

@@ -13,11 +13,12 @@ from .pillow import decode_image, mix_batch, mix_pixels, render_view
 from .recipe import (AFFINE_INTERPOLATIONS, GEOMETRIC_OPS, INTERPOLATIONS, RECIPE_VERSION, RECIPES, Recipe,
                      create_recipe)
 from .render import (RENDERER_CHOICES, PillowRenderer, Renderer, TorchRenderer, ViewRenderer, create_renderer,
-                     finish_batch, plan_batch, register_renderer, render_now, resolve_renderer)
+                     finish_batch, plan_batch, prefetch_on_device, register_renderer, render_now,
+                     resolve_renderer)
 
 __all__ = ["Box", "MixParams", "ViewParams", "batch_mixes", "erase_noise", "group_partners", "mix_lambda",
            "mix_params", "pairs_for_view", "pixel_box", "store_order", "view_params", "decode_image", "mix_batch",
            "mix_pixels", "render_view", "AFFINE_INTERPOLATIONS", "GEOMETRIC_OPS", "INTERPOLATIONS", "RECIPE_VERSION",
            "RECIPES", "Recipe", "create_recipe", "RENDERER_CHOICES", "PillowRenderer", "Renderer", "TorchRenderer",
-           "ViewRenderer", "create_renderer", "finish_batch", "plan_batch", "register_renderer", "render_now",
+           "ViewRenderer", "create_renderer", "finish_batch", "plan_batch", "prefetch_on_device", "register_renderer", "render_now",
            "resolve_renderer"]

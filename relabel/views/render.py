@@ -222,3 +222,46 @@ def render_now(renderer: Renderer, samples: Sequence[tuple[int, int, int, str, I
     payload, _, _ = plan_batch(renderer, [s[0] for s in samples], [s[1] for s in samples],
                                [s[2] for s in samples], planned)
     return finish_batch(renderer, payload, device)
+
+
+def prefetch_on_device(items, stage: Callable[[Any], Any], device: torch.device | str | None):
+    """Yield ``stage(item)`` for each item, one item ahead on CUDA: the next item's stage (upload,
+    render) is queued on a side stream before the current one is handed out, so it overlaps whatever
+    the caller then runs on the current stream (the teacher, the student's step). Elsewhere: in line.
+    Tensors ``stage`` returns (in dicts, tuples or lists) are made safe to use on the current stream."""
+    device = None if device is None else torch.device(device)
+    if device is None or device.type != "cuda":
+        for item in items:
+            yield stage(item)
+        return
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(main)  # what the caller made before iterating (label rows, say) is ready first
+
+    def staged(item):
+        with torch.cuda.stream(side):
+            return stage(item)
+
+    def settle(x):  # made on the side stream, used on the main one: wait for it, keep its memory alive
+        if torch.is_tensor(x):
+            if x.is_cuda:
+                x.record_stream(main)
+        elif isinstance(x, dict):
+            for v in x.values():
+                settle(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                settle(v)
+
+    it = iter(items)
+    nxt = next(it, _END)
+    nxt = _END if nxt is _END else staged(nxt)
+    while nxt is not _END:
+        main.wait_stream(side)
+        cur = nxt
+        settle(cur)
+        nxt = next(it, _END)
+        nxt = _END if nxt is _END else staged(nxt)  # queued now: overlaps the caller's work on `cur`
+        yield cur
+
+
+_END = object()
