@@ -475,6 +475,10 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
     renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size), teacher.device)
+    differ = replay_check.renderer_parity(renderer, teacher.device) if renderer.name != "pillow" else []
+    if differ:  # the renderers' bytes must be equal, or stores and students would not agree across them
+        raise ConfigError(f"the {renderer.name} renderer on {teacher.device} renders {', '.join(differ[:4])} differently "
+                          f"from Pillow; set {setting('renderer', 'pillow')} (and report it)")
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
         class_names=list(source.class_names), fingerprint=source.fingerprint,

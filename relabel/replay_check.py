@@ -58,6 +58,9 @@ def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
     # the crop-resize: Image.resize's box (3.3, 2.7, 41.9, 44.1) of the 48 px pattern, at the store's size
     box = ViewParams(crop=(2.7 / 48, 3.3 / 48, (44.1 - 2.7) / 48, (41.9 - 3.3) / 48), flip=False)
     out = {"resize": _h(_render(renderer, img, [box], device)[0])}
+    # a tall image shrunk to 8 px: Pillow 13 runs the vertical pass first there (the other order above)
+    at8 = type(renderer)(ViewRenderer(recipe, renderer.spec.seed, 8))
+    out["resize:tall"] = _h(_render(at8, img.crop((0, 0, 12, 48)), [ViewParams((0.0, 0.0, 1.0, 1.0), False)], device)[0])
     ra = recipe.ra
     if ra is not None:  # each op alone on the whole 48 px pattern (a same-size resize is a copy)
         at48 = type(renderer)(ViewRenderer(recipe, renderer.spec.seed, 48))
@@ -66,6 +69,15 @@ def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
             arrs = _render(at48, img, [whole(name, 3.0), whole(name, 9.0)], device)
             out[f"op:{name}"] = _h(np.concatenate([a.reshape(-1) for a in arrs]))
     return out
+
+
+def renderer_parity(renderer: Renderer, device=None) -> list[str]:
+    """What ``renderer`` on ``device`` renders differently from Pillow (the reference) on the canonical
+    pattern: the crop-resize in both pass orders and every op of the recipe. Empty: the same bytes."""
+    renderer = _as_renderer(renderer)
+    ref = op_hashes(create_renderer("pillow", renderer.spec))
+    got = op_hashes(renderer, device)
+    return [k.removeprefix("op:") for k in ref if got.get(k) != ref[k]]
 
 
 def sample_hashes(renderer: Renderer, keys: list[str], read, device=None) -> dict[str, dict[str, str]]:

@@ -418,3 +418,29 @@ def test_a_student_batch_out_of_memory_is_one_line_and_keeps_the_last_checkpoint
     msg = str(e.value)
     assert "ran out of CPU memory at `batch_size=8`" in msg and "epoch 1 in" in msg and "last.pth is kept" in msg
     assert "\n" not in msg and torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_an_iterator_started_before_set_epoch_keeps_its_epochs_labels(world):
+    """A loop that calls set_epoch while an older iterator is still being read must not pair the old
+    epoch's samples with the new epoch's label rows."""
+    import relabel
+
+    ld = relabel.ReplayLoader(str(world[1]), str(world[3]), batch_size=8, workers=0)
+    want = [(b["positions"].clone(), b["topk_logp"].clone()) for b in ld]  # epoch 0, read whole
+    old, other = ld.epoch_views, 1
+    while ld.set_epoch(other) or ld.epoch_views == old:  # an epoch that shows another view
+        other += 1
+    ld.set_epoch(0)
+    it = iter(ld)
+    first = next(it)
+    ld.set_epoch(other)  # the new epoch's labels are loaded while `it` still reads the old one
+    got = [(first["positions"], first["topk_logp"])] + [(b["positions"], b["topk_logp"]) for b in it]
+    assert len(got) == len(want)
+    for (p1, l1), (p2, l2) in zip(got, want):
+        assert torch_equal(p1, p2) and torch_equal(l1, l2)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -152,3 +152,17 @@ def test_a_store_made_on_cuda_with_the_torch_renderer_has_the_cpu_labels(world, 
 
     rep = verify(str(out), str(folder), samples=64, teacher_checkpoint=str(ckpt), device="cpu", renderer="pillow")
     assert rep.ok and rep.checked > 0, rep
+
+
+@pytest.mark.parametrize("recipe", ["usi", "simple"])
+@pytest.mark.parametrize("size", [8, 32, 224])
+def test_the_torch_renderer_matches_pillows_canonical_renders(recipe, size):
+    """The check generate runs before a non-Pillow renderer labels anything: both resize pass orders
+    and every op; on CPU it must find nothing (RELABEL_PARITY_DEVICE picks the device)."""
+    import os
+
+    from relabel.replay_check import op_hashes, renderer_parity
+    from relabel.views import RECIPES, ViewRenderer, create_renderer
+
+    r = create_renderer("torch", ViewRenderer(RECIPES[recipe], 0, size))
+    assert "resize:tall" in op_hashes(r) and renderer_parity(r, os.environ.get("RELABEL_PARITY_DEVICE", "cpu")) == []

@@ -94,6 +94,9 @@ class ReplayLoader:
 
     def _setup(self, data: TrainData, batch_size: int, *, seed: int, workers: int, rank, world, device,
                normalize_for, with_labels: bool) -> None:
+        if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{setting('device', str(device))} asked for but no CUDA GPU is visible; use "
+                              f"{setting('device', 'cpu')} or leave it out")
         self.data, self.device, self.with_labels = data, device, with_labels
         self.data.batches(seed, 0, batch_size)  # an odd batch for a mixing recipe fails here, not mid-epoch
         try:
@@ -121,7 +124,7 @@ class ReplayLoader:
                 self.normalize = self.normalize.to(self.device)
         self._label_views: tuple[int, ...] = ()
         self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._slot = torch.zeros(0, dtype=torch.int64)
+        self._slot = self._slot_cpu = torch.zeros(0, dtype=torch.int64)
         self.set_epoch(0)
 
     @property
@@ -155,21 +158,28 @@ class ReplayLoader:
                       torch.from_numpy(np.stack([r[1] for r in rows])).to(dev))
         slot = torch.full((max(views) + 1,), -1, dtype=torch.int64)
         slot[list(views)] = torch.arange(len(views))
-        self._slot, self._label_views = slot.to(dev), views
+        self._slot, self._slot_cpu, self._label_views = slot.to(dev), slot, views
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _device_stage(self, b: dict) -> dict:
-        """Render the batch's views, move it to the device and gather its labels there."""
+    def _device_stage(self, b: dict, labels) -> dict:
+        """Render the batch's views, move it to the device and gather its labels there. ``labels``:
+        (rows, slot on the device, slot on the CPU) of the epoch this iterator was started in."""
         finish_pixels(self.data.renderer, b, self.device)  # the renderer's device stage
         b["view"] = b["views"]  # a view per sample (repeated augmentation mixes views)
+        if labels is not None:
+            rows, slot, slot_cpu = labels
+            views = b["views"]
+            if int(views.max()) >= len(slot_cpu) or bool((slot_cpu[views] < 0).any()):
+                raise RuntimeError("a ReplayLoader iterator outlived its epoch (set_epoch was called while it "
+                                   "was being read); start a new iteration after set_epoch")
         if self.device is not None:
             b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-        if self.with_labels:
-            slot = self._slot[b["views"].to(self._slot.device)]
-            pos = b["positions"].to(self._slot.device)
-            b["topk_index"], b["topk_logp"] = self._rows[0][slot, pos], self._rows[1][slot, pos]
+        if labels is not None:
+            s = slot[b["views"].to(slot.device)]
+            pos = b["positions"].to(slot.device)
+            b["topk_index"], b["topk_logp"] = rows[0][s, pos], rows[1][s, pos]
         if self.normalize is not None:
             b["input"] = self.normalize(b["pixels"])
         return b
@@ -179,7 +189,8 @@ class ReplayLoader:
         caller's step for this batch runs (timm's PrefetchLoader, one batch ahead)."""
         from relabel.views import prefetch_on_device
 
-        yield from prefetch_on_device(self.loader, self._device_stage, self.device)
+        labels = (self._rows, self._slot, self._slot_cpu) if self.with_labels else None  # this epoch's, kept
+        yield from prefetch_on_device(self.loader, lambda b: self._device_stage(b, labels), self.device)
 
 
 def _pretrained_cfg(model) -> dict:

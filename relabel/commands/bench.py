@@ -449,8 +449,9 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     shard = Shard(0, 0, 0, nv, 0, n, 0)  # one shard block: every image decoded once for all its views
     units = [WorkUnit(shard, g0, min(g0 + recipe.mix_group, n)) for g0 in range(0, n, recipe.mix_group)]
     dev = pick_device(cfg.device)
-    renderers = {"": create_renderer("pillow", ViewRenderer(recipe, 0, cfg.img_size)),  # workers render
-                 "torch_": create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))}  # the device renders
+    renderers = {"": create_renderer("pillow", ViewRenderer(recipe, 0, cfg.img_size))}  # workers render
+    if dev.type == "cuda":  # the device renders (on a CPU it is ~20x slower than Pillow: `auto` never picks it)
+        renderers["torch_"] = create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))
     contenders: dict[str, Callable] = {}
 
     def persistent(loader_kw: dict, w: int) -> DataLoader:
@@ -481,7 +482,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
              teacher=FunctionTeacher(lambda px: px.float().mean((2, 3)) @ weights, 1000, "bench-feed-stub",
                                      input_size=cfg.img_size))
     batch = max(2, min(64, n // (2 * max(workers[-1], 1))) // 2 * 2)  # at least two batches per worker
-    for tag, name in (("", "pillow"), ("torch_", "torch")):
+    for tag, name in (("", "pillow"), ("torch_", "torch"))[:len(renderers)]:
         for w in workers:
             tcfg = TrainConfig(data=str(folder), labels=store, out=os.path.join(tmp, f"feed-run{tag}{w}"),
                                student=cfg.student, mode="cached", epochs=2, batch_size=batch, img_size=cfg.img_size,
@@ -508,8 +509,8 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
             "stage2_img_per_s_all_workers": r[f"stage2_w{hi}"]["median"],
             "stage1_scaling": r[f"stage1_w{hi}"]["median"] / r[f"stage1_w{lo}"]["median"],
             "stage2_scaling": r[f"stage2_w{hi}"]["median"] / r[f"stage2_w{lo}"]["median"],
-            "stage1_torch_views_per_s_all_workers": r[f"stage1_torch_w{hi}"]["median"],
-            "stage2_torch_img_per_s_all_workers": r[f"stage2_torch_w{hi}"]["median"],
+            "stage1_torch_views_per_s_all_workers": r[f"stage1_torch_w{hi}"]["median"] if "torch_" in renderers else None,
+            "stage2_torch_img_per_s_all_workers": r[f"stage2_torch_w{hi}"]["median"] if "torch_" in renderers else None,
             "torch_device": str(dev),
             "workers": workers, "images": n, "views_per_image_stage1": nv, "mean_jpeg_kib": mean_kb,
             "stage2_batch": batch, "detail": r}
