@@ -130,13 +130,16 @@ class PillowRenderer:
 
 @dataclass(frozen=True)
 class _TorchItem:
-    """What a worker sends for one view: its parameters and the pixels its crop-resize reads."""
+    """What a worker sends for one view: its parameters, the pixels its crop-resize reads, and what
+    the worker already computed from them (the resize plan, the erase noise)."""
 
     params: ViewParams
     region: np.ndarray  # uint8 (h, w, 3) inside the support box
     offset: tuple[int, int]  # (x0, y0) of the region in the decoded image
     full_size: tuple[int, int]  # the decoded image's (width, height)
     erase_seed: tuple
+    plan: Any = None  # views.torch.resize_plan's record
+    erase: Any = None  # views.params.erase_noise's (box, noise), or None
 
 
 @register_renderer("torch")
@@ -157,18 +160,22 @@ class TorchRenderer:
         return self.plan_params(self.spec.params(key, view, img), img, self.spec.erase_seed(key, view))
 
     def plan_params(self, params: ViewParams, img: Image.Image, erase_seed: tuple = ()) -> _TorchItem:
-        from .torch import support_box
+        from .params import erase_noise
+        from .torch import resize_plan
 
-        x0, y0, x1, y1 = support_box(params, self.spec.recipe, img.width, img.height, self.spec.size)
+        size = self.spec.size
+        plan = resize_plan(params, self.spec.recipe, img.width, img.height, size)
+        x0, y0, x1, y1 = plan.box
         region = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
-        return _TorchItem(params, region, (x0, y0), img.size, erase_seed)
+        erase = None if params.erase is None else erase_noise(params.erase, size, size, erase_seed)
+        return _TorchItem(params, region, (x0, y0), img.size, erase_seed, plan, erase)
 
     def stack(self, planned, mixes) -> dict:
         """One flat uint8 tensor of every region (one pinned upload) plus the plain-data rest."""
         flat = (torch.from_numpy(np.concatenate([it.region.reshape(-1) for it in planned]))
                 if planned else torch.empty(0, dtype=torch.uint8))
         return {"regions": flat, "shapes": [it.region.shape[:2] for it in planned],
-                "items": [(it.params, it.offset, it.full_size, it.erase_seed) for it in planned],
+                "items": [(it.params, it.offset, it.full_size, it.erase_seed, it.plan, it.erase) for it in planned],
                 "mixes": list(mixes)}
 
     def finish(self, payload: dict, device) -> torch.Tensor:
@@ -183,7 +190,8 @@ class TorchRenderer:
             at += h * w * 3
         items = payload["items"]
         x = render_batch(regions, [it[1] for it in items], [it[2] for it in items], [it[0] for it in items],
-                         self.spec.recipe, self.spec.size, [it[3] for it in items], device)
+                         self.spec.recipe, self.spec.size, [it[3] for it in items], device,
+                         plans=[it[4] for it in items], erases=[it[5] for it in items])
         if payload["mixes"]:
             x, _ = mix_pairs_torch(x, payload["mixes"])
         return x

@@ -207,6 +207,12 @@ def _resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, si
                    _vertical_first(width, height, out_w, out_h))
 
 
+def resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, size) -> _Resize:
+    """How this view's crop-resize runs (coefficient tables, pass order) and which pixels it reads
+    (``.box``): computed once, in the worker, and handed to ``render_batch``."""
+    return _resize_plan(params, recipe, width, height, size)
+
+
 def support_box(params: ViewParams, recipe: Recipe, width: int, height: int, size) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): the pixels of the decoded ``width`` x ``height`` image that this view's
     crop-resize reads (crop box plus the filter's support, as Pillow computes it, clamped to the
@@ -604,13 +610,15 @@ def _apply_ops(x: torch.Tensor, op_lists: Sequence[Sequence[OpParams]], recipe: 
 # ------------------------------------------------------------------------------------ erase, batch
 def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], full_sizes: list[tuple[int, int]],
                  params: list[ViewParams], recipe: Recipe, size, erase_seeds: list[tuple],
-                 device) -> torch.Tensor:
+                 device, plans: list | None = None, erases: list | None = None) -> torch.Tensor:
     """Views -> (N, H, W, 3) uint8 on ``device``, equal byte for byte to stacking
     ``render_view(img_i, params[i], recipe, size, erase_seed=erase_seeds[i])``.
 
     ``regions[i]``: uint8 HxWx3 pixels of the decoded image holding ``support_box`` (or the whole
     image), at ``offsets[i]`` = (x0, y0) in the image of ``full_sizes[i]`` = (width, height).
     Raises ValueError where Pillow would (e.g. a geometric op under Lanczos: see check_recipe).
+    ``plans`` (``resize_plan`` per view) and ``erases`` (``erase_noise`` per view, None: no erase):
+    what a worker already computed, so the device's host thread does not compute it again.
     """
     n = len(params)
     if not (len(regions) == len(offsets) == len(full_sizes) == len(erase_seeds) == n):
@@ -619,7 +627,7 @@ def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], fu
     out_w, out_h = _out_size(size)
     x = torch.empty((n, out_h, out_w, 3), dtype=torch.uint8, device=device)
     for i in range(n):
-        plan = _resize_plan(params[i], recipe, *full_sizes[i], (out_w, out_h))
+        plan = plans[i] if plans is not None else _resize_plan(params[i], recipe, *full_sizes[i], (out_w, out_h))
         x[i] = _resize_one(regions[i], tuple(offsets[i]), plan, out_w, out_h, device)
     flips = [i for i, p in enumerate(params) if p.flip]
     if flips:
@@ -629,7 +637,7 @@ def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], fu
         x = _apply_ops(x, [p.ops for p in params], recipe)
     for i, p in enumerate(params):
         if p.erase is not None:
-            got = erase_noise(p.erase, out_w, out_h, tuple(erase_seeds[i]))
+            got = erases[i] if erases is not None else erase_noise(p.erase, out_w, out_h, tuple(erase_seeds[i]))
             if got is not None:
                 (y0, x0, y1, x1), noise = got
                 x[i, y0:y1, x0:x1] = torch.from_numpy(np.ascontiguousarray(noise)).to(device)
