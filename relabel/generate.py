@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,49 +22,19 @@ from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import CLAIM_LEASE, STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
+from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
 
 from . import __version__, replay_check
 from .classmap import resolve_class_map
 from .dist import Dist
+from .generate_config import GenerateConfig
 from .models import out_of_memory
-from .runtime import default_workers
 from .progress import progress_bar
 from .teacher import NonFiniteOutput, build_teacher, teacher_identity
 from .views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
                     group_partners, plan_batch, prefetch_on_device, resolve_renderer, store_order)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerateConfig:
-    data: str
-    out: str
-    teacher: str | list[str] = "tresnet_l_v2"  # several: an ensemble averaging their probabilities
-    teacher_checkpoint: str | list[str] | None = None  # one per teacher
-    teacher_weight: list[float] | None = None  # ensemble weights (default: equal)
-    teacher_own_size: bool = False  # ensemble members see the view resized to their own input size
-    views: int = 10
-    topk: int = 10
-    recipe: str = "usi"
-    seed: int = 0
-    img_size: int | None = None
-    batch_size: int = 128
-    workers: int = field(default_factory=default_workers)
-    device: str = "auto"
-    precision: str = "auto"
-    encoding: str = "q8"
-    samples_per_shard: int = 16384
-    views_per_shard: int = 10
-    repair: bool = False
-    class_map: str | None = None  # file or "imagenet1k": dataset class -> teacher class
-    read_retries: int = 4  # tries of a failing read (I/O) before its shard is given up for this run
-    retry_wait: float = 0.5  # seconds before the first retry; doubles each time
-    progress: bool = True
-    compile: bool | str = False  # torch.compile the teacher (a string: the backend); labels are the same
-    renderer: str = "auto"  # pillow (in workers), torch (on the teacher's device), auto: torch on CUDA; same bytes
-    claim_lease: float = CLAIM_LEASE  # seconds a shard claim stays valid unrefreshed (a killed writer's expires)
 
 
 class ReadFailed(Exception):

@@ -18,8 +18,9 @@ LAYERS = [
     ("errors", ("relabel.errors",)),
     ("storage", ("relabel.storage",)),
     ("core", ("relabel.rng", "relabel.randaug", "relabel.views", "relabel.models", "relabel.teacher",
-              "relabel.classmap", "relabel.dist", "relabel.runtime", "relabel.progress", "relabel.replay_check")),
-    ("stages", ("relabel.generate", "relabel.verify", "relabel.publish", "relabel.train")),
+              "relabel.classmap", "relabel.dist", "relabel.runtime", "relabel.progress", "relabel.replay_check",
+              "relabel.settings")),
+    ("stages", ("relabel.generate", "relabel.generate_config", "relabel.verify", "relabel.publish", "relabel.train")),
     ("commands", ("relabel.commands", "relabel.__main__")),
 ]
 

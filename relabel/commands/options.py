@@ -7,16 +7,26 @@ the options into the config's topic sections for ``--help``.
 from __future__ import annotations
 
 import inspect
+from dataclasses import MISSING, fields
+from typing import Any, Callable, get_type_hints
 
-# The --help panels of the two stages. A test checks that every field of each config is in exactly one
-# section (the configs live with the torch code; this module stays light so --help imports no torch).
-# relabel.generate.GenerateConfig's fields by topic
-GENERATE_SECTIONS = {
-    "Data and store": ("data", "out", "views", "topk", "recipe", "seed", "img_size", "encoding", "samples_per_shard",
-                       "views_per_shard", "repair", "class_map"),
-    "Teacher": ("teacher", "teacher_checkpoint", "teacher_weight", "teacher_own_size", "precision", "compile"),
-    "Runtime": ("batch_size", "workers", "device", "renderer", "read_retries", "retry_wait", "claim_lease", "progress"),
-}
+from relabel.generate_config import GenerateConfig
+from relabel.settings import META, sections_of
+
+# The --help panels of the stages. GenerateConfig's come from its fields' metadata (relabel.settings);
+# TrainConfig's are still listed here (a test checks every field is in exactly one section). This
+# module stays light so --help imports no torch.
+GENERATE_SECTIONS = sections_of(GenerateConfig)
+
+
+def _quiet():
+    import typer
+
+    return inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                             default=typer.Option(False, "--quiet", "-q", help="No progress bar."))
+
+
+QUIET = _quiet()  # every long-running command's --quiet (sets the config's `progress` to False)
 
 # relabel.train.loop.TrainConfig's fields by topic
 TRAIN_SECTIONS = {
@@ -66,3 +76,34 @@ def config_from_params(config_cls, params: dict, lists: tuple[str, ...] = (), on
         vals = list(params.get(name) or [])
         params[name] = None if not vals else vals[0] if len(vals) == 1 and name in one_or_list else vals
     return config_cls(**params)
+
+
+def command_from(config_cls, body: Callable[[dict], Any], doc: str, extra: tuple[inspect.Parameter, ...] = ()):
+    """A typer command whose options are ``config_cls``'s fields (their ``relabel.settings`` metadata:
+    help, flags, section, typer type and default), then ``extra`` (e.g. --quiet). ``body(params)``
+    runs it with the parsed values by name."""
+    import typer
+
+    hints = get_type_hints(config_cls)
+    params = []
+    for f in fields(config_cls):
+        md = f.metadata.get(META)
+        if md is None or not md["cli"]:
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else ...)
+        annotation = hints[f.name]
+        if md["cli_type"] is not None:
+            annotation, default = md["cli_type"]
+        info = (typer.Argument(default, help=md["help"]) if md["argument"]
+                else typer.Option(default, *md["flags"], help=md["help"]))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
+    params += list(extra)
+
+    def command(**values):
+        return body(values)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = doc
+    return with_sections(command, sections_of(config_cls))

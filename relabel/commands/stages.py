@@ -4,64 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Optional
+from typing import List
 
 import typer
 
-from relabel.runtime import default_workers
 
-from .options import GENERATE_SECTIONS, config_from_params, with_sections
+from relabel.generate_config import GenerateConfig
+
+from .options import QUIET, command_from, config_from_params, with_sections
 
 
 def _say(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def generate(
-    data: str = typer.Argument(..., help="ImageFolder tree or webdataset shards (folder, glob, brace pattern)."),
-    out: str = typer.Option(..., "--out", "-o", help="Label store folder (created, or resumed)."),
-    teacher: List[str] = typer.Option(["tresnet_l_v2"], help="timm model name or alias (tresnet_l_v2 = USI's "
-                                      "teacher); repeat it for an ensemble (the average of the members' probabilities)."),
-    teacher_checkpoint: List[str] = typer.Option([], help="Teacher weights, one per --teacher; default: timm's "
-                                                 "pretrained download."),
-    teacher_weight: List[float] = typer.Option([], help="Ensemble: one weight per --teacher (default: equal)."),
-    teacher_own_size: bool = typer.Option(False, "--teacher-own-size", help="Ensemble: each member sees the view "
-                                          "resized to its own input size."),
-    views: int = typer.Option(10, help="Views per sample; a larger value on an existing store adds views."),
-    topk: int = typer.Option(10, help="Classes kept per view."),
-    recipe: str = typer.Option("usi", help="Augmentation recipe: usi, simple, or a .yaml/.json file."),
-    seed: int = typer.Option(0, help="Seed of every view."),
-    img_size: Optional[int] = typer.Option(None, help="Teacher input size (default: the teacher's own)."),
-    batch_size: int = typer.Option(128, help="Teacher batch size."),
-    workers: int = typer.Option(default_workers(), help="DataLoader workers (decode + views)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", help="auto (fp16 autocast on CUDA, as USI ran its teacher; fp32 on CPU), fp32, fp16 or bf16."),
-    encoding: str = typer.Option("q8", help="Stored values: q8 (1 byte, ~2e-4 nats KL), f16 or f32."),
-    samples_per_shard: int = typer.Option(16384, help="Samples per shard (a multiple of the recipe's mix group); larger reads faster."),
-    views_per_shard: int = typer.Option(10, help="Views per shard: each image is decoded once per shard."),
-    repair: bool = typer.Option(False, "--repair", help="Recompute shards that verify finds damaged."),
-    class_map: Optional[str] = typer.Option(None, help="When the teacher's classes are not the dataset's: a JSON "
-                                            "file {folder name: teacher class index}, 'name index' lines, or "
-                                            "'imagenet1k' (folders named by ImageNet synset)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher (faster on GPUs; the labels "
-                                 "are the same within fp32 noise, and verify accepts them against eager)."),
-    renderer: str = typer.Option("auto", help="auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch (workers decode and cut the crop's region; the views render on the device). Both give the same bytes."),
-    claim_lease: float = typer.Option(60.0, help="Seconds a shard claim stays valid without its writer refreshing "
-                                      "it; then another run takes the shard over (a killed or preempted writer's)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-):
-    """Stage one: run the teacher over stored views and write top-k labels."""
-    params = dict(locals())
-    from relabel.generate import GenerateConfig, generate as run
+def _generate(params: dict) -> None:
+    from relabel.generate import generate as run
 
     s = run(config_from_params(GenerateConfig, params, lists=("teacher_checkpoint", "teacher_weight")))
     if int(os.environ.get("RANK", "0")) == 0:
         _say(f"wrote {s.views_written:,} views in {s.shards_written} shard(s) in {s.seconds:.1f}s "
              f"({s.views_per_s:,.1f} views/s); store: {s.num_samples:,} samples x {s.views} views, "
              f"complete={s.complete}, unreadable={s.corrupt_samples}, "
-             f"{s.label_bytes_per_view:.1f} label bytes/view -> {out}")
+             f"{s.label_bytes_per_view:.1f} label bytes/view -> {params['out']}")
 
 
+# Built from GenerateConfig's fields (relabel/generate_config.py): each setting is written once, there.
+generate = command_from(GenerateConfig, _generate, "Stage one: run the teacher over stored views and write top-k labels.",
+                        extra=(QUIET,))
+generate.__name__ = generate.__qualname__ = "generate"
 
 
 def info(store: str = typer.Argument(..., help="Label store."),
@@ -119,6 +90,5 @@ def verify(store: str = typer.Argument(..., help="Label store."),
     typer.echo("verify OK")
 
 
-with_sections(generate, GENERATE_SECTIONS)
 with_sections(info)
 with_sections(verify)
