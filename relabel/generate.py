@@ -287,7 +287,10 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
     renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
     if renderer.name != h.renderer and mine:
         log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
-    total = sum((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0) for sh in mine)
+    def left(sh: Shard) -> int:  # the (view, sample) cells of a shard still to compute
+        return (sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0)
+
+    total = sum(left(sh) for sh in mine)
     n_views, n_shards, failed, busy = 0, 0, [], 0
     with (store.keep_claims_alive(max(0.05, cfg.claim_lease / 4)),
           progress_bar(cfg.progress and dist.rank == 0, "generate", total, unit="views") as bar):
@@ -298,18 +301,18 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
                 sh = todo.pop(0)
                 if not store.claim(sh, cfg.claim_lease):
                     busy += 1
-                    bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
+                    bar.advance(left(sh))
                     continue
                 now = store.shard(sh.vb, sh.sb, int(store.group["done"][sh.vb, sh.sb]))  # another writer may be done
                 if now.done >= now.v1 - now.v0:
                     store.release(sh)
-                    bar.advance((sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0))
+                    bar.advance(left(sh))
                     continue
                 problem = store.check_seal(now) if now.done else None
                 if problem:  # growing views merges into the shard's files: they must be this store's
                     log.warning("%s: %s; recomputing the whole shard", now.name, problem)
                     now = replace(now, done=0)
-                bar.advance(max(0, now.done - sh.done) * (sh.s1 - sh.s0))
+                bar.advance(max(0, left(sh) - left(now)))  # views another writer did meanwhile
                 take.append(now)
             if not take:
                 continue

@@ -77,7 +77,9 @@ class SealedShards:
     def label_set_digest(self) -> str:
         """One sha256 for the whole label set: the identity, the view count, the keys (their order
         places every label) and every shard's seal. Published with the store; ``pull(expect=...)``
-        refuses any other set."""
+        refuses any other set. A read-only store cannot change while open: computed once."""
+        if self.group.read_only and getattr(self, "_digest", None) is not None:
+            return self._digest
         self.keys  # noqa: B018 - checked (count, order) before they are vouched for
         keys_sha = hashlib.sha256(np.asarray(self._array("keys")[:], dtype=np.uint8).tobytes()).hexdigest()
         d = hashlib.sha256(f"relabel-labels-1\0{self.header.identity}\0{self.header.views}\0{keys_sha}\0".encode())
@@ -87,4 +89,6 @@ class SealedShards:
             for sb in range(done.shape[1]):
                 d.update(f"{vb},{sb},{int(done[vb, sb])};".encode())
                 d.update(seals[vb, sb].tobytes())
+        if self.group.read_only:
+            self._digest = d.hexdigest()
         return d.hexdigest()
