@@ -8,12 +8,9 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from relabel.runtime import default_workers
-from relabel.settings import setting
+from relabel.settings import DEVICE_HELP, RENDERER_HELP, setting
 from relabel.storage.claims import CLAIM_LEASE
 
-_RENDERER_HELP = ("auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch "
-                  "(workers decode and cut the crop's region; the views render on the device). Both give the same "
-                  "bytes.")
 DATA, TEACHER, RUNTIME = "Data and store", "Teacher", "Runtime"
 
 
@@ -41,7 +38,7 @@ class GenerateConfig:
     batch_size: int = setting(128, section=RUNTIME, help="Teacher batch size.")
     workers: int = setting(section=RUNTIME, default_factory=default_workers,
                            help="DataLoader workers (decode + views).")
-    device: str = setting("auto", section=RUNTIME, help="auto, cpu or cuda.")
+    device: str = setting("auto", section=RUNTIME, help=DEVICE_HELP)
     precision: str = setting("auto", section=TEACHER,
                              help="auto (fp16 autocast on CUDA, as USI ran its teacher; fp32 on CPU), fp32, fp16 or bf16.")
     encoding: str = setting("q8", section=DATA, help="Stored values: q8 (1 byte, ~2e-4 nats KL), f16 or f32.")
@@ -63,7 +60,7 @@ class GenerateConfig:
         False, section=TEACHER, flags=("--compile",), cli_type=(bool, False),
         help="torch.compile the teacher (faster on GPUs; the labels are the same within fp32 noise, and verify "
              "accepts them against eager).")
-    renderer: str = setting("auto", section=RUNTIME, help=_RENDERER_HELP)
+    renderer: str = setting("auto", section=RUNTIME, help=RENDERER_HELP)
     claim_lease: float = setting(CLAIM_LEASE, section=RUNTIME,
                                  help="Seconds a shard claim stays valid without its writer refreshing it; then "
                                       "another run takes the shard over (a killed or preempted writer's).")

@@ -11,6 +11,7 @@ from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
 from relabel.storage.store import STATUS_OK
 
 from . import replay_check
+from .verify_config import VerifyConfig
 from .teacher import rebuild_teacher
 from .views import Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, group_partners, render_now
 
@@ -57,13 +58,16 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
     return torch.stack(out).permute(0, 3, 1, 2)
 
 
-def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=None,
-           device: str = "auto", batch_size: int = 64, seed: int = 0, teacher=None,
-           compile: bool | str = False, renderer: str = "auto") -> VerifyReport:
+def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=None, **settings) -> VerifyReport:
     """Recompute random stored views in fp32 and compare; check shards, completeness and pixel drift.
-    ``teacher_checkpoint``: a path, or one per ensemble member; ``teacher``: a ready teacher object
-    (a ``FunctionTeacher``) instead of rebuilding the store's; ``compile``: torch.compile it;
-    ``renderer``: what replays the views (``auto``: torch on CUDA, Pillow on CPU)."""
+
+    ``verify(VerifyConfig(...))``, or ``verify(store, data, samples=..., ...)`` with any of its
+    fields: ``teacher_checkpoint`` (a path, or one per ensemble member), ``compile`` (torch.compile
+    the teacher), ``renderer`` (what replays the views; ``auto``: torch on CUDA, Pillow on CPU).
+    ``teacher``: a ready teacher object (a ``FunctionTeacher``) instead of rebuilding the store's.
+    """
+    cfg = store_path if isinstance(store_path, VerifyConfig) else VerifyConfig(store=store_path, data=data, **settings)
+    store_path, data, samples, device, renderer = cfg.store, cfg.data, cfg.samples, cfg.device, cfg.renderer
     if samples < 0:
         raise ConfigError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
@@ -91,7 +95,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
         return rep
     t = h.teacher
     if teacher is None:
-        teacher, notes = rebuild_teacher(t, teacher_checkpoint, device=device, compile=compile)
+        teacher, notes = rebuild_teacher(t, cfg.teacher_checkpoint, device=device, compile=cfg.compile)
         rep.notes.extend(notes)
     made_in = t.get("precision", "auto")
     if made_in not in _TOLERANCE:
@@ -103,7 +107,7 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     rep.allowed_error = h.encoding.max_error + _TOLERANCE[made_in]
     done = store.done_views()
     status = store.status()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
     cand_p = np.nonzero(status == STATUS_OK)[0]
     if len(cand_p) == 0:
         rep.notes.append("no readable samples to recompute")
@@ -116,8 +120,8 @@ def verify(store_path: str, data: str, samples: int = 64, teacher_checkpoint=Non
     pos, views = pos[keep], views[keep]
     s_idx, s_lp = store.gather(pos, views)
     errs, kls, agree = [], [], []
-    for b in range(0, len(pos), batch_size):
-        sl = slice(b, b + batch_size)
+    for b in range(0, len(pos), cfg.batch_size):
+        sl = slice(b, b + cfg.batch_size)
         pixels = render_stored_views(store, source, pos[sl], views[sl], status, view_renderer, teacher.device)
         logits = teacher.logits(pixels).cpu()
         logp = torch.log_softmax(logits, -1)

@@ -58,11 +58,11 @@ def test_every_config_field_has_one_help_section_and_every_option_shows_in_one()
 
     from relabel.commands.cli import app
     from relabel.generate import GenerateConfig
-    from relabel.commands.options import GENERATE_SECTIONS, TRAIN_SECTIONS
+    from relabel.settings import sections_of
     from relabel.train.loop import TrainConfig
 
-    for cfg, sections, command in ((GenerateConfig, GENERATE_SECTIONS, "generate"),
-                                   (TrainConfig, TRAIN_SECTIONS, "train")):
+    for cfg, command in ((GenerateConfig, "generate"), (TrainConfig, "train")):
+        sections = sections_of(cfg)
         listed = [name for names in sections.values() for name in names]
         assert len(listed) == len(set(listed)), f"{command}: a field is in two sections"
         assert set(listed) == {f.name for f in dataclasses.fields(cfg)}, command

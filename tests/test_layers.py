@@ -20,7 +20,8 @@ LAYERS = [
     ("core", ("relabel.rng", "relabel.randaug", "relabel.views", "relabel.models", "relabel.teacher",
               "relabel.classmap", "relabel.dist", "relabel.runtime", "relabel.progress", "relabel.replay_check",
               "relabel.settings")),
-    ("stages", ("relabel.generate", "relabel.generate_config", "relabel.verify", "relabel.publish", "relabel.train")),
+    ("stages", ("relabel.generate", "relabel.generate_config", "relabel.verify", "relabel.verify_config",
+                "relabel.publish", "relabel.train")),
     ("commands", ("relabel.commands", "relabel.__main__")),
 ]
 

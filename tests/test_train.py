@@ -435,11 +435,13 @@ def TrainConfig_(data, labels, out, **kw):
 
 def test_preset_usi_and_explicit_options_win(world, tmp_path):
     from relabel.commands.train_command import parse_train_argv
-    from relabel.train.loop import PRESETS, build, resolve_config
+    from relabel.train.config import preset_values
+    from relabel.train.loop import build, resolve_config
 
     base = [str(world / "train"), "--labels", str(world / "labels_g8"), "--out", str(tmp_path / "r")]
     cfg = resolve_config(parse_train_argv(base + ["--preset", "usi"]))
-    assert {k: getattr(cfg, k) for k in PRESETS["usi"]} == PRESETS["usi"]
+    usi = preset_values("usi")
+    assert len(usi) == 15 and {k: getattr(cfg, k) for k in usi} == usi
     assert (cfg.ce_weight, cfg.kd_weight, cfg.smoothing, cfg.aug_repeats, cfg.lr) == (1.0, 5.0, 0.0, 3, 2e-3)
     mine = resolve_config(parse_train_argv(base + ["--preset", "usi", "--lr", "1e-3", "--aug-repeats", "1",
                                                    "--smoothing", "0.1", "--model-ema-warmup"]))

@@ -23,7 +23,7 @@ from relabel.progress import progress_bar
 from relabel.storage.errors import ConfigError, setting
 
 from .checkpoint import check_inputs, load_resume, run_inputs, save_checkpoint
-from .config import (CLIP_MODES, DEFAULTS, KD_TARGETS, MODES, PRESETS, TrainConfig, _validate,
+from .config import (CLIP_MODES, DEFAULTS, KD_TARGETS, MODES, PRESETS, TrainConfig, _validate, register_preset,
                      resolve_config)
 from .data import TrainData
 from .evaluate import eval_loader, evaluate
@@ -222,4 +222,4 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
 
 
 __all__ = ["train", "build", "make_loader", "TrainConfig", "TrainResult", "Trainer", "resolve_config", "run_inputs",
-           "MODES", "KD_TARGETS", "CLIP_MODES", "DEFAULTS", "PRESETS"]
+           "MODES", "KD_TARGETS", "CLIP_MODES", "DEFAULTS", "PRESETS", "register_preset"]

@@ -14,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from relabel.models import Normalize
+from relabel.settings import default_of
 from relabel.storage.errors import ConfigError, setting
 
+from .config import DEFAULTS, TrainConfig
 from .data import EpochBatchSampler, TrainData, finish_pixels
 
 
@@ -27,7 +29,7 @@ class ReplayLoader:
         labels: a label store or exported shards (a path/URL, or what ``relabel.open_labels`` returned).
         batch_size: samples per batch on this rank; even when the recipe mixes (pairs share a batch).
         seed: the run's seed: which stored view each epoch replays and the batch order.
-        workers: DataLoader worker processes (decode, render, mix).
+        workers: DataLoader worker processes (decode, render, mix); default: ``relabel train``'s.
         rank, world: this process's place in a DDP job (default: ``RANK``/``WORLD_SIZE`` from the
             environment, else 0 of 1); ranks get disjoint samples and equal batch counts.
         normalize_for: a timm model (or its name) whose own mean/std ``b["input"]`` is normalized
@@ -63,10 +65,13 @@ class ReplayLoader:
                 loss = relabel.kd_loss(model(b["input"]), b["topk_index"], b["topk_logp"]).mean()
     """
 
-    def __init__(self, data: str, labels, batch_size: int, *, seed: int = 42, workers: int = 4,
-                 rank: int | None = None, world: int | None = None, normalize_for=None, allow_subset: bool = False,
-                 img_size: int | None = None, views_limit: int | None = None, aug_repeats: int = 1,
-                 device: str | torch.device | None = None, allow_pixel_drift: bool = False, renderer: str = "auto"):
+    def __init__(self, data: str, labels, batch_size: int, *, seed: int = default_of(TrainConfig, "seed"),
+                 workers: int | None = None, rank: int | None = None, world: int | None = None, normalize_for=None,
+                 allow_subset: bool = False, img_size: int | None = None, views_limit: int | None = None,
+                 aug_repeats: int = DEFAULTS["aug_repeats"], device: str | torch.device | None = None,
+                 allow_pixel_drift: bool = False, renderer: str = default_of(TrainConfig, "renderer")):
+        if workers is None:  # relabel train's default (relabel.runtime.default_workers)
+            workers = default_of(TrainConfig, "workers")
         for name, value, lo in (("batch_size", batch_size, 1), ("workers", workers, 0), ("aug_repeats", aug_repeats, 1)):
             try:
                 ok = not isinstance(value, bool) and operator.index(value) >= lo  # ints, numpy ints

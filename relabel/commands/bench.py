@@ -6,6 +6,7 @@ without a checkpoint are randomly initialised.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -22,34 +23,42 @@ from typing import Callable
 import numpy as np
 import typer
 
+from relabel.settings import DEVICE_HELP, setting
+
+from .options import command_from
+
 PARTS = ("step", "loader", "labels", "generate", "size", "scale", "precision", "feed")
 
 
 @dataclass
 class BenchConfig:
-    student: str = "deit_s"
-    teacher: str = "tresnet_l_v2"
-    batch_size: int = 16
-    img_size: int = 224
-    device: str = "auto"
-    precision: str = "auto"
-    repeats: int = 5
-    workers: int = 2
-    num_classes: int = 1000
-    label_views: int = 1_000_000  # labels: store size
-    scale_views: int = 10_000_000  # scale: views written
-    gen_images: int = 32  # generate: images (each gets gen_views views)
-    gen_views: int = 4
-    steps: int = 3  # step: train steps per timed repeat
-    teacher_checkpoint: str | None = None  # precision: a trained teacher (random weights understate the noise)
-    data: str | None = None  # precision: images whose views the teacher sees (default: synthetic JPEGs)
-    compile_backend: str = "inductor"  # step/generate: the compiled contenders' torch.compile backend ("none": skip)
-    feed_images: int = 128  # feed: ImageNet-like JPEGs (~500x375, q90); two mix groups, one per worker
-    feed_views: int = 10  # feed: views per image in stage one (one shard block)
-    sweep_students: int = 5  # sweep: S students x E epochs from V stored views of N images
-    sweep_epochs: int = 300
-    sweep_views: int = 10
-    sweep_images: int = 1_281_167  # ImageNet-1k train
+    student: str = setting("deit_s", help="Student model.")
+    teacher: str = setting("tresnet_l_v2", help="Teacher model (random weights: speed does not depend on them).")
+    batch_size: int = setting(16, help="Batch size.")
+    img_size: int = setting(224, help="Image size.")
+    device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = setting("auto", help="Teacher precision in generate: auto, fp32, fp16, bf16.")
+    repeats: int = setting(5, help="Timed repeats per contender (interleaved).")
+    workers: int = setting(2, help="DataLoader workers.")
+    label_views: int = setting(1_000_000, help="labels: views in the on-disk store.")
+    scale_views: int = setting(10_000_000, help="scale: views written.")
+    gen_images: int = setting(32, help="generate: images.")  # each gets gen_views views
+    gen_views: int = setting(4, help="generate: views per image.")
+    steps: int = setting(3, help="step: train steps per timed repeat.")
+    teacher_checkpoint: str | None = setting(  # random weights understate the noise
+        None, help="precision: trained teacher weights (random ones understate).")
+    data: str | None = setting(  # default: synthetic JPEGs
+        None, help="precision: an ImageFolder whose views the teacher sees.")
+    compile_backend: str = setting("inductor", help="step/generate: torch.compile backend of the compiled "
+                                                    "contenders (none: skip them).")
+    feed_images: int = setting(  # two mix groups, one per worker
+        128, help="feed: ImageNet-like JPEGs (~500x375, q90).")
+    feed_views: int = setting(10, help="feed: stage-one views per image (one shard block).")
+    sweep_students: int = setting(5, help="sweep: students trained from one label set.")  # S students x E epochs
+    sweep_epochs: int = setting(300, help="sweep: epochs per student.")
+    sweep_views: int = setting(10, help="sweep: stored views per image.")
+    sweep_images: int = setting(1_281_167, help="sweep: training images (default: ImageNet-1k).")
+    num_classes: int = setting(1000, cli=False, help="Classes of the synthetic labels.")
 
 
 def measure(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -751,52 +760,36 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_command(
-    part: str = typer.Argument("all", help=f"One of {', '.join(PARTS)}, several joined by commas, or all "
-                                      f"(step and generate together add the sweep)."),
-    student: str = typer.Option("deit_s", help="Student model."),
-    teacher: str = typer.Option("tresnet_l_v2", help="Teacher model (random weights: speed does not depend on them)."),
-    batch_size: int = typer.Option(16, help="Batch size."),
-    img_size: int = typer.Option(224, help="Image size."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("auto", help="Teacher precision in generate: auto, fp32, fp16, bf16."),
-    repeats: int = typer.Option(5, help="Timed repeats per contender (interleaved)."),
-    workers: int = typer.Option(2, help="DataLoader workers."),
-    label_views: int = typer.Option(1_000_000, help="labels: views in the on-disk store."),
-    scale_views: int = typer.Option(10_000_000, help="scale: views written."),
-    gen_images: int = typer.Option(32, help="generate: images."),
-    gen_views: int = typer.Option(4, help="generate: views per image."),
-    steps: int = typer.Option(3, help="step: train steps per timed repeat."),
-    teacher_checkpoint: str = typer.Option(None, help="precision: trained teacher weights (random ones understate)."),
-    data: str = typer.Option(None, help="precision: an ImageFolder whose views the teacher sees."),
-    compile_backend: str = typer.Option("inductor", help="step/generate: torch.compile backend of the compiled "
-                                        "contenders (none: skip them)."),
-    feed_images: int = typer.Option(128, help="feed: ImageNet-like JPEGs (~500x375, q90)."),
-    feed_views: int = typer.Option(10, help="feed: stage-one views per image (one shard block)."),
-    sweep_students: int = typer.Option(5, help="sweep: students trained from one label set."),
-    sweep_epochs: int = typer.Option(300, help="sweep: epochs per student."),
-    sweep_views: int = typer.Option(10, help="sweep: stored views per image."),
-    sweep_images: int = typer.Option(1_281_167, help="sweep: training images (default: ImageNet-1k)."),
-    json_out: str = typer.Option("bench.json", "--json", help="Results JSON (a markdown table goes beside it)."),
-):
-    """Measure stage one, stage two and the store side by side; write JSON and a markdown table."""
+def _bench(params: dict) -> None:
     from relabel.storage import ConfigError
 
+    part, json_out = params.pop("part"), params.pop("json_out")
+    cfg = BenchConfig(**params)
     parts = list(PARTS) if part == "all" else part.split(",")  # step,generate: also the sweep, from both
     if any(p not in PARTS for p in parts):
         raise ConfigError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
     if os.path.isdir(json_out):
         raise ConfigError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
-    if repeats < 1 or batch_size < 2 or steps < 1:
+    if cfg.repeats < 1 or cfg.batch_size < 2 or cfg.steps < 1:
         raise ConfigError("--repeats and --steps must be >= 1 and --batch-size >= 2")
-    if feed_images < 2 or feed_views < 1 or min(sweep_students, sweep_epochs, sweep_views, sweep_images) < 1:
+    if cfg.feed_images < 2 or cfg.feed_views < 1 or min(cfg.sweep_students, cfg.sweep_epochs, cfg.sweep_views,
+                                                         cfg.sweep_images) < 1:
         raise ConfigError("--feed-images must be >= 2 and --feed-views and the --sweep-* counts >= 1")
-    cfg = BenchConfig(student=student, teacher=teacher, batch_size=batch_size, img_size=img_size, device=device,
-                      precision=precision, repeats=repeats, workers=workers, label_views=label_views,
-                      scale_views=scale_views, gen_images=gen_images, gen_views=gen_views, steps=steps,
-                      teacher_checkpoint=teacher_checkpoint, data=data, compile_backend=compile_backend,
-                      feed_images=feed_images, feed_views=feed_views, sweep_students=sweep_students,
-                      sweep_epochs=sweep_epochs, sweep_views=sweep_views, sweep_images=sweep_images)
     r = run_bench(parts, cfg, json_out)
     typer.echo(markdown(r))
     typer.echo(f"wrote {json_out} and {Path(json_out).with_suffix('.md')}")
+
+
+def _bench_extras() -> tuple[inspect.Parameter, ...]:
+    """The part to run and where results go: what to do, not how (no BenchConfig field)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    return (inspect.Parameter("part", kw, annotation=str, default=typer.Argument(
+                "all", help=f"One of {', '.join(PARTS)}, several joined by commas, or all (step and generate "
+                            f"together add the sweep).")),
+            inspect.Parameter("json_out", kw, annotation=str, default=typer.Option(
+                "bench.json", "--json", help="Results JSON (a markdown table goes beside it).")))
+
+
+bench_command = command_from(BenchConfig, _bench, "Measure stage one, stage two and the store side by side; write "
+                                                  "JSON and a markdown table.", extra=_bench_extras())
+bench_command.__name__ = bench_command.__qualname__ = "bench_command"

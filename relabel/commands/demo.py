@@ -17,29 +17,37 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 
+from relabel.settings import DEVICE_HELP, setting
+
+from .options import command_from
+
 MODES = ("cached", "online", "supervised")
+
+
+def _two_workers() -> int:
+    return min(2, os.cpu_count() or 1)
 
 
 @dataclass
 class DemoConfig:
-    out: str = "relabel-demo"
-    seeds: int = 1
-    teacher: str = "resnet18"
-    student: str = "test_resnet"
-    img_size: int = 32
-    teacher_epochs: int = 30
-    epochs: int = 8
-    views: int = 8
-    topk: int = 5
-    batch_size: int = 64
-    workers: int = 2
-    limit: int | None = None  # images (tests); None: all 1,797
-    device: str = "auto"
+    out: str = setting("relabel-demo", flags=("--out", "-o"), help="Folder for the images, labels, runs and results.")
+    seeds: int = setting(1, help="Student runs per mode (3 gives mean ± std).")
+    epochs: int = setting(8, help="Student epochs (also the number of stored views).")
+    teacher_epochs: int = setting(30, help="Teacher epochs.")
+    teacher: str = setting("resnet18", help="Teacher model (timm name).")
+    student: str = setting("test_resnet",
+                           help="Student model (timm name; timm's 0.4M-parameter test ResNet by default).")
+    limit: int | None = setting(None, help="Use only the first N images (quick runs).")  # None: all 1,797
+    workers: int = setting(default_factory=_two_workers, flags=("--workers", "-j"), help="DataLoader workers.")
+    device: str = setting("auto", help=DEVICE_HELP)
+    img_size: int = setting(32, cli=False, help="Image size of teacher and student.")
+    views: int = setting(8, cli=False, help="Stored views per image (the command: --epochs).")
+    topk: int = setting(5, cli=False, help="Classes kept per view.")
+    batch_size: int = setting(64, cli=False, help="Batch size of teacher and students.")
 
 
 # USI's recipe, adapted to 32 px digits: no flips (a mirrored 3 is no 3), milder crops.
@@ -222,23 +230,17 @@ def plot(results: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def demo_command(
-    out: str = typer.Option("relabel-demo", "--out", "-o", help="Folder for the images, labels, runs and results."),
-    seeds: int = typer.Option(1, help="Student runs per mode (3 gives mean ± std)."),
-    epochs: int = typer.Option(8, help="Student epochs (also the number of stored views)."),
-    teacher_epochs: int = typer.Option(30, help="Teacher epochs."),
-    teacher: str = typer.Option("resnet18", help="Teacher model (timm name)."),
-    student: str = typer.Option("test_resnet", help="Student model (timm name; timm's 0.4M-parameter test ResNet by default)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N images (quick runs)."),
-    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-):
-    """Run the whole pipeline on real images that ship with scikit-learn, and compare the three modes."""
-    if seeds < 1 or epochs < 1 or teacher_epochs < 1:
+def _demo(params: dict) -> None:
+    cfg = DemoConfig(**params)
+    if cfg.seeds < 1 or cfg.epochs < 1 or cfg.teacher_epochs < 1:
         from relabel.storage import ConfigError
 
         raise ConfigError("--seeds, --epochs and --teacher-epochs must be >= 1")
-    r = run_demo(DemoConfig(out=out, seeds=seeds, epochs=epochs, views=epochs, teacher_epochs=teacher_epochs,
-                            teacher=teacher, student=student, limit=limit, workers=workers, device=device))
+    r = run_demo(replace(cfg, views=cfg.epochs))  # one stored view per student epoch
     typer.echo(r["table"])
-    typer.echo(f"results: {Path(out) / 'results.md'}, plot: {Path(out) / 'curves.png'}")
+    typer.echo(f"results: {Path(cfg.out) / 'results.md'}, plot: {Path(cfg.out) / 'curves.png'}")
+
+
+demo_command = command_from(DemoConfig, _demo, "Run the whole pipeline on real images that ship with scikit-learn, "
+                                               "and compare the three modes.")
+demo_command.__name__ = demo_command.__qualname__ = "demo_command"

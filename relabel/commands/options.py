@@ -1,23 +1,16 @@
-"""Helpers shared by the typer commands: a config record is the single source of its settings.
+"""Typer commands generated from config records: each setting is written once, on its field.
 
-The commands declare their options beside the config dataclass they fill (a test checks that every
-option's default is the field's default); these helpers turn parsed options into the config and sort
-the options into the config's topic sections for ``--help``.
+``command_from`` builds a command's options from a config dataclass's ``relabel.settings`` fields
+(help, flags, --help section, default); ``config_from_params`` turns the parsed values back into
+the config. This module stays light so ``--help`` imports no torch.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from typing import Any, Callable, get_type_hints
 
-from relabel.generate_config import GenerateConfig
-from relabel.settings import META, sections_of
-
-# The --help panels of the stages. GenerateConfig's come from its fields' metadata (relabel.settings);
-# TrainConfig's are still listed here (a test checks every field is in exactly one section). This
-# module stays light so --help imports no torch.
-GENERATE_SECTIONS = sections_of(GenerateConfig)
-
+from relabel.settings import sections_of, settings_of
 
 def _quiet():
     import typer
@@ -27,20 +20,6 @@ def _quiet():
 
 
 QUIET = _quiet()  # every long-running command's --quiet (sets the config's `progress` to False)
-
-# relabel.train.loop.TrainConfig's fields by topic
-TRAIN_SECTIONS = {
-    "Data and labels": ("data", "labels", "out", "val", "allow_subset", "img_size", "eval_crop_pct", "recipe",
-                        "views_limit", "topk_limit", "fresh_views", "aug_repeats", "allow_pixel_drift"),
-    "Mode and loss": ("mode", "preset", "teacher", "teacher_checkpoint", "kd_weight", "ce_weight", "smoothing",
-                      "kd_temperature", "kd_renorm", "kd_target"),
-    "Model": ("student", "pretrained", "drop", "drop_path", "compile", "channels_last"),
-    "Optimizer and schedule": ("epochs", "stop_epoch", "batch_size", "opt", "lr", "weight_decay", "momentum",
-                               "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "clip_mode"),
-    "Weight EMA": ("model_ema", "model_ema_decay", "model_ema_decay_batch", "model_ema_warmup"),
-    "Runtime": ("device", "renderer", "amp", "amp_dtype", "workers", "seed", "resume", "progress", "log"),
-}
-
 
 def with_sections(command, sections: dict[str, tuple[str, ...]] | None = None, other: str = "Output"):
     """Ready typer function ``command``'s options for --help: each in the panel of its config section
@@ -75,28 +54,33 @@ def config_from_params(config_cls, params: dict, lists: tuple[str, ...] = (), on
     for name in (*lists, *one_or_list):
         vals = list(params.get(name) or [])
         params[name] = None if not vals else vals[0] if len(vals) == 1 and name in one_or_list else vals
+    for f, md in settings_of(config_cls):
+        if md["parse"] is not None and isinstance(params.get(f.name), str):
+            params[f.name] = md["parse"](params[f.name])
     return config_cls(**params)
 
 
-def command_from(config_cls, body: Callable[[dict], Any], doc: str, extra: tuple[inspect.Parameter, ...] = ()):
-    """A typer command whose options are ``config_cls``'s fields (their ``relabel.settings`` metadata:
+def command_from(config_cls, body: Callable[[dict], Any], doc: str, extra: tuple[inspect.Parameter, ...] = (),
+                 help_format: Callable[[str, str], str] | None = None):
+    """A typer command whose options are ``config_cls``'s fields (their ``relabel.settings`` records:
     help, flags, section, typer type and default), then ``extra`` (e.g. --quiet). ``body(params)``
-    runs it with the parsed values by name."""
+    runs it with the parsed values by name; ``help_format(field, help)`` may fill a help text in."""
     import typer
 
     hints = get_type_hints(config_cls)
     params = []
-    for f in fields(config_cls):
-        md = f.metadata.get(META)
-        if md is None or not md["cli"]:
+    for f, md in settings_of(config_cls):
+        if not md["cli"]:
             continue
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else ...)
         annotation = hints[f.name]
         if md["cli_type"] is not None:
-            annotation, default = md["cli_type"]
-        info = (typer.Argument(default, help=md["help"]) if md["argument"]
-                else typer.Option(default, *md["flags"], help=md["help"]))
+            annotation, shown = md["cli_type"]
+            default = shown(default) if callable(shown) else shown
+        text = help_format(f.name, md["help"]) if help_format else md["help"]
+        info = (typer.Argument(default, help=text) if md["argument"]
+                else typer.Option(default, *md["flags"], help=text))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
     params += list(extra)
 

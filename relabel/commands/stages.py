@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
-
 import typer
 
 
 from relabel.generate_config import GenerateConfig
+from relabel.verify_config import VerifyConfig
 
 from .options import QUIET, command_from, config_from_params, with_sections
 
@@ -61,20 +60,10 @@ def info(store: str = typer.Argument(..., help="Label store."),
                f"  fingerprint  {s['fingerprint'][:16]}" + (f"\n  label set    {s['label_set_digest']}" if s.get("label_set_digest") else ""))
 
 
-def verify(store: str = typer.Argument(..., help="Label store."),
-           data: str = typer.Argument(..., help="The images the labels were made from."),
-           samples: int = typer.Option(64, help="Random stored views to recompute (0: integrity only)."),
-           teacher_checkpoint: List[str] = typer.Option([], help="Teacher weights the store was made with (one per "
-                                                        "ensemble member, in order)."),
-           device: str = typer.Option("auto", help="auto, cpu or cuda."),
-           seed: int = typer.Option(0, help="Seed for picking the views."),
-           compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher."),
-           renderer: str = typer.Option("auto", help="auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch (workers decode and cut the crop's region; the views render on the device). Both give the same bytes.")):
-    """Recompute random stored views with the teacher; check completeness and shard integrity."""
+def _verify(params: dict) -> None:
     from relabel.verify import verify as run
 
-    r = run(store, data, samples=samples, teacher_checkpoint=teacher_checkpoint or None, device=device, seed=seed,
-            compile=compile, renderer=renderer)
+    r = run(config_from_params(VerifyConfig, params, lists=("teacher_checkpoint",)))
     for line in r.damaged:
         _say(f"damaged: {line}")
     for line in r.notes:
@@ -90,5 +79,10 @@ def verify(store: str = typer.Argument(..., help="Label store."),
     typer.echo("verify OK")
 
 
+# Built from VerifyConfig's fields (relabel/verify_config.py).
+verify = command_from(VerifyConfig, _verify,
+                      "Recompute random stored views with the teacher; check completeness and shard integrity.")
+verify.__name__ = verify.__qualname__ = "verify"
+
+
 with_sections(info)
-with_sections(verify)

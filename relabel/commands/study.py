@@ -20,40 +20,78 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from relabel.settings import DEVICE_HELP, setting
 from relabel.storage import ConfigError
+from relabel.storage.errors import setting as named
+
+from .options import command_from, config_from_params
+
+
+def _ints(name: str):
+    """Parses an option's "1,2,4" into [1, 2, 4]."""
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"{named(name)} takes comma-separated integers (got {text!r})") from None
+    return parse
+
+
+def _words(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _csv(values: list) -> str:
+    return ",".join(map(str, values))
+
+
+CSV = str, _csv  # typer parses the option as text, shown as "1,2,4"; the field holds the list
 
 
 @dataclass
 class StudyConfig:
-    out: str = "relabel-study"
-    data: str | None = None  # an ImageFolder (or shards); None: the bundled digits
-    val: str | None = None
-    teacher: str = "resnet18"
-    teacher_checkpoint: str | None = None  # None: train the teacher supervised first (as the demo does)
-    teacher_epochs: int = 20
-    student: str = "test_resnet"
-    img_size: int = 32
-    epochs: int = 8
-    views_list: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    topk: int = 5  # the top-k of the views sweep
-    topk_list: list[int] = field(default_factory=lambda: [1, 0])  # swept at topk_views; 0: all classes
-    topk_views: list[int] = field(default_factory=lambda: [1, 8])
-    seeds: int = 2
-    batch_size: int = 64
-    workers: int = 2
-    limit: int | None = None  # digits: use only the first N images
-    train_per_class: int | None = None  # digits: keep the first N training images of each class (val whole)
-    recipe: str | None = None  # default: the demo's digits recipe for the digits, usi otherwise
-    ce_weight: float = 1.0
-    kd_weight: float = 5.0
-    modes: list[str] = field(default_factory=lambda: ["cached", "online", "supervised"])
-    device: str = "auto"
+    out: str = setting("relabel-study", flags=("--out", "-o"),
+                       help="Folder for the data, teacher, labels, runs and results.")
+    data: str | None = setting(  # an ImageFolder (or shards); None: the bundled digits
+        None, flags=("--data",), help="Training ImageFolder (default: the bundled digits); with --val.")
+    val: str | None = setting(None, flags=("--val",), help="Validation ImageFolder for --data.")
+    teacher: str = setting("resnet18", help="Teacher model (timm name).")
+    teacher_checkpoint: str | None = setting(  # None: train the teacher supervised first (as the demo does)
+        None, help="Teacher weights; default: train the teacher supervised first.")
+    teacher_epochs: int = setting(20, help="Epochs of the teacher when it is trained here.")
+    student: str = setting("test_resnet", help="Student model (timm name).")
+    img_size: int = setting(32, help="Image size of teacher and student.")
+    epochs: int = setting(8, help="Student epochs (>= the largest V, so every stored view is replayed).")
+    views_list: list[int] = setting(
+        default_factory=lambda: [1, 2, 4, 8], cli_type=CSV, parse=_ints("views_list"),
+        help="Stored views V replayed by the cached runs (for 16: --views-list 1,2,4,8,16 --topk-views 1,16 "
+             "--epochs 16).")
+    topk: int = setting(5, help="Top-k of the cached runs at every V (0: all classes).")
+    topk_list: list[int] = setting(  # swept at topk_views
+        default_factory=lambda: [1, 0], cli_type=CSV, parse=_ints("topk_list"),
+        help="More top-k values (0: all classes), run at the V of --topk-views.")
+    topk_views: list[int] = setting(default_factory=lambda: [1, 8], cli_type=CSV, parse=_ints("topk_views"),
+                                    help="The V at which every --topk-list value runs.")
+    seeds: int = setting(2, help="Seeds per setting (the README's table: 3).")
+    modes: list[str] = setting(default_factory=lambda: ["cached", "online", "supervised"], cli_type=CSV,
+                               parse=_words, help="Which students to train.")
+    batch_size: int = setting(64, flags=("--batch-size", "-b"), help="Batch size.")
+    limit: int | None = setting(None, help="Digits: use only the first N images (quick runs).")
+    train_per_class: int | None = setting(  # val stays whole
+        None, help="Digits: train teacher and students on the first N training images of each class (a low-data "
+                   "regime; val stays whole).")
+    recipe: str | None = setting(  # default: the demo's digits recipe for the digits, usi otherwise
+        None, help="Augmentation recipe (default: the demo's digits recipe for the digits, usi otherwise).")
+    workers: int = setting(default_factory=lambda: min(2, os.cpu_count() or 1), flags=("--workers", "-j"),
+                           help="DataLoader workers.")
+    device: str = setting("auto", help=DEVICE_HELP)
+    ce_weight: float = setting(1.0, cli=False, help="Weight of the mixed ground-truth CE in every KD run.")
+    kd_weight: float = setting(5.0, cli=False, help="Weight of KL(teacher || student) in every KD run.")
 
 
 def _say(msg: str) -> None:
@@ -237,46 +275,14 @@ def plot(results: dict, path: Path, C: int) -> None:
     plt.close(fig)
 
 
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{name} takes comma-separated integers (got {text!r})") from None
-
-
-def study_command(
-    out: str = typer.Option("relabel-study", "--out", "-o", help="Folder for the data, teacher, labels, runs and results."),
-    data: Optional[str] = typer.Option(None, "--data", help="Training ImageFolder (default: the bundled digits); with --val."),
-    val: Optional[str] = typer.Option(None, "--val", help="Validation ImageFolder for --data."),
-    teacher: str = typer.Option("resnet18", help="Teacher model (timm name)."),
-    teacher_checkpoint: Optional[str] = typer.Option(None, help="Teacher weights; default: train the teacher supervised first."),
-    teacher_epochs: int = typer.Option(20, help="Epochs of the teacher when it is trained here."),
-    student: str = typer.Option("test_resnet", help="Student model (timm name)."),
-    img_size: int = typer.Option(32, help="Image size of teacher and student."),
-    epochs: int = typer.Option(8, help="Student epochs (>= the largest V, so every stored view is replayed)."),
-    views_list: str = typer.Option("1,2,4,8", help="Stored views V replayed by the cached runs (for 16: "
-                                   "--views-list 1,2,4,8,16 --topk-views 1,16 --epochs 16)."),
-    topk: int = typer.Option(5, help="Top-k of the cached runs at every V (0: all classes)."),
-    topk_list: str = typer.Option("1,0", help="More top-k values (0: all classes), run at the V of --topk-views."),
-    topk_views: str = typer.Option("1,8", help="The V at which every --topk-list value runs."),
-    seeds: int = typer.Option(2, help="Seeds per setting (the README's table: 3)."),
-    modes: str = typer.Option("cached,online,supervised", help="Which students to train."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size."),
-    limit: Optional[int] = typer.Option(None, help="Digits: use only the first N images (quick runs)."),
-    train_per_class: Optional[int] = typer.Option(None, help="Digits: train teacher and students on the first N "
-                                                  "training images of each class (a low-data regime; val stays whole)."),
-    recipe: Optional[str] = typer.Option(None, help="Augmentation recipe (default: the demo's digits recipe for the "
-                                         "digits, usi otherwise)."),
-    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-j", help="DataLoader workers."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-):
-    """Accuracy against the number of stored views: cached labels vs online KD vs supervised."""
-    cfg = StudyConfig(out=out, data=data, val=val, teacher=teacher, teacher_checkpoint=teacher_checkpoint,
-                      teacher_epochs=teacher_epochs, student=student, img_size=img_size, epochs=epochs,
-                      views_list=_ints(views_list, "--views-list"), topk=topk, topk_list=_ints(topk_list, "--topk-list"),
-                      topk_views=_ints(topk_views, "--topk-views"),
-                      seeds=seeds, modes=[m.strip() for m in modes.split(",") if m.strip()], batch_size=batch_size,
-                      limit=limit, train_per_class=train_per_class, recipe=recipe, workers=workers, device=device)
+def _study(params: dict) -> None:
+    cfg = config_from_params(StudyConfig, params)
     r = run_study(cfg)
     typer.echo(r["table"])
-    typer.echo(f"results: {Path(out) / 'results.md'}, {Path(out) / 'results.json'}, plot: {Path(out) / 'views.png'}")
+    typer.echo(f"results: {Path(cfg.out) / 'results.md'}, {Path(cfg.out) / 'results.json'}, plot: "
+               f"{Path(cfg.out) / 'views.png'}")
+
+
+study_command = command_from(StudyConfig, _study,
+                             "Accuracy against the number of stored views: cached labels vs online KD vs supervised.")
+study_command.__name__ = study_command.__qualname__ = "study_command"
