@@ -10,7 +10,7 @@ import json
 import os
 import unicodedata
 
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 BUILTIN = ("imagenet1k",)
 _MAX_BYTES = 64 << 20
@@ -28,15 +28,15 @@ def load_class_map(spec: str) -> dict[str, int]:
     if spec in BUILTIN:
         return {name: i for i, name in enumerate(imagenet1k_synsets())}
     if not os.path.isfile(spec):
-        raise ConfigError(f"{setting('class_map')} {spec}: no such file; give a JSON object "
+        raise ConfigError(f"{named('class_map')} {spec}: no such file; give a JSON object "
                         f"{{folder name: teacher class index}}, a text file of 'name index' lines, "
                         f"or one of: {', '.join(BUILTIN)}")
     if os.path.getsize(spec) > _MAX_BYTES:
-        raise ConfigError(f"{setting('class_map')} {spec}: larger than {_MAX_BYTES >> 20} MiB; not a class map")
+        raise ConfigError(f"{named('class_map')} {spec}: larger than {_MAX_BYTES >> 20} MiB; not a class map")
     try:
         text = open(spec, encoding="utf-8").read()
     except UnicodeDecodeError:
-        raise ConfigError(f"{setting('class_map')} {spec}: not UTF-8 text") from None
+        raise ConfigError(f"{named('class_map')} {spec}: not UTF-8 text") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
@@ -51,20 +51,20 @@ def load_class_map(spec: str) -> dict[str, int]:
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) != 2:
-                raise ConfigError(f"{setting('class_map')} {spec}: line {n} is not 'name index'")
+                raise ConfigError(f"{named('class_map')} {spec}: line {n} is not 'name index'")
             items.append((parts[0].strip(), parts[1]))
     else:
-        raise ConfigError(f"{setting('class_map')} {spec}: JSON must be an object {{folder name: teacher class index}}")
+        raise ConfigError(f"{named('class_map')} {spec}: JSON must be an object {{folder name: teacher class index}}")
     for name, idx in items:
         try:
             i = int(idx)
             if isinstance(idx, float) or str(idx).strip() != str(i):
                 raise ValueError
         except (TypeError, ValueError):
-            raise ConfigError(f"{setting('class_map')} {spec}: class {name!r} maps to {idx!r}, "
+            raise ConfigError(f"{named('class_map')} {spec}: class {name!r} maps to {idx!r}, "
                             f"not a whole number") from None
         if name in out and out[name] != i:
-            raise ConfigError(f"{setting('class_map')} {spec}: class {name!r} is given twice")
+            raise ConfigError(f"{named('class_map')} {spec}: class {name!r} is given twice")
         out[str(name)] = i
     return out
 
@@ -74,7 +74,7 @@ def resolve_class_map(spec: str | None, class_names: list[str], num_classes: int
     if spec is None:
         if len(class_names) != num_classes:
             raise ConfigError(f"the teacher has {num_classes} classes but the dataset has {len(class_names)}: "
-                            f"their indices mean different things; pass {setting('class_map')} (a file mapping "
+                            f"their indices mean different things; pass {named('class_map')} (a file mapping "
                             f"each folder name to the teacher's class index, or 'imagenet1k' for ImageNet "
                             f"synset folders)")
         return None
@@ -85,7 +85,7 @@ def resolve_class_map(spec: str | None, class_names: list[str], num_classes: int
     folded: dict[str, int] = {}
     for name, i in mapping.items():
         if folded.setdefault(nfc(name), i) != i:
-            raise ConfigError(f"{setting('class_map')} {spec}: class {name!r} is given twice (spelled in two Unicode "
+            raise ConfigError(f"{named('class_map')} {spec}: class {name!r} is given twice (spelled in two Unicode "
                               f"normal forms) with different indices")
     seen: dict[str, str] = {}
     for c in class_names:
@@ -95,13 +95,13 @@ def resolve_class_map(spec: str | None, class_names: list[str], num_classes: int
     mapping = {c: folded[nfc(c)] for c in class_names if nfc(c) in folded}
     missing = [c for c in class_names if c not in mapping]
     if missing:
-        raise ConfigError(f"{setting('class_map')} {spec}: no entry for dataset class {missing[0]!r} "
+        raise ConfigError(f"{named('class_map')} {spec}: no entry for dataset class {missing[0]!r} "
                         f"({len(missing)} of {len(class_names)} missing)")
     out = [mapping[c] for c in class_names]
     bad = [(c, i) for c, i in zip(class_names, out) if not 0 <= i < num_classes]
     if bad:
-        raise ConfigError(f"{setting('class_map')} {spec}: class {bad[0][0]!r} maps to {bad[0][1]}, "
+        raise ConfigError(f"{named('class_map')} {spec}: class {bad[0][0]!r} maps to {bad[0][1]}, "
                         f"outside the teacher's 0..{num_classes - 1}")
     if len(set(out)) != len(out):
-        raise ConfigError(f"{setting('class_map')} {spec}: two dataset classes map to the same teacher class")
+        raise ConfigError(f"{named('class_map')} {spec}: two dataset classes map to the same teacher class")
     return out

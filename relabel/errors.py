@@ -5,7 +5,7 @@ The lowest layer: every other module may import it (``relabel.storage.errors`` r
 The library raises these (keeping any cause); only the CLI turns them into one line and exit code 2.
 Messages name settings as the config fields a Python caller sets, in backticks (`views`,
 `resume=True`, `mode='online'`); the CLI rewrites each into the option a shell user types
-(--views, --resume, --mode online). ``setting`` writes that form.
+(--views, --resume, --mode online). ``named`` writes that form.
 """
 
 
@@ -25,9 +25,12 @@ class StoreError(RelabelError):
     """A label store or export: missing, damaged, edited, or made with other settings."""
 
 
-def setting(name: str, value=...) -> str:
+def named(name: str, value=...) -> str:
     """How a message names setting ``name`` (set to ``value``, if given): `name` or `name=value`."""
     return f"`{name}`" if value is ... else f"`{name}={value!r}`"
+
+
+setting = named  # deprecated name (relabel.settings.setting declares a config field)
 
 
 # The name the code base grew up with: every RelabelError is a UserError and vice versa. Deprecated:

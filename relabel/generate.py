@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from relabel.storage import LabelStore, StoreHeader, UserError, open_source
-from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
+from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
@@ -164,7 +164,7 @@ def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     a, b = teacher_identity(old.teacher), teacher_identity(new.teacher)
     own = lambda ident: [m[3] for m in ident[:-2]]  # noqa: E731
     if a[:-2] != b[:-2] and [m[:3] for m in a[:-2]] == [m[:3] for m in b[:-2]]:  # the same members
-        out.append(f"{setting('teacher_own_size')} (store: {any(own(a))}, now: {any(own(b))})")
+        out.append(f"{named('teacher_own_size')} (store: {any(own(a))}, now: {any(own(b))})")
     elif a[:-2] != b[:-2]:
         names = lambda t: ", ".join(f"{m.get('model')} {(m.get('checkpoint_sha256') or m.get('weights') or '')[:12]}"  # noqa: E731
                                     for m in t.get("members") or [t])
@@ -181,33 +181,33 @@ MAX_VIEWS, MAX_SHARD_SAMPLES, MAX_IMG_SIZE = 65535, 1 << 20, 4096
 
 def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
     if not 1 <= cfg.views <= MAX_VIEWS:
-        raise ConfigError(f"{setting('views')} must be between 1 and {MAX_VIEWS} (got {cfg.views})")
+        raise ConfigError(f"{named('views')} must be between 1 and {MAX_VIEWS} (got {cfg.views})")
     if not 1 <= cfg.views_per_shard <= MAX_VIEWS:
-        raise ConfigError(f"{setting('views_per_shard')} must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
+        raise ConfigError(f"{named('views_per_shard')} must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
     if cfg.samples_per_shard > MAX_SHARD_SAMPLES or cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
-        raise ConfigError(f"{setting('samples_per_shard')} x views per shard is too large to hold a shard in memory "
+        raise ConfigError(f"{named('samples_per_shard')} x views per shard is too large to hold a shard in memory "
                         f"(at most {MAX_SHARD_SAMPLES} samples and {1 << 24} views per shard)")
     if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
-        raise ConfigError(f"{setting('img_size')} must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
+        raise ConfigError(f"{named('img_size')} must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
                         f"leave it out for the teacher's own size")
     if not (isinstance(cfg.claim_lease, (int, float)) and 1 <= cfg.claim_lease < float("inf")):
-        raise ConfigError(f"{setting('claim_lease')} must be at least 1 second (got {cfg.claim_lease})")
+        raise ConfigError(f"{named('claim_lease')} must be at least 1 second (got {cfg.claim_lease})")
     resolve_renderer(cfg.renderer, None)  # an unknown name is refused before any model is built
     if cfg.read_retries < 1:
-        raise ConfigError(f"{setting('read_retries')} must be >= 1 (got {cfg.read_retries})")
+        raise ConfigError(f"{named('read_retries')} must be >= 1 (got {cfg.read_retries})")
     if cfg.topk <= 0:
-        raise ConfigError(f"{setting('topk')} must be >= 1 (got {cfg.topk})")
+        raise ConfigError(f"{named('topk')} must be >= 1 (got {cfg.topk})")
     if cfg.batch_size <= 0:
-        raise ConfigError(f"{setting('batch_size')} must be >= 1 (got {cfg.batch_size})")
+        raise ConfigError(f"{named('batch_size')} must be >= 1 (got {cfg.batch_size})")
     if cfg.workers < 0:
-        raise ConfigError(f"{setting('workers')} must be >= 0 (got {cfg.workers})")
+        raise ConfigError(f"{named('workers')} must be >= 0 (got {cfg.workers})")
     if cfg.samples_per_shard <= 0 or cfg.samples_per_shard % recipe.mix_group:
-        raise ConfigError(f"{setting('samples_per_shard')} must be a positive multiple of the recipe's mix_group "
+        raise ConfigError(f"{named('samples_per_shard')} must be a positive multiple of the recipe's mix_group "
                         f"({recipe.mix_group}); got {cfg.samples_per_shard}")
     if os.path.isfile(cfg.out):
-        raise ConfigError(f"{cfg.out}: is a file; {setting('out')} must be a folder for the label store")
+        raise ConfigError(f"{cfg.out}: is a file; {named('out')} must be a folder for the label store")
     if os.path.isdir(cfg.data) and is_inside(cfg.out, cfg.data, strict=True):  # it would become a class
-        raise ConfigError(f"{cfg.out}: {setting('out')} lies inside DATA ({cfg.data}); put the label store outside "
+        raise ConfigError(f"{cfg.out}: {named('out')} lies inside DATA ({cfg.data}); put the label store outside "
                           f"the images")
 
 
@@ -215,11 +215,11 @@ def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
     store = LabelStore.open(cfg.out, mode="r+")
     if store.header.schema_version < header.schema_version:
         raise ConfigError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
-                        f"it can be read and trained on but not extended: generate into another {setting('out')}")
+                        f"it can be read and trained on but not extended: generate into another {named('out')}")
     diff = _header_diff(store.header, header)
     if diff:
         raise ConfigError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
-                        f"Use the same settings to resume, or another {setting('out')}")
+                        f"Use the same settings to resume, or another {named('out')}")
     store.remove_partials()  # temp files of writes a crash cut short
     store.remove_stale_claims(cfg.claim_lease, force=cfg.repair)  # writers that died (repair: every claim)
     store.extend_views(header.views)
@@ -444,14 +444,14 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
                                 own_size=cfg.teacher_own_size,
                                 compile=cfg.compile)
     if cfg.topk > teacher.num_classes:
-        raise ConfigError(f"{setting('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
+        raise ConfigError(f"{named('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
     renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size), teacher.device)
     differ = replay_check.renderer_parity(renderer, teacher.device) if renderer.name != "pillow" else []
     if differ:  # the renderers' bytes must be equal, or stores and students would not agree across them
         raise ConfigError(f"the {renderer.name} renderer on {teacher.device} renders {', '.join(differ[:4])} differently "
-                          f"from Pillow; set {setting('renderer', 'pillow')} (and report it)")
+                          f"from Pillow; set {named('renderer', 'pillow')} (and report it)")
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
         class_names=list(source.class_names), fingerprint=source.fingerprint,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import timm
 
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 from relabel.storage.hashing import sha256_file
 
 # Short names people use for common models -> timm names.
@@ -107,8 +107,8 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
         model = timm.create_model(full, pretrained=pretrained and sd is None, **extra, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if pretrained and sd is None:
-            fix = (f"set {setting(checkpoint_setting)} to a local checkpoint file" if checkpoint_setting
-                   else f"drop {setting('pretrained', True)} to start from random weights")
+            fix = (f"set {named(checkpoint_setting)} to a local checkpoint file" if checkpoint_setting
+                   else f"drop {named('pretrained', True)} to start from random weights")
             raise ConfigError(f"could not get pretrained weights for {full} ({type(e).__name__}); offline? {fix}") from None
         raise
     if sd is not None:
@@ -123,7 +123,7 @@ def create(name: str, checkpoint: str | None = None, pretrained: bool = False,
                 missing, extra = sorted(want - have), sorted(have - want)
                 detail = (f"missing {len(missing)} keys, e.g. {missing[0]!r}" if missing else
                           f"unexpected {len(extra)} keys, e.g. {extra[0]!r}" if extra else "tensor shapes differ")
-                raise ConfigError(f"{checkpoint}: weights do not fit {full} ({detail}); is {setting('teacher')} the "
+                raise ConfigError(f"{checkpoint}: weights do not fit {full} ({detail}); is {named('teacher')} the "
                                   f"architecture this checkpoint was trained as?") from None
     cfg = model.pretrained_cfg
     info = ModelInfo(
@@ -153,8 +153,8 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{setting('device', 'cuda')} asked for but no CUDA GPU is visible; "
-                          f"use {setting('device', 'cpu')} or auto")
+        raise ConfigError(f"{named('device', 'cuda')} asked for but no CUDA GPU is visible; "
+                          f"use {named('device', 'cpu')} or auto")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
@@ -191,5 +191,5 @@ def out_of_memory(device: torch.device, what: str, batch_size: int, after: str) 
             props = torch.cuda.get_device_properties(device)
             mem = (f" ({props.name}: {props.total_memory / 2**30:.1f} GiB, {torch.cuda.max_memory_allocated(device) / 2**30:.1f}"
                    f" GiB allocated at the peak)")
-    return (f"{what} ran out of {device.type.upper()} memory{mem} at {setting('batch_size', batch_size)}; "
-            f"lower {setting('batch_size')} and rerun{after}")
+    return (f"{what} ran out of {device.type.upper()} memory{mem} at {named('batch_size', batch_size)}; "
+            f"lower {named('batch_size')} and rerun{after}")

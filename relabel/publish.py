@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 
-from relabel.storage.errors import StoreError, setting
+from relabel.storage.errors import StoreError, named
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ def export(store: str, to: str, images: str | None = None, shard_size: int | Non
     from .progress import progress_bar
 
     # Shards inside the store would be published with it; inside DATA they would become a class.
-    for what, src in (("the label store", store), (f"the {setting('images')} folder", images)):
+    for what, src in (("the label store", store), (f"the {named('images')} folder", images)):
         if src and (is_inside(to, src) or is_inside(src, to, strict=True)):
-            raise StoreError(f"{to}: {setting('to')} lies inside {what} {src} (or holds it); export to a folder "
+            raise StoreError(f"{to}: {named('to')} lies inside {what} {src} (or holds it); export to a folder "
                              f"outside it")
     st = LabelStore.open(store)
     source = open_source(images) if images else None
@@ -119,7 +119,7 @@ def publish(store: str, dest: str, shards: str | None = None, license: str = "cc
     damaged = st.check_shards()  # a store whose shards are not its own is not published as labels
     if damaged:
         raise StoreError(f"{store}: {damaged[0]}; run relabel verify, then relabel generate "
-                         f"{setting('repair', True)} before publishing")
+                         f"{named('repair', True)} before publishing")
     res = publish_files(dest, files, h.to_dict(), shards=SHARDS_DIR if shards else None,
                         message=f"relabel publish: {h.teacher.get('model')} x {h.views} views",
                         private=private, jobs=jobs, expected=expected)

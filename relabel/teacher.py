@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from relabel.storage.errors import ConfigError, UserError, setting
+from relabel.storage.errors import ConfigError, UserError, named
 from relabel.storage.hashing import sha256_file
 
 from .models import Normalize, autocast, create, pick_device, resolve_precision
@@ -123,7 +123,7 @@ class EnsembleTeacher:
                             f"({', '.join(f'{m.info.model}: {m.num_classes}' for m in members)})")
         w = [1.0] * len(members) if weights is None else [float(x) for x in weights]
         if len(w) != len(members) or any(not math.isfinite(x) or x <= 0 for x in w):
-            raise ConfigError(f"{setting('teacher_weight')} needs one positive weight per teacher ({len(members)}); "
+            raise ConfigError(f"{named('teacher_weight')} needs one positive weight per teacher ({len(members)}); "
                             f"got {list(w)}")
         self.members, self.weights = list(members), [x / sum(w) for x in w]
         self.device, self.precision = members[0].device, members[0].precision
@@ -202,14 +202,14 @@ def build_teacher(names: Sequence[str], checkpoints: Sequence[str] | None = None
     names = list(names)
     ckpts = list(checkpoints or [])
     if ckpts and len(ckpts) != len(names):
-        raise ConfigError(f"give one {setting('teacher_checkpoint')} per {setting('teacher')} ({len(names)} teachers, "
+        raise ConfigError(f"give one {named('teacher_checkpoint')} per {named('teacher')} ({len(names)} teachers, "
                         f"{len(ckpts)} checkpoints)")
     members = [Teacher(n, ckpts[i] if ckpts else None, device=device, precision=precision, pretrained=pretrained,
                        num_classes=num_classes, own_size=own_size and len(names) > 1, compile=compile)
                for i, n in enumerate(names)]
     if len(members) == 1:
         if weights and len(weights) != 1:
-            raise ConfigError(f"{setting('teacher_weight')} is for ensembles: give one per {setting('teacher')}")
+            raise ConfigError(f"{named('teacher_weight')} is for ensembles: give one per {named('teacher')}")
         return members[0]
     return EnsembleTeacher(members, weights)
 
@@ -241,7 +241,7 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
         raise ConfigError("the store's teacher was a Python function: pass it as verify(..., teacher=FunctionTeacher(...))")
     if ckpts and len(ckpts) != len(members):
         raise ConfigError(f"the store's teacher has {len(members)} member(s): give one "
-                        f"{setting('teacher_checkpoint')} each, in order")
+                        f"{named('teacher_checkpoint')} each, in order")
     notes = []
     for i, c in enumerate(ckpts):
         if not os.path.isfile(c):
@@ -253,7 +253,7 @@ def rebuild_teacher(record: dict, checkpoints, device: str = "auto", precision: 
     missing = [m.get("model") for i, m in enumerate(members) if m.get("checkpoint_sha256") and not ckpts]
     if missing:
         raise ConfigError(f"the store's teacher {', '.join(missing)} was loaded from a checkpoint; pass it with "
-                        f"{setting('teacher_checkpoint')}")
+                        f"{named('teacher_checkpoint')}")
     teacher = build_teacher([m["model"] for m in members], ckpts or None,
                             [m.get("weight", 1.0) for m in members] if len(members) > 1 else None, device=device,
                             precision=precision, pretrained=not ckpts and members[0].get("weights") != "random",

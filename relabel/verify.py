@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from relabel.storage import LabelStore, open_source
-from relabel.storage.errors import ConfigError, SourceError, StoreError, setting
+from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.store import STATUS_OK
 
 from . import replay_check
@@ -66,10 +66,17 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     the teacher), ``renderer`` (what replays the views; ``auto``: torch on CUDA, Pillow on CPU).
     ``teacher``: a ready teacher object (a ``FunctionTeacher``) instead of rebuilding the store's.
     """
-    cfg = store_path if isinstance(store_path, VerifyConfig) else VerifyConfig(store=store_path, data=data, **settings)
+    if isinstance(store_path, VerifyConfig):
+        if data is not None or settings:
+            raise TypeError("verify(VerifyConfig) takes no other settings; set them on the VerifyConfig")
+        cfg = store_path
+    elif data is None:
+        raise TypeError("verify() needs the store and the images it was made from: verify(store, data, ...)")
+    else:
+        cfg = VerifyConfig(store=store_path, data=data, **settings)
     store_path, data, samples, device, renderer = cfg.store, cfg.data, cfg.samples, cfg.device, cfg.renderer
     if samples < 0:
-        raise ConfigError(f"{setting('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
+        raise ConfigError(f"{named('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
     h = store.header
     rep = VerifyReport()

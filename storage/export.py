@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, SourceError, StoreError, setting
+from .errors import ConfigError, SourceError, StoreError, named
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER, SHARD_NAME_PATTERN,
                             check_export_key, labels_dtype, npy_bytes, pack_labels)
 from .hashing import HashingWriter
@@ -99,16 +99,16 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                          f"finish 'relabel generate' before exporting")
     S = int(shard_size or h.samples_per_shard)
     if S < 1:
-        raise ConfigError(f"{setting('shard_size')} must be >= 1 (got {S})")
+        raise ConfigError(f"{named('shard_size')} must be >= 1 (got {S})")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", prefix):
-        raise ConfigError(f"{setting('prefix')} {prefix!r}: use letters, digits, '_' and '-' only")
+        raise ConfigError(f"{named('prefix')} {prefix!r}: use letters, digits, '_' and '-' only")
     if "://" in out:
-        raise StoreError(f"{out}: export writes to a local folder; use publish with {setting('shards')} to upload it")
+        raise StoreError(f"{out}: export writes to a local folder; use publish with {named('shards')} to upload it")
     keys = store.keys
     damaged = store.check_shards()  # every shard readable and this store's own (seals): an export vouches for it
     if damaged:
         raise StoreError(f"{store.path}: {damaged[0]} ({len(damaged)} damaged in all); run relabel verify, then "
-                         f"relabel generate {setting('repair', True)} before exporting")
+                         f"relabel generate {named('repair', True)} before exporting")
     digest = store.label_set_digest() if store.sealed else None
     bad = [(k, why) for k in keys if (why := check_export_key(k))]
     if bad:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .encoding import ValueEncoding, index_dtype
-from .errors import StoreError, setting
+from .errors import StoreError, named
 
 # 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
 # 3: `seals`, each written shard bound to its store's identity and its place; `renderer`.
@@ -71,7 +71,7 @@ class StoreHeader:
             if len(self.class_names) != self.num_classes:
                 raise StoreError(f"the teacher has {self.num_classes} classes but the dataset has {len(self.class_names)}: "
                                 f"their indices mean different things; a store needs the class map (generate's "
-                                f"{setting('class_map')}) that says which teacher class each dataset class is")
+                                f"{named('class_map')}) that says which teacher class each dataset class is")
         else:
             self.class_map = [int(c) for c in self.class_map]
             if len(self.class_map) != len(self.class_names):

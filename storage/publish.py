@@ -30,7 +30,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, StoreError, UserError, setting
+from .errors import ConfigError, StoreError, UserError, named
 from .hashing import sha256_bytes, sha256_file
 from .manifest import MANIFEST_NAME, SHARDS_DIR, build_manifest, check_relpath, dump_manifest, is_int, parse_manifest
 from .paths import is_inside
@@ -104,11 +104,11 @@ def parse_views(spec: str | None, total: int) -> tuple[int, int] | None:
         else:
             a, b = 0, int(s)
     except ValueError:
-        raise ConfigError(f"{setting('views')} {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
+        raise ConfigError(f"{named('views')} {spec!r}: give a count N (views 0..N-1) or a range A:B") from None
     if not 0 <= a < b:
-        raise ConfigError(f"{setting('views')} {spec!r}: need 0 <= A < B")
+        raise ConfigError(f"{named('views')} {spec!r}: need 0 <= A < B")
     if b > total:
-        raise ConfigError(f"{setting('views')} {spec!r}: the published store has only {total} views")
+        raise ConfigError(f"{named('views')} {spec!r}: the published store has only {total} views")
     return a, b
 
 
@@ -197,7 +197,7 @@ def _check_label_set(dest: str, src: str, blocks: range | None, expect: str | No
     if not st.sealed:
         if expect:
             raise StoreError(f"{src}: the published store has schema {st.header.schema_version}, which has no "
-                             f"label-set digest; {setting('expect')} cannot be checked (ask the publisher to regenerate "
+                             f"label-set digest; {named('expect')} cannot be checked (ask the publisher to regenerate "
                              f"and republish)")
         return None
     damaged = st.check_shards([sh for sh in st.shards() if blocks is None or sh.vb in blocks])
@@ -229,7 +229,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
     it) refuses any other label set.
     """
     if expect is not None and not re.fullmatch(r"[0-9a-f]{64}", expect.strip().lower()):
-        raise ConfigError(f"{setting('expect')} {expect!r}: give the 64-hex-digit label-set digest that "
+        raise ConfigError(f"{named('expect')} {expect!r}: give the 64-hex-digit label-set digest that "
                           f"'relabel publish' printed")
     if "://" in str(dest):
         raise StoreError(f"{dest}: pull writes to a local folder")

@@ -12,11 +12,11 @@ from dataclasses import replace
 import numpy as np
 from zarr.core.sync import sync
 
-from .errors import StoreError, setting
+from .errors import StoreError, named
 from .header import LABEL_ARRAYS, STATUS_OK, STATUS_UNREADABLE, Shard, ShardDamage
 from .rows import check_label_rows
 
-REPAIR_HINT = f"rerun generate {setting('repair', True)} with the same data and settings to rebuild it"
+REPAIR_HINT = f"rerun generate {named('repair', True)} with the same data and settings to rebuild it"
 
 
 class LabelReads:
@@ -84,14 +84,14 @@ class LabelReads:
         lost = [key for sh in shards for key in self._shard_files(sh) if self._empty(key)]
         if lost:
             raise StoreError(f"{self.path}: shard file {lost[0]} is missing or empty ({len(lost)} damaged in all); "
-                            f"run relabel verify, then relabel generate {setting('repair', True)}")
+                            f"run relabel verify, then relabel generate {named('repair', True)}")
 
     def _read(self, array: str, sel, shard_names) -> np.ndarray:
         try:
             return np.asarray(self.group[array][sel])
         except Exception as e:
             raise StoreError(f"{self.path}: {array} is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
-                            f"run relabel verify, then relabel generate {setting('repair', True)}") from None
+                            f"run relabel verify, then relabel generate {named('repair', True)}") from None
 
     def read_view(self, v: int) -> tuple[np.ndarray, np.ndarray]:
         """One view of every sample: (indices int64 (N, k), log-probs float32 (N, k+1))."""
@@ -141,7 +141,7 @@ class LabelReads:
             idx, lp = sync(both())
         except Exception as e:
             raise StoreError(f"{self.path}: label data is damaged in {shard_names()} ({type(e).__name__}: {str(e)[:80]}); "
-                            f"run relabel verify, then relabel generate {setting('repair', True)}") from None
+                            f"run relabel verify, then relabel generate {named('repair', True)}") from None
         return np.asarray(idx), np.asarray(lp)
 
     def read_shard(self, shard: Shard) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from .errors import StoreError, setting
+from .errors import StoreError, named
 from .header import SEAL_ARRAY, Shard
 
 
@@ -65,7 +65,7 @@ class SealedShards:
                 d = found[0]
                 what = f"{sh.name}: {d.problem}" if d.file == sh.name else f"label data is damaged in {d}"
                 raise StoreError(f"{self.path}: {what}; run relabel verify, then relabel generate "
-                                 f"{setting('repair', True)} to recompute it")
+                                 f"{named('repair', True)} to recompute it")
             self._sealed.add((sh.vb, sh.sb, sh.done))
 
     def require_sealed(self) -> None:

@@ -25,7 +25,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from .claims import CLAIM_LEASE, CLAIMS_DIR, ShardClaims, _is_remote, _pid_alive
-from .errors import StoreError, UserError, setting
+from .errors import StoreError, UserError, named
 from .header import (FORMAT_NAME, LABEL_ARRAYS, SCHEMA_VERSION, SEAL_ARRAY, STATUS_OK, STATUS_PENDING,
                      STATUS_UNREADABLE, Shard, ShardDamage, StoreHeader)
 from .order import first_out_of_order
@@ -90,7 +90,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
     def create(cls, path: str | os.PathLike, header: StoreHeader, keys: list[str]) -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise StoreError(f"{path}: already exists and is not an empty folder; choose another {setting('out')} or "
+            raise StoreError(f"{path}: already exists and is not an empty folder; choose another {named('out')} or "
                              f"remove it")
         if len(keys) != header.num_samples:
             raise ValueError("one key per sample")
@@ -155,7 +155,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
     def open(cls, path: str | os.PathLike, mode: str = "r") -> "LabelStore":
         path = str(path)
         if not _is_remote(path) and not os.path.isdir(path):
-            raise StoreError(f"{path}: no label store here (not a folder); pass the {setting('out')} of generate")
+            raise StoreError(f"{path}: no label store here (not a folder); pass the {named('out')} of generate")
         from .pull_marker import refuse_unfinished_pull
 
         refuse_unfinished_pull(path)  # half a pull is no store: say how to finish it
@@ -173,7 +173,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
             if not _is_remote(path) and os.path.isdir(os.path.join(path, "topk_index")):
                 raise StoreError(f"{path}: the store's metadata (zarr.json) is damaged ({type(e).__name__}); "
                                 f"{REPAIR_HINT}") from None
-            raise StoreError(f"{path}: not a relabel label store ({type(e).__name__}); pass the {setting('out')} of "
+            raise StoreError(f"{path}: not a relabel label store ({type(e).__name__}); pass the {named('out')} of "
                              f"generate") from None
         d = attrs.get("relabel")
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:

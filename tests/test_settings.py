@@ -66,7 +66,7 @@ def test_a_new_setting_is_one_field(tmp_path):
 
     got = []
     app = typer.Typer()
-    app.command("toy")(command_from(Toy, lambda params: got.append(config_from_params(Toy, params)), "A toy."))
+    app.command("toy")(command_from(Toy, lambda params: got.append(config_from_params(Toy, params)), "toy", "A toy."))
     r = CliRunner().invoke(app, ["p", "--sizes", "3,4", "-r", "2"])
     assert r.exit_code == 0, r.output
     assert got == [Toy(path="p", sizes=[3, 4], rate=2.0)] and got[0].hidden == 7
@@ -79,24 +79,26 @@ def test_a_new_setting_is_one_field(tmp_path):
 
 def test_presets_are_functions_and_a_registered_one_is_a_cli_preset(tmp_path):
     from relabel.commands.train_command import parse_train_argv
+    from relabel.storage import ConfigError
     from relabel.train.config import DEFAULTS, PRESETS, TrainConfig, register_preset, resolve_config, usi
 
     base = ["data", "--labels", "labels", "--out", str(tmp_path / "run")]
     blank = TrainConfig(data="d", labels=None, out="o")
     assert usi(blank).kd_weight == 5.0 and usi(TrainConfig(data="d", labels=None, out="o", kd_weight=2.0)).kd_weight == 2.0
 
-    def quick(cfg: TrainConfig) -> TrainConfig:
-        return dataclasses.replace(cfg, lr=cfg.lr if cfg.lr is not None else 0.5)
+    def quick(cfg: TrainConfig) -> TrainConfig:  # careless: overwrites lr and kd_weight even when given
+        return dataclasses.replace(cfg, lr=0.5, kd_weight=2.0)
 
     register_preset("quick-test", quick)
     try:
         cfg = resolve_config(parse_train_argv(base + ["--preset", "quick-test"]))
-        assert cfg.lr == 0.5 and cfg.kd_weight == DEFAULTS["kd_weight"]  # the rest from the fallbacks
-        assert resolve_config(parse_train_argv(base + ["--preset", "quick-test", "--lr", "0.1"])).lr == 0.1
+        assert (cfg.lr, cfg.kd_weight, cfg.ce_weight) == (0.5, 2.0, DEFAULTS["ce_weight"])  # the rest: fallbacks
+        mine = resolve_config(parse_train_argv(base + ["--preset", "quick-test", "--lr", "0.1", "--kd-weight", "1"]))
+        assert (mine.lr, mine.kd_weight) == (0.1, 1.0)  # given explicitly: wins over the preset
     finally:
         del PRESETS["quick-test"]
-    from relabel.storage import ConfigError
-
+    with pytest.raises(ConfigError, match="other than 'default'"):
+        register_preset("default", quick)
     with pytest.raises(ConfigError, match="unknown `preset` 'quick-test'; use one of usi"):
         resolve_config(parse_train_argv(base + ["--preset", "quick-test"]))
 
@@ -105,9 +107,10 @@ def test_help_shows_fallbacks_and_preset_values_from_the_records(capsys, monkeyp
     from conftest import cli_inprocess
     from relabel.commands.train_command import shown
 
-    assert [shown(v) for v in (2e-3, 2e-2, 1e-4, 1e-6, 0.1, 0.9998, 0.99996, 5.0, 0.0, 0.95, True, False, 1024,
-                               "adamw")] == \
-        ["2e-3", "2e-2", "1e-4", "1e-6", "0.1", "0.9998", "0.99996", "5", "0", "0.95", "on", "off", "1024", "adamw"]
+    assert [shown(v) for v in (2e-3, 2e-2, 1e-4, 1e-6, 0.1, 0.9998, 0.99996, 0.9999996, 5.0, 0.0, 0.95, True, False,
+                               1024, "adamw")] == \
+        ["2e-3", "2e-2", "1e-4", "1e-6", "0.1", "0.9998", "0.99996", "0.9999996", "5", "0", "0.95", "on", "off",
+         "1024", "adamw"]  # never rounded
     monkeypatch.setenv("COLUMNS", "250")  # one help text per line
     out = cli_inprocess(capsys, "train", "--help").stdout
     for text in ("[default: 1; usi: 5]", "[default: 0.1; usi: 0]", "[default: 0.9998; usi: 0.99996 at batch 1024]",
@@ -153,6 +156,10 @@ def test_verify_takes_its_record_or_its_fields(tmp_path):
 
     with pytest.raises(TypeError, match="samplez"):
         verify(str(tmp_path / "none"), str(tmp_path), samplez=3)
+    with pytest.raises(TypeError, match="no other settings"):  # not silently ignored
+        verify(VerifyConfig(store="s", data="d"), samples=5)
+    with pytest.raises(TypeError, match="needs the store and the images"):
+        verify(str(tmp_path / "none"))
     for call in (lambda: verify(VerifyConfig(store=str(tmp_path / "none"), data=str(tmp_path))),
                  lambda: verify(str(tmp_path / "none"), str(tmp_path), samples=3)):
         with pytest.raises(StoreError):

@@ -7,7 +7,7 @@ import shutil
 
 import torch
 
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from .config import _RESUME_KEYS, TrainConfig
 from .data import TrainData
@@ -50,8 +50,8 @@ def check_inputs(cfg: TrainConfig, ckpt: dict, data: TrainData) -> None:
         if changed:
             diff.append(f"labels {b.get('path')} ({', '.join(f'{k} run: {a.get(k)}, now: {b.get(k)}' for k in changed)})")
     if diff:
-        raise ConfigError(f"{cfg.out}: {setting('resume', True)} with other inputs than the run started with: "
-                        f"{'; '.join(diff)}; use the run's own, or start a new run in another {setting('out')}")
+        raise ConfigError(f"{cfg.out}: {named('resume', True)} with other inputs than the run started with: "
+                        f"{'; '.join(diff)}; use the run's own, or start a new run in another {named('out')}")
 
 
 def save_checkpoint(obj: dict | str, path: str) -> None:
@@ -72,22 +72,22 @@ def save_checkpoint(obj: dict | str, path: str) -> None:
         kept = " (the last good checkpoint is kept)" if os.path.exists(path) else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else f"the write failed: {str(e).splitlines()[0][:100]}"
         raise ConfigError(f"{path}: could not write the checkpoint ({why}; is the disk full?){kept}; "
-                          f"free disk space and rerun with {setting('resume', True)}") from None
+                          f"free disk space and rerun with {named('resume', True)}") from None
 
 
 def load_resume(cfg: TrainConfig) -> dict | None:
     last = os.path.join(cfg.out, "last.pth")
     if not cfg.resume:
         if os.path.exists(last):
-            raise ConfigError(f"{cfg.out}: already holds a run (last.pth); set {setting('resume', True)} to continue it "
-                            f"or use another {setting('out')}")
+            raise ConfigError(f"{cfg.out}: already holds a run (last.pth); set {named('resume', True)} to continue it "
+                            f"or use another {named('out')}")
         return None
     if not os.path.isfile(last):
-        raise ConfigError(f"{cfg.out}: nothing to resume (no last.pth); drop {setting('resume', True)} to start a run")
+        raise ConfigError(f"{cfg.out}: nothing to resume (no last.pth); drop {named('resume', True)} to start a run")
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     old = ckpt.get("config", {})
     diff = [f"{k} (run: {old.get(k)}, now: {getattr(cfg, k)})" for k in _RESUME_KEYS
             if k in old and old.get(k) != getattr(cfg, k)]
     if diff:
-        raise ConfigError(f"{cfg.out}: {setting('resume', True)} with other settings: {'; '.join(diff)}")
+        raise ConfigError(f"{cfg.out}: {named('resume', True)} with other settings: {'; '.join(diff)}")
     return ckpt

@@ -8,13 +8,12 @@ explicitly always wins.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, List, Optional
 
 from relabel.runtime import default_workers
 from relabel.settings import DEVICE_HELP, RENDERER_HELP, fallbacks_of, resume_keys_of, setting
-from relabel.storage.errors import ConfigError
-from relabel.storage.errors import setting as named
+from relabel.storage.errors import ConfigError, named
 from relabel.storage.paths import is_inside
 
 MODES = ("cached", "online", "supervised")
@@ -173,7 +172,10 @@ PRESETS: dict[str, Callable[[TrainConfig], TrainConfig]] = {"usi": usi}
 
 
 def register_preset(name: str, preset: Callable[[TrainConfig], TrainConfig]) -> None:
-    """Make ``--preset NAME`` (``TrainConfig(preset=NAME)``) apply ``preset``."""
+    """Make ``--preset NAME`` (``TrainConfig(preset=NAME)``) apply ``preset``: a function that fills
+    settings the config left None (what the user gave wins even if it does not) and returns it."""
+    if not name or name == "default" or not callable(preset):
+        raise ConfigError(f"a preset needs a name other than 'default' and a function (got {name!r}, {preset!r})")
     PRESETS[name] = preset
 
 
@@ -188,8 +190,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """A copy with every None setting filled: from the preset first, then from DEFAULTS."""
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise ConfigError(f"unknown {named('preset')} {cfg.preset!r}; use one of {', '.join(PRESETS)}")
-    if cfg.preset is not None:
-        cfg = PRESETS[cfg.preset](cfg)
+    if cfg.preset is not None:  # the preset fills; what the user gave stays as given
+        given = {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) is not None}
+        cfg = replace(PRESETS[cfg.preset](cfg), **given)
     fill = {k: v for k, v in DEFAULTS.items() if getattr(cfg, k) is None}
     if cfg.kd_target is None:
         fill["kd_target"] = "full" if cfg.mode == "online" else "topk"

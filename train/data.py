@@ -24,7 +24,7 @@ from relabel.rng import CounterRNG
 from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, mix_params,
                            pairs_for_view, plan_batch, store_order)
 from relabel.storage import StoreHeader, open_source
-from relabel.storage.errors import ConfigError, StoreError, setting
+from relabel.storage.errors import ConfigError, StoreError, named
 from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
 from relabel.storage.store import STATUS_OK
@@ -80,13 +80,13 @@ class TrainData:
         self.view_lo, hi = getattr(self.store, "held_views", (0, h.views))
         held = hi - self.view_lo
         if views_limit is not None and not 1 <= views_limit <= held:
-            raise ConfigError(f"{setting('views_limit', views_limit)}: {labels} holds {held} view(s) per sample; "
+            raise ConfigError(f"{named('views_limit', views_limit)}: {labels} holds {held} view(s) per sample; "
                             f"use 1 to {held}")
         self.views = views_limit or held  # stored views this run replays: the first `views` held
         if repeats > self.views and not fresh:
-            raise ConfigError(f"{setting('aug_repeats', repeats)} shows each kept sample with {repeats} different "
-                            f"views, but {setting('views_limit') + ' leaves' if views_limit else f'{labels} holds'} "
-                            f"{self.views} per sample; use {setting('aug_repeats', self.views)} or less, or generate "
+            raise ConfigError(f"{named('aug_repeats', repeats)} shows each kept sample with {repeats} different "
+                            f"views, but {named('views_limit') + ' leaves' if views_limit else f'{labels} holds'} "
+                            f"{self.views} per sample; use {named('aug_repeats', self.views)} or less, or generate "
                             f"more views")
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
@@ -106,7 +106,7 @@ class TrainData:
             first = self.store.keys[int(np.argmin(self.present))]
             raise StoreError(f"{labels}: {int((~self.present).sum())} of the store's keys (first: {first!r}) are not in "
                              f"DATA although DATA is the dataset the labels were made for: the keys array was edited; "
-                             f"rerun generate {setting('repair', True)} to rebuild it")
+                             f"rerun generate {named('repair', True)} to rebuild it")
         self.status_ok = self.store.status() == STATUS_OK
         self.usable = self.present & self.status_ok
         self.matched, self.total = int(self.usable.sum()), h.num_samples
@@ -118,7 +118,7 @@ class TrainData:
                 raise StoreError(f"{labels}: labels were made for another dataset (fingerprint {h.fingerprint[:12]} vs "
                                 f"{self.source.fingerprint[:12]} for {data}): {int(self.present.sum())} of the store's "
                                 f"{h.num_samples} keys are in DATA, which has {len(self.source)} images; "
-                                f"set {setting('allow_subset', True)} to train on the matched ones")
+                                f"set {named('allow_subset', True)} to train on the matched ones")
         if self.matched == 0:
             raise StoreError(f"{data}: no image has usable labels in {labels}")
         if labels is not None:
@@ -140,9 +140,9 @@ class TrainData:
         if drift and not allow:
             raise StoreError(f"{drift.message()}; the cached labels would not match what the student sees. Use the "
                              f"machine/Pillow the labels were made with, regenerate, or set "
-                             f"{setting('allow_pixel_drift', True)}")
+                             f"{named('allow_pixel_drift', True)}")
         if drift:
-            log.warning("warning: %s (training anyway: %s)", drift.message(), setting("allow_pixel_drift", True))
+            log.warning("warning: %s (training anyway: %s)", drift.message(), named("allow_pixel_drift", True))
 
     def epoch_views(self, seed: int, epoch: int) -> list[int]:
         """The views epoch ``epoch`` shows: R distinct stored ones, or with ``fresh`` R views that
@@ -207,9 +207,9 @@ class TrainData:
         views, N, G = self.epoch_views(seed, epoch), self.header.num_samples, self.recipe.mix_group
         n_groups = -(-N // G)
         if n_groups < world:
-            raise ConfigError(f"{setting('aug_repeats', self.repeats)} keeps whole mix groups of {G} samples and deals "
+            raise ConfigError(f"{named('aug_repeats', self.repeats)} keeps whole mix groups of {G} samples and deals "
                             f"them to the {world} processes, but the store has only {n_groups} group(s); "
-                            f"use {setting('aug_repeats', 1)} or fewer processes")
+                            f"use {named('aug_repeats', 1)} or fewer processes")
         groups = np.asarray(CounterRNG("train-repeat", seed, epoch).permutation(n_groups), np.int64)
         kept = groups[:max(world, round(n_groups / self.repeats))]
         out = []
@@ -230,7 +230,7 @@ class TrainData:
     def batches(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[Item]]:
         """This rank's batches of (position, view, partner): equal count on every rank, remainder dropped."""
         if self.recipe.mixes and batch_size % 2:
-            raise ConfigError(f"{setting('batch_size')} must be even: recipe {self.recipe.name!r} mixes pairs of samples "
+            raise ConfigError(f"{named('batch_size')} must be even: recipe {self.recipe.name!r} mixes pairs of samples "
                             f"that must share a batch (got {batch_size})")
         if self.repeats > 1:
             per_rank = self.repeat_items(seed, epoch, world)

@@ -20,7 +20,7 @@ from .. import __version__
 from relabel.dist import Dist
 from relabel.models import out_of_memory, pick_device
 from relabel.progress import progress_bar
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from .checkpoint import check_inputs, load_resume, run_inputs, save_checkpoint
 from .config import (CLIP_MODES, DEFAULTS, KD_TARGETS, MODES, PRESETS, TrainConfig, _validate, register_preset,
@@ -45,7 +45,7 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
                      views_limit=cfg.views_limit, repeats=cfg.aug_repeats, fresh=cfg.fresh_views,
                      allow_drift=cfg.allow_pixel_drift, renderer=cfg.renderer, device=device)
     if cfg.topk_limit is not None and cfg.topk_limit > data.header.topk:
-        raise ConfigError(f"{setting('topk_limit', cfg.topk_limit)}: {cfg.labels} stores the top {data.header.topk}; "
+        raise ConfigError(f"{named('topk_limit', cfg.topk_limit)}: {cfg.labels} stores the top {data.header.topk}; "
                         f"use 1 to {data.header.topk}")
     data.batches(cfg.seed, 0, cfg.batch_size)  # fails early on an odd batch for a mixing recipe
     return data, Trainer(cfg, data, device, dist)
@@ -67,8 +67,8 @@ def _check_finite(losses: list, epoch: int, cfg: TrainConfig, force: bool = Fals
         where = f" at step {int(bad[0]) + 1}" if len(bad) else " on another process"
         kept = f"epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "no checkpoint was written"
         raise ConfigError(f"the loss became non-finite in epoch {epoch + 1}{where}; stopped, {kept}; "
-                          f"lower {setting('lr')} (now {cfg.lr:g}) or set {setting('clip_grad')}, then rerun (with "
-                          f"{setting('resume', True)} to continue)")
+                          f"lower {named('lr')} (now {cfg.lr:g}) or set {named('clip_grad')}, then rerun (with "
+                          f"{named('resume', True)} to continue)")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg = resolve_config(cfg)
     _validate(cfg)
     if os.path.isfile(cfg.out):
-        raise ConfigError(f"{cfg.out}: is a file; {setting('out')} must be a folder for the run")
+        raise ConfigError(f"{cfg.out}: is a file; {named('out')} must be a folder for the run")
     dist = Dist.from_env(cfg.device)
     try:
         return _train(cfg, dist)
@@ -164,7 +164,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
         loader.set_epoch(epoch)
         n = len(loader)
         if n == 0:
-            raise ConfigError(f"{setting('batch_size', cfg.batch_size)} x {dist.world} process(es) is more than the "
+            raise ConfigError(f"{named('batch_size', cfg.batch_size)} x {dist.world} process(es) is more than the "
                             f"{data.matched} usable samples; use a smaller batch")
         tr.begin_epoch(epoch, n)
         losses, wait, t0 = [], 0.0, time.perf_counter()
@@ -182,7 +182,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> TrainResult:
         except torch.cuda.OutOfMemoryError:
             kept = f"; epoch {epoch} in {cfg.out}/last.pth is kept" if epoch else "; no checkpoint was written"
             raise ConfigError(out_of_memory(tr.device, f"training {cfg.student} ({cfg.mode})", cfg.batch_size,
-                                            f" (with {setting('resume', True)} to continue){kept}")) from None
+                                            f" (with {named('resume', True)} to continue){kept}")) from None
         losses = torch.stack(losses).float().cpu().tolist()
         train_s = time.perf_counter() - t0
         train_loss = dist.sum(float(sum(losses))) / dist.sum(len(losses))  # every rank sees a NaN of any rank

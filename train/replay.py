@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from relabel.models import Normalize
 from relabel.settings import default_of
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from .config import DEFAULTS, TrainConfig
 from .data import EpochBatchSampler, TrainData, finish_pixels
@@ -78,7 +78,7 @@ class ReplayLoader:
             except TypeError:
                 ok = False
             if not ok:
-                raise ConfigError(f"{setting(name)} must be a whole number >= {lo} (got {value!r})")
+                raise ConfigError(f"{named(name)} must be a whole number >= {lo} (got {value!r})")
         batch_size, workers, aug_repeats = int(batch_size), int(workers), int(aug_repeats)
         labels = getattr(labels, "path", labels)  # an opened store: replay reads it by path
         dev = torch.device(device) if device is not None else None
@@ -100,8 +100,8 @@ class ReplayLoader:
     def _setup(self, data: TrainData, batch_size: int, *, seed: int, workers: int, rank, world, device,
                normalize_for, with_labels: bool) -> None:
         if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"{setting('device', str(device))} asked for but no CUDA GPU is visible; use "
-                              f"{setting('device', 'cpu')} or leave it out")
+            raise ConfigError(f"{named('device', str(device))} asked for but no CUDA GPU is visible; use "
+                              f"{named('device', 'cpu')} or leave it out")
         self.data, self.device, self.with_labels = data, device, with_labels
         self.data.batches(seed, 0, batch_size)  # an odd batch for a mixing recipe fails here, not mid-epoch
         try:
@@ -111,10 +111,10 @@ class ReplayLoader:
             raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} in the "
                               f"environment are not whole numbers; fix them or pass rank= and world=") from None
         if not (isinstance(self.world, int) and self.world >= 1 and isinstance(self.rank, int) and 0 <= self.rank < self.world):
-            raise ConfigError(f"{setting('rank')} {self.rank!r} of {setting('world')} {self.world!r}: need 0 <= rank < world")
+            raise ConfigError(f"{named('rank')} {self.rank!r} of {named('world')} {self.world!r}: need 0 <= rank < world")
         self.sampler = EpochBatchSampler(self.data, seed, batch_size, self.rank, self.world)
         if len(self.sampler) == 0:  # a loop over no batches would fail far from here (loss.item() of nothing)
-            raise ConfigError(f"{setting('batch_size', batch_size)} x {self.world} process(es) is more than the "
+            raise ConfigError(f"{named('batch_size', batch_size)} x {self.world} process(es) is more than the "
                               f"{self.data.matched} usable samples; use a smaller batch")
         gpu = self.device is not None and self.device.type == "cuda"
         self.loader = DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),

@@ -13,7 +13,7 @@ from relabel.dist import Dist
 from relabel.models import Normalize, autocast, create
 from relabel.rng import derive_key
 from relabel.teacher import Teacher, compile_backend, rebuild_teacher, topk_logprobs
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from .checkpoint import run_inputs
 from .config import TrainConfig
@@ -50,7 +50,7 @@ class Trainer:
             self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                  momentum=cfg.momentum)
         except (ValueError, AssertionError) as e:
-            raise ConfigError(f"{setting('opt')} {cfg.opt!r}: {e}") from None
+            raise ConfigError(f"{named('opt')} {cfg.opt!r}: {e}") from None
         logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)  # its 1-epoch warning assumes integer steps
         self.scheduler = CosineLRScheduler(self.optimizer, t_initial=cfg.epochs, lr_min=cfg.min_lr,
                                            warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr)
@@ -80,8 +80,8 @@ class Trainer:
                     log.warning("note: %s: online and cached targets differ", n)
         else:
             if len(ckpts) > 1:
-                raise ConfigError(f"{setting('teacher')} names one model; give one {setting('teacher_checkpoint')} "
-                                f"(or none: the labels' own teacher and ensemble are used without {setting('teacher')})")
+                raise ConfigError(f"{named('teacher')} names one model; give one {named('teacher_checkpoint')} "
+                                f"(or none: the labels' own teacher and ensemble are used without {named('teacher')})")
             t = Teacher(cfg.teacher, ckpts[0] if ckpts else None, device=dev, precision=prec, compile=cfg.compile,
                         num_classes=self.data.header.num_classes)
             # the store's own teacher named again: same model and checkpoint bytes (pretrained weights have

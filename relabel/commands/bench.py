@@ -790,6 +790,6 @@ def _bench_extras() -> tuple[inspect.Parameter, ...]:
                 "bench.json", "--json", help="Results JSON (a markdown table goes beside it).")))
 
 
-bench_command = command_from(BenchConfig, _bench, "Measure stage one, stage two and the store side by side; write "
-                                                  "JSON and a markdown table.", extra=_bench_extras())
-bench_command.__name__ = bench_command.__qualname__ = "bench_command"
+bench_command = command_from(BenchConfig, _bench, "bench_command", "Measure stage one, stage two and the store side "
+                                                                   "by side; write JSON and a markdown table.",
+                             extra=_bench_extras())

@@ -22,13 +22,12 @@ import numpy as np
 import typer
 
 from relabel.settings import DEVICE_HELP, setting
+from relabel.train.config import MODES
 
 from .options import command_from
 
-MODES = ("cached", "online", "supervised")
-
-
-def _two_workers() -> int:
+def two_workers() -> int:
+    """The demo's and the study's workers: two, fewer on a one-core machine (small images decode fast)."""
     return min(2, os.cpu_count() or 1)
 
 
@@ -42,7 +41,7 @@ class DemoConfig:
     student: str = setting("test_resnet",
                            help="Student model (timm name; timm's 0.4M-parameter test ResNet by default).")
     limit: int | None = setting(None, help="Use only the first N images (quick runs).")  # None: all 1,797
-    workers: int = setting(default_factory=_two_workers, flags=("--workers", "-j"), help="DataLoader workers.")
+    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"), help="DataLoader workers.")
     device: str = setting("auto", help=DEVICE_HELP)
     img_size: int = setting(32, cli=False, help="Image size of teacher and student.")
     views: int = setting(8, cli=False, help="Stored views per image (the command: --epochs).")
@@ -241,6 +240,5 @@ def _demo(params: dict) -> None:
     typer.echo(f"results: {Path(cfg.out) / 'results.md'}, plot: {Path(cfg.out) / 'curves.png'}")
 
 
-demo_command = command_from(DemoConfig, _demo, "Run the whole pipeline on real images that ship with scikit-learn, "
-                                               "and compare the three modes.")
-demo_command.__name__ = demo_command.__qualname__ = "demo_command"
+demo_command = command_from(DemoConfig, _demo, "demo_command", "Run the whole pipeline on real images that ship "
+                                                                "with scikit-learn, and compare the three modes.")

@@ -12,14 +12,13 @@ from typing import Any, Callable, get_type_hints
 
 from relabel.settings import sections_of, settings_of
 
-def _quiet():
+def quiet() -> inspect.Parameter:
+    """A long-running command's --quiet (sets the config's `progress` to False); one per command, as
+    each command places it in its own --help panel."""
     import typer
 
     return inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                              default=typer.Option(False, "--quiet", "-q", help="No progress bar."))
-
-
-QUIET = _quiet()  # every long-running command's --quiet (sets the config's `progress` to False)
 
 def with_sections(command, sections: dict[str, tuple[str, ...]] | None = None, other: str = "Output"):
     """Ready typer function ``command``'s options for --help: each in the panel of its config section
@@ -60,11 +59,12 @@ def config_from_params(config_cls, params: dict, lists: tuple[str, ...] = (), on
     return config_cls(**params)
 
 
-def command_from(config_cls, body: Callable[[dict], Any], doc: str, extra: tuple[inspect.Parameter, ...] = (),
-                 help_format: Callable[[str, str], str] | None = None):
+def command_from(config_cls, body: Callable[[dict], Any], name: str, doc: str,
+                 extra: tuple[inspect.Parameter, ...] = (), help_format: Callable[[str, str], str] | None = None):
     """A typer command whose options are ``config_cls``'s fields (their ``relabel.settings`` records:
     help, flags, section, typer type and default), then ``extra`` (e.g. --quiet). ``body(params)``
-    runs it with the parsed values by name; ``help_format(field, help)`` may fill a help text in."""
+    runs it with the parsed values by name; ``help_format(field, help)`` may fill a help text in.
+    ``name``: the function's name (typer's default command name)."""
     import typer
 
     hints = get_type_hints(config_cls)
@@ -90,4 +90,5 @@ def command_from(config_cls, body: Callable[[dict], Any], doc: str, extra: tuple
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
+    command.__name__ = command.__qualname__ = name
     return with_sections(command, sections_of(config_cls))

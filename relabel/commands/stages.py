@@ -10,7 +10,7 @@ import typer
 from relabel.generate_config import GenerateConfig
 from relabel.verify_config import VerifyConfig
 
-from .options import QUIET, command_from, config_from_params, with_sections
+from .options import command_from, config_from_params, quiet, with_sections
 
 
 def _say(msg: str) -> None:
@@ -29,9 +29,8 @@ def _generate(params: dict) -> None:
 
 
 # Built from GenerateConfig's fields (relabel/generate_config.py): each setting is written once, there.
-generate = command_from(GenerateConfig, _generate, "Stage one: run the teacher over stored views and write top-k labels.",
-                        extra=(QUIET,))
-generate.__name__ = generate.__qualname__ = "generate"
+generate = command_from(GenerateConfig, _generate, "generate",
+                        "Stage one: run the teacher over stored views and write top-k labels.", extra=(quiet(),))
 
 
 def info(store: str = typer.Argument(..., help="Label store."),
@@ -80,9 +79,8 @@ def _verify(params: dict) -> None:
 
 
 # Built from VerifyConfig's fields (relabel/verify_config.py).
-verify = command_from(VerifyConfig, _verify,
+verify = command_from(VerifyConfig, _verify, "verify",
                       "Recompute random stored views with the teacher; check completeness and shard integrity.")
-verify.__name__ = verify.__qualname__ = "verify"
 
 
 with_sections(info)

@@ -16,7 +16,6 @@ repeated when the study is run again with the same settings.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,8 +26,9 @@ import typer
 
 from relabel.settings import DEVICE_HELP, setting
 from relabel.storage import ConfigError
-from relabel.storage.errors import setting as named
+from relabel.storage.errors import named
 
+from .demo import two_workers
 from .options import command_from, config_from_params
 
 
@@ -87,7 +87,7 @@ class StudyConfig:
                    "regime; val stays whole).")
     recipe: str | None = setting(  # default: the demo's digits recipe for the digits, usi otherwise
         None, help="Augmentation recipe (default: the demo's digits recipe for the digits, usi otherwise).")
-    workers: int = setting(default_factory=lambda: min(2, os.cpu_count() or 1), flags=("--workers", "-j"),
+    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"),
                            help="DataLoader workers.")
     device: str = setting("auto", help=DEVICE_HELP)
     ce_weight: float = setting(1.0, cli=False, help="Weight of the mixed ground-truth CE in every KD run.")
@@ -283,6 +283,5 @@ def _study(params: dict) -> None:
                f"{Path(cfg.out) / 'views.png'}")
 
 
-study_command = command_from(StudyConfig, _study,
+study_command = command_from(StudyConfig, _study, "study_command",
                              "Accuracy against the number of stored views: cached labels vs online KD vs supervised.")
-study_command.__name__ = study_command.__qualname__ = "study_command"

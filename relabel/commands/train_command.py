@@ -14,7 +14,7 @@ import typer
 
 from relabel.train.config import DEFAULTS, PRESETS, TrainConfig, preset_values
 
-from .options import QUIET, command_from
+from .options import command_from, quiet
 
 
 def shown(value) -> str:
@@ -24,7 +24,7 @@ def shown(value) -> str:
     if isinstance(value, float):
         if value.is_integer():
             return str(int(value))
-        plain, sci = f"{value:g}", f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
+        plain, sci = repr(value), f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")
         return sci if float(sci) == value and len(sci) <= len(plain) else plain
     return str(value)
 
@@ -50,10 +50,9 @@ def _train(params: dict) -> None:
 
 
 # Built from TrainConfig's fields (relabel/train/config.py): each setting is written once, there.
-train_command = command_from(TrainConfig, _train,
+train_command = command_from(TrainConfig, _train, "train_command",
                              "Stage two: train a timm student from the stored views and their cached soft labels.",
-                             extra=(QUIET,), help_format=_help)
-train_command.__name__ = train_command.__qualname__ = "train_command"
+                             extra=(quiet(),), help_format=_help)
 
 
 def config_from_params(params: dict):

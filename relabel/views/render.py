@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from .params import MixParams, ViewParams, batch_mixes, mix_lambda, view_params
 from .pillow import mix_pixels, render_view
@@ -83,7 +83,7 @@ def resolve_renderer(name: str, device: torch.device | str | None) -> str:
     """``auto``: torch where the pixels go to a GPU (the CPU only decodes), Pillow on a CPU (it is
     faster there, and runs in parallel workers)."""
     if name not in RENDERER_CHOICES:
-        raise ConfigError(f"unknown {setting('renderer')} {name!r}; use one of {', '.join(RENDERER_CHOICES)}")
+        raise ConfigError(f"unknown {named('renderer')} {name!r}; use one of {', '.join(RENDERER_CHOICES)}")
     if name != "auto":
         return name
     return "torch" if device is not None and torch.device(device).type == "cuda" else "pillow"

@@ -35,7 +35,7 @@ import numpy as np
 import PIL
 import torch
 
-from relabel.storage.errors import ConfigError, setting
+from relabel.storage.errors import ConfigError, named
 
 from ..randaug import OpParams, op_argument
 from .params import MixParams, ViewParams, batch_mixes, erase_noise, mix_lambda, pixel_box
@@ -658,7 +658,7 @@ def check_recipe(recipe: Recipe) -> None:
                           f"drop them from the op list or render with Pillow")
     geometric = sorted(set(ra.ops) & GEOMETRIC_OPS)
     if geometric and recipe.interpolation not in _AFFINE_FILTERS:
-        raise ConfigError(f"recipe {recipe.name}: {setting('interpolation', recipe.interpolation)} cannot resample "
+        raise ConfigError(f"recipe {recipe.name}: {named('interpolation', recipe.interpolation)} cannot resample "
                           f"the geometric RandAugment ops ({', '.join(geometric)}; Pillow's transform has no "
                           f"{recipe.interpolation} filter); use `interpolation='bicubic'` or drop those ops")
 
