@@ -142,6 +142,23 @@ def test_every_cli_default_is_its_config_default():
             assert same(got, want), f"{fn.__name__} --{name.replace('_', '-')}: CLI default {got!r}, {cfg.__name__} {want!r}"
 
 
+def test_share_command_defaults_are_the_library_functions():
+    """export, publish and pull have no config record: each option's default is its library
+    function's keyword default (the one other place it is written)."""
+    import inspect
+
+    from relabel.commands.share import export_command, publish_command, pull_command
+    from relabel.publish import export, publish, pull
+
+    for command, fn in ((export_command, export), (publish_command, publish), (pull_command, pull)):
+        lib = inspect.signature(fn).parameters
+        for name, p in inspect.signature(command).parameters.items():
+            if name in ("quiet", "format") or name not in lib or lib[name].default is inspect.Parameter.empty:
+                continue
+            got = getattr(p.default, "default", p.default)
+            assert got == lib[name].default, f"{command.__name__} --{name}: CLI {got!r}, {fn.__name__} {lib[name].default!r}"
+
+
 def test_cli_words_settings_as_the_running_commands_options():
     from relabel.commands.cli import _cli_words
 
