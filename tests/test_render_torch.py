@@ -348,6 +348,47 @@ def test_support_box_region_equals_whole_image(pool):
     _check(cases, recipe, 24, whole_image=True)
 
 
+@pytest.mark.parametrize("interp", ["bicubic", "nearest"])
+def test_packing_never_changes_bytes(pool, monkeypatch, interp):
+    """How a batch is packed (views grouped by their resize passes, chunked by size) changes the
+    work, never the bytes: one view per chunk, the default chunks and one chunk per group all give
+    Pillow's bytes, on batches mixing integer crops, one-pass and two-pass resizes of every shape."""
+    import relabel.views.torch as rt
+
+    rng = _rng(95 + len(interp))
+    recipe = dataclasses.replace(RECIPES["usi"], name=f"usi-pack-{interp}", interpolation=interp, erase_prob=0.5,
+                                 randaugment="rand-m9-n2-mstd0.5-inc1" if interp != "nearest" else None)
+    size = 24
+    cases = []
+    for k in range(_n(12)):
+        name, img = _pick(rng, pool, big_every=3)
+        W, H = img.size
+        p = view_params(recipe, 4, name, k, img.size)
+        if k % 4 == 1:  # Image.resize's copy shortcut: a pixel-aligned box of the output's size
+            if W >= size and H >= size:
+                x0, y0 = int(rng.integers(W - size + 1)), int(rng.integers(H - size + 1))
+                p = dataclasses.replace(p, crop=(y0 / H, x0 / W, size / H, size / W))
+        elif k % 4 == 2:
+            p = dataclasses.replace(p, crop=_crop(rng, W, H))
+        cases.append((name, img, p, ("pack", name, k)))
+    plans = [rt.resize_plan(c[2], recipe, *c[1].size, size) for c in cases]
+    regions = [crop_region(c[1], pl.box) for c, pl in zip(cases, plans)]
+
+    def chunks() -> int:
+        packed = rt.pack_batch(regions, [pl.box[:2] for pl in plans], plans, [c[2] for c in cases],
+                               [None] * len(cases), size, recipe)
+        return len(packed["chunks"]) + (packed["nearest"] is not None)
+
+    counts = []
+    for waste, cap in ((0.0, 1), (rt._WASTE, rt._CHUNK_BYTES), (float("inf"), float("inf"))):
+        monkeypatch.setattr(rt, "_WASTE", waste)
+        monkeypatch.setattr(rt, "_CHUNK_BYTES", cap)
+        counts.append(chunks())
+        _check(cases, recipe, size, batch=len(cases))
+    if interp != "nearest":  # the three packings differ, so each path ran
+        assert counts[0] == len(cases) and counts[0] > counts[1] >= counts[2] and counts[2] <= 5, counts
+
+
 def test_mixing_parity(pool):
     """mix_pair_torch / mix_batch_torch give mix_pixels / mix_batch's bytes and lambdas."""
     rng = _rng(60)
@@ -437,7 +478,7 @@ def test_resize_pass_order_boundary():
 def test_affine_paths_match_image_transform(filt):
     """Geometry.c's paths the ops rarely reach: nearest's scale, 16.16 fixed-point and float
     fallback (corners beyond 32768), bilinear/bicubic at and beyond the edges; random matrices."""
-    from relabel.views.torch import _k_affine
+    from relabel.views.torch import _affine_data, _k_affine, _upload
 
     rng = _rng(80 + _INTERPS.index(filt))
     resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -458,7 +499,7 @@ def test_affine_paths_match_image_transform(filt):
             a = tuple(_rotate_matrix(float(rng.uniform(0, 360)), W, H))
         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
         want = np.asarray(Image.fromarray(arr).transform((W, H), Image.Transform.AFFINE, a, resample=resample, fillcolor=fill))
-        got = _k_affine(torch.from_numpy(arr)[None].to(DEVICE), [(a, filt)],
+        got = _k_affine(torch.from_numpy(arr)[None].to(DEVICE), _upload(_affine_data([(a, filt)], W, H), DEVICE),
                         {"fill": torch.tensor(fill, dtype=torch.uint8, device=DEVICE)})[0].cpu().numpy()
         assert np.array_equal(want, got), (filt, a, W, H, int((want != got).any(-1).sum()))
 

@@ -432,6 +432,66 @@ def _photo_folder(root: Path, n: int, seed: int = 4) -> Path:
     return root
 
 
+def _torch_finish_cost(cfg: BenchConfig, folder: Path, dev) -> dict:
+    """The torch renderer's device stage on one packed batch of 128 USI views: milliseconds per
+    batch, top-level torch ops per view (each one a kernel launch or a copy on a GPU: the host's
+    share of the work, whatever the device), and the milliseconds the batch's payload takes to
+    cross from a DataLoader worker to the main process."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from relabel.views import (RECIPES, ViewRenderer, create_renderer, decode_image, finish_batch, group_partners,
+                               plan_batch)
+
+    recipe, G = RECIPES["usi"], RECIPES["usi"].mix_group
+    images = [decode_image(p.read_bytes()) for p in sorted(Path(folder).rglob("*.jpg"))]
+    renderer = create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))
+    n = len(images)
+    pos, views = [i % n for i in range(128)], [i // n for i in range(128)]
+
+    def partner(p: int, v: int) -> int:
+        g0 = p - p % G
+        return int(group_partners(recipe, 0, v, g0, min(G, n - g0))[p - g0])
+
+    planned = [renderer.plan(f"k{p}", v, images[p]) for p, v in zip(pos, views)]
+    payload, _, _ = plan_batch(renderer, pos, views, [partner(p, v) for p, v in zip(pos, views)], planned)
+
+    def pinned(x):  # as the DataLoader hands a batch over on a GPU machine
+        if isinstance(x, torch.Tensor):
+            return x.pin_memory()
+        if isinstance(x, dict):
+            return {k: pinned(v) for k, v in x.items()}
+        return [pinned(v) for v in x] if isinstance(x, list) else x
+
+    if dev.type == "cuda":
+        payload = pinned(payload)
+
+    def run() -> None:
+        finish_batch(renderer, payload, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+    times = []
+    for _ in range(max(1, cfg.repeats)):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    class Repeat(torch.utils.data.IterableDataset):  # the payload, again and again, from a worker
+        def __iter__(self):
+            return iter([payload] * (1 + 8 * max(1, cfg.repeats)))
+
+    handed = iter(torch.utils.data.DataLoader(Repeat(), batch_size=None, num_workers=1))
+    next(handed)  # the worker has started
+    t0 = time.perf_counter()
+    handed = sum(1 for _ in handed)
+    return {"torch_finish_ms_per_batch": 1000 * statistics.median(times), "torch_finish_ops_per_view": ops / 128,
+            "torch_payload_ms_per_batch": 1000 * (time.perf_counter() - t0) / handed}
+
+
 def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     """The CPU side alone, no model: can it keep a GPU busy? Stage one: generate's own ViewStream
     (read, decode once, all ``feed_views`` views of a shard block, mix) in a DataLoader; stage two:
@@ -520,7 +580,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
             "stage2_scaling": r[f"stage2_w{hi}"]["median"] / r[f"stage2_w{lo}"]["median"],
             "stage1_torch_views_per_s_all_workers": r[f"stage1_torch_w{hi}"]["median"] if "torch_" in renderers else None,
             "stage2_torch_img_per_s_all_workers": r[f"stage2_torch_w{hi}"]["median"] if "torch_" in renderers else None,
-            "torch_device": str(dev),
+            "torch_device": str(dev), **_torch_finish_cost(cfg, folder, dev),
             "workers": workers, "images": n, "views_per_image_stage1": nv, "mean_jpeg_kib": mean_kb,
             "stage2_batch": batch, "detail": r}
 

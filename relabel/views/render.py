@@ -136,10 +136,8 @@ class _TorchItem:
     params: ViewParams
     region: np.ndarray  # uint8 (h, w, 3) inside the support box
     offset: tuple[int, int]  # (x0, y0) of the region in the decoded image
-    full_size: tuple[int, int]  # the decoded image's (width, height)
-    erase_seed: tuple
-    plan: Any = None  # views.torch.resize_plan's record
-    erase: Any = None  # views.params.erase_noise's (box, noise), or None
+    plan: Any  # views.torch.resize_plan's record
+    erase: Any  # views.params.erase_noise's (box, noise), or None
 
 
 @register_renderer("torch")
@@ -168,33 +166,21 @@ class TorchRenderer:
         x0, y0, x1, y1 = plan.box
         region = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
         erase = None if params.erase is None else erase_noise(params.erase, size, size, erase_seed)
-        return _TorchItem(params, region, (x0, y0), img.size, erase_seed, plan, erase)
+        return _TorchItem(params, region, (x0, y0), plan, erase)
 
     def stack(self, planned, mixes) -> dict:
-        """One flat uint8 tensor of every region (one pinned upload) plus the plain-data rest."""
-        flat = (torch.from_numpy(np.concatenate([it.region.reshape(-1) for it in planned]))
-                if planned else torch.empty(0, dtype=torch.uint8))
-        return {"regions": flat, "shapes": [it.region.shape[:2] for it in planned],
-                "items": [(it.params, it.offset, it.full_size, it.erase_seed, it.plan, it.erase) for it in planned],
-                "mixes": list(mixes)}
+        """The batch packed for the device (``views.torch.pack_batch``: a few tensors, which the
+        DataLoader pins), its pairs to mix included."""
+        from .torch import pack_batch
+
+        return pack_batch([it.region for it in planned], [it.offset for it in planned], [it.plan for it in planned],
+                          [it.params for it in planned], [it.erase for it in planned], self.spec.size,
+                          self.spec.recipe, mixes)
 
     def finish(self, payload: dict, device) -> torch.Tensor:
-        from .torch import mix_pairs_torch, render_batch
+        from .torch import render_packed
 
-        flat = payload["regions"]
-        device = flat.device if device is None else torch.device(device)
-        flat = flat.to(device, non_blocking=True)
-        regions, at = [], 0
-        for h, w in payload["shapes"]:
-            regions.append(flat[at:at + h * w * 3].view(h, w, 3))
-            at += h * w * 3
-        items = payload["items"]
-        x = render_batch(regions, [it[1] for it in items], [it[2] for it in items], [it[0] for it in items],
-                         self.spec.recipe, self.spec.size, [it[3] for it in items], device,
-                         plans=[it[4] for it in items], erases=[it[5] for it in items])
-        if payload["mixes"]:
-            x, _ = mix_pairs_torch(x, payload["mixes"])
-        return x
+        return render_packed(payload, self.spec.recipe, payload["bytes"].device if device is None else device)
 
 
 # ------------------------------------------------------------------------------------ the driver

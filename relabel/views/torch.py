@@ -7,11 +7,14 @@ every step reproduces Pillow's own arithmetic, not a look-alike (sources: Pillow
 ``Image.py`` / ``ImageOps.py`` / ``ImageEnhance.py``):
 
 * crop-resize: Pillow's two-pass resampler. Coefficients are computed on the CPU in float64 as
-  ``precompute_coeffs`` does and rounded to its 22-bit fixed point (a small table uploaded per
-  view); each pass is a float64 matmul over integers (exact on any device and in any reduction
-  order: every product and partial sum is an integer below 2**53), then Pillow's shift-and-clip.
-  Passes run in Pillow's order (13.0 may run the vertical one first) and are skipped when Pillow
-  skips them; NEAREST and integer crops take Pillow's shortcuts.
+  ``precompute_coeffs`` does and rounded to its 22-bit fixed point (small tables, stacked per
+  batch); each pass is a batched float64 matmul over integers (exact on any device and in any
+  reduction order: every product and partial sum is an integer below 2**53), then Pillow's
+  shift-and-clip. Passes run in Pillow's order (13.0 may run the vertical one first) and are
+  skipped when Pillow skips them; NEAREST and integer crops take Pillow's shortcuts.
+* batches: a worker packs a batch (``pack_batch``) into a few tensors the DataLoader pins; the
+  device renders it (``render_packed``) in a number of ops set by the groups of views that share
+  their resize passes and sizes, not by the views.
 * point ops (Invert, Posterize, Solarize*, Equalize, AutoContrast): per-sample LUTs; the
   histogram ones are built on the device with integer arithmetic (float64 where Python uses it).
 * enhance ops: ``Image.blend``'s float32 ``a + alpha * (b - a)`` against Pillow's degenerate
@@ -23,13 +26,13 @@ every step reproduces Pillow's own arithmetic, not a look-alike (sources: Pillow
 Every rounding step is its own eager torch op (no fused multiply-add, no reduction whose order
 matters, divisions tensor by tensor: torch computes ``scalar / tensor`` through a reciprocal), so
 the bytes do not depend on the device. Parameters stay on the CPU (``view_params``); so does the
-erase noise, generated as render_view generates it and uploaded.
+erase noise, generated as render_view generates it and uploaded with the batch.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import PIL
@@ -41,7 +44,7 @@ from ..randaug import OpParams, op_argument
 from .params import MixParams, ViewParams, batch_mixes, erase_noise, mix_lambda, pixel_box
 from .recipe import GEOMETRIC_OPS, Recipe
 
-__all__ = ["support_box", "render_batch", "crop_region", "check_recipe", "mix_pair_torch", "mix_pairs_torch",
+__all__ = ["support_box", "render_batch", "pack_batch", "render_packed", "crop_region", "check_recipe", "mix_pair_torch", "mix_pairs_torch",
            "mix_batch_torch", "GEOMETRIC_OPS"]
 
 # ------------------------------------------------------------------------------- resampling filters
@@ -94,18 +97,6 @@ class _Coeffs:
     @property
     def span(self) -> tuple[int, int]:
         return int(self.first.min()), int((self.first + self.count).max())
-
-    def matrix(self, start: int, length: int, device: torch.device) -> torch.Tensor:
-        """Dense [out, length] float64 matrix over inputs [start, start + length), assembled on
-        ``device`` from the compact [out, ksize] table (a few KB to upload, not out x length).
-        scatter_add_ is exact here whatever its order: each cell gets one integer plus zeros."""
-        j = np.arange(self.k.shape[1])
-        used = j[None, :] < self.count[:, None]
-        cols = np.where(used, self.first[:, None] + j[None, :] - start, 0)
-        vals = np.where(used, self.k, 0)
-        m = torch.zeros((len(self.first), length), dtype=torch.float64, device=device)
-        return m.scatter_add_(1, torch.as_tensor(cols, device=device),
-                              torch.as_tensor(vals, device=device).to(torch.float64))
 
 
 def _coeffs(in_size: int, in0: np.float32, in1: np.float32, out_size: int, interp: str) -> _Coeffs:
@@ -241,54 +232,6 @@ def _fixed_to_u8(s: torch.Tensor) -> torch.Tensor:
     return torch.floor((s + _HALF) * (1.0 / _ONE)).clamp_(0, 255)
 
 
-def _resize_one(region: torch.Tensor, offset: tuple[int, int], plan: _Resize, out_w: int, out_h: int,
-                device: torch.device) -> torch.Tensor:
-    """One view's crop-resize on ``device``: (out_h, out_w, 3) uint8."""
-    x0, y0, x1, y1 = plan.box
-    ox, oy = offset
-    if region.dtype != torch.uint8 or region.dim() != 3 or region.shape[2] != 3:
-        raise ValueError(f"a region must be a uint8 HxWx3 tensor, got {tuple(region.shape)} {region.dtype}")
-    if x0 < ox or y0 < oy or x1 - ox > region.shape[1] or y1 - oy > region.shape[0]:
-        raise ValueError(f"region at offset {offset} of shape {tuple(region.shape)} does not hold "
-                         f"the support box {plan.box}; send support_box()'s region")
-    src = region[y0 - oy:y1 - oy, x0 - ox:x1 - ox].to(device)
-    if plan.kind == "crop":
-        return src.contiguous()
-    if plan.kind == "nearest":
-        out = torch.zeros((out_h, out_w, 3), dtype=torch.uint8, device=device)
-        cols = torch.as_tensor(plan.xs, device=device)
-        rows = torch.as_tensor(plan.ys, device=device)
-        vc, vr = cols >= 0, rows >= 0
-        if bool(vc.any()) and bool(vr.any()):
-            picked = src[(rows[vr] - y0)][:, (cols[vc] - x0)]
-            out[vr.nonzero()[:, 0][:, None], vc.nonzero()[:, 0][None, :]] = picked
-        return out
-    t = src.to(torch.float64)
-    passes = [_horizontal_pass, _vertical_pass]
-    for run in reversed(passes) if plan.vertical_first else passes:
-        t = run(t, plan, device)
-    return t.to(torch.uint8).contiguous()
-
-
-def _horizontal_pass(t: torch.Tensor, plan: _Resize, device) -> torch.Tensor:
-    """(rows, in, 3) -> (rows, out, 3): one float64 matmul over integers, then clip8."""
-    if plan.horiz is None:
-        return t
-    x0, _, x1, _ = plan.box
-    k = plan.horiz.matrix(x0, x1 - x0, device).T
-    return _fixed_to_u8(torch.matmul(t.permute(0, 2, 1), k)).permute(0, 2, 1)
-
-
-def _vertical_pass(t: torch.Tensor, plan: _Resize, device) -> torch.Tensor:
-    """(in, cols, 3) -> (out, cols, 3)."""
-    if plan.vert is None:
-        return t
-    _, y0, _, y1 = plan.box
-    k = plan.vert.matrix(y0, y1 - y0, device)
-    rows, cols = t.shape[0], t.shape[1]
-    return _fixed_to_u8(torch.matmul(k, t.reshape(rows, cols * 3))).reshape(k.shape[0], cols, 3)
-
-
 # ------------------------------------------------------------------------------------ RandAugment
 def _posterize_lut(bits: int) -> list[int]:
     if bits >= 8:
@@ -396,13 +339,12 @@ def _identity_lut(like: torch.Tensor) -> torch.Tensor:
     return torch.arange(256, device=like.device).expand_as(like)
 
 
-def _k_lut(x, payloads, ctx):
+def _k_lut(x, luts, ctx):
     """One 256-entry table per sample, the same for the three channels (as randaug's point())."""
-    luts = torch.as_tensor(np.stack(payloads).astype(np.int64), device=x.device)
     return _apply_lut(x, luts[:, None, :].expand(-1, 3, 256))
 
 
-def _k_equalize(x, payloads, ctx):
+def _k_equalize(x, data, ctx):
     """``ImageOps.equalize``: lut[i] = (step // 2 + count below i) // step, clipped by point()."""
     h = _histogram(x)
     used = h > 0
@@ -414,7 +356,7 @@ def _k_equalize(x, payloads, ctx):
     return _apply_lut(x, torch.where(keep, _identity_lut(lut), lut))
 
 
-def _k_autocontrast(x, payloads, ctx):
+def _k_autocontrast(x, data, ctx):
     """``ImageOps.autocontrast`` (cutoff 0): lut[i] = int(i * scale + offset) in float64, clipped."""
     used = _histogram(x) > 0
     lo = used.long().argmax(-1, keepdim=True)
@@ -433,11 +375,12 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     return (c[..., 0] * 19595 + c[..., 1] * 38470 + c[..., 2] * 7471 + 0x8000) >> 16
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, alpha: Sequence[np.float32]) -> torch.Tensor:
-    """Blend.c: float32 ``in1 + alpha * (in2 - in1)``, clipped, truncated; one op per rounding."""
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Blend.c: float32 ``in1 + alpha * (in2 - in1)``, clipped, truncated; one op per rounding.
+    ``alpha``: (n,) float32, Image.blend's C float per sample."""
     a = degenerate.to(torch.float32)
     diff = x.to(torch.float32) - a
-    al = torch.as_tensor(np.asarray(alpha, np.float32), device=x.device).view(-1, 1, 1, 1)
+    al = alpha.view(-1, 1, 1, 1)
     prod = al * diff
     return (a + prod).clamp_(0, 255).trunc_().to(torch.uint8)
 
@@ -466,7 +409,8 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
     out = x.clone()
     if H < 3 or W < 3:
         return out
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32, device=x.device)  # noqa: E731
+    # made on the device (a fill, no upload); a float32 value round-trips through a Python float
+    f32 = lambda v: torch.full((), float(v), dtype=torch.float32, device=x.device)  # noqa: E731
     k1, k5 = f32(np.float32(1) / np.float32(13)), f32(np.float32(5) / np.float32(13))
     p = x.to(torch.float32)
 
@@ -486,7 +430,7 @@ def _k_sharpness(x, alphas, ctx):
 
 
 def _k_rot(k: int):
-    return lambda x, payloads, ctx: torch.rot90(x, k, (1, 2)).contiguous()
+    return lambda x, data, ctx: torch.rot90(x, k, (1, 2)).contiguous()
 
 
 def _cubic(v1, v2, v3, v4, d):
@@ -560,54 +504,344 @@ def _nearest_map(a: Sequence[float], w: int, h: int) -> np.ndarray:
     return np.where(ok, yin * w + xin, -1).reshape(-1)
 
 
-def _k_affine(x, payloads, ctx):
-    """Image.transform(AFFINE) per sample matrix; runs the samples of each filter together, in
-    chunks that bound the float64 temporaries."""
+def _k_affine(x, data, ctx):
+    """Image.transform(AFFINE) per sample: ``data`` holds the batch's filter and either NEAREST's
+    index maps (n, H*W) or the matrices (n, 6); run in chunks that bound the float64 temporaries."""
     n, H, W, _ = x.shape
     fill = ctx["fill"]
     out = torch.empty_like(x)
-    filt = payloads[0][1]  # one recipe per batch: one filter
     chunk = max(1, (1 << 21) // (H * W))
     for s in range(0, n, chunk):
-        part, mats = x[s:s + chunk], [m for m, _ in payloads[s:s + chunk]]
-        if filt == "nearest":
-            idx = torch.as_tensor(np.stack([_nearest_map(m, W, H) for m in mats]), device=x.device)
-            flat = part.reshape(len(mats), H * W, 3)
+        part = x[s:s + chunk]
+        if data["filter"] == "nearest":
+            idx = data["maps"][s:s + chunk]
+            flat = part.reshape(len(part), H * W, 3)
             got = flat.gather(1, idx.clamp(min=0).unsqueeze(-1).expand(-1, -1, 3))
             out[s:s + chunk] = torch.where((idx >= 0).unsqueeze(-1), got, fill).reshape(part.shape)
         else:
-            m = torch.tensor(mats, dtype=torch.float64, device=x.device)
-            out[s:s + chunk] = _affine_smooth(part, m, fill, filt)
+            out[s:s + chunk] = _affine_smooth(part, data["mats"][s:s + chunk], fill, data["filter"])
     return out
 
 
-# kernel group -> fn(x (n,H,W,3) uint8, per-sample payloads, ctx) -> new x
+def _affine_data(payloads, w: int, h: int) -> dict:
+    filt = payloads[0][1]  # one recipe per batch: one filter
+    if filt == "nearest":
+        return {"filter": filt, "maps": torch.from_numpy(np.stack([_nearest_map(m, w, h) for m, _ in payloads]))}
+    return {"filter": filt, "mats": torch.tensor([m for m, _ in payloads], dtype=torch.float64)}
+
+
+# kernel group -> fn(x (n,H,W,3) uint8, its data on the device, ctx) -> new x
 _KERNELS: dict[str, Callable] = {
     "lut": _k_lut, "equalize": _k_equalize, "autocontrast": _k_autocontrast,
     "brightness": _k_brightness, "color": _k_color, "contrast": _k_contrast, "sharpness": _k_sharpness,
     "affine": _k_affine, "rot90": _k_rot(1), "rot180": _k_rot(2), "rot270": _k_rot(3),
 }
 
+# kernel group -> fn(the group's per-sample payloads from _plan_op, w, h) -> its data, built on the
+# host (in the worker) as tensors the DataLoader pins; a group not listed takes no data
+_ALPHAS = lambda payloads, w, h: torch.from_numpy(np.asarray(payloads, np.float32))  # noqa: E731
+_KERNEL_DATA: dict[str, Callable] = {
+    "lut": lambda payloads, w, h: torch.from_numpy(np.stack(payloads).astype(np.int64)),
+    "brightness": _ALPHAS, "color": _ALPHAS, "contrast": _ALPHAS, "sharpness": _ALPHAS, "affine": _affine_data,
+}
 
-def _apply_ops(x: torch.Tensor, op_lists: Sequence[Sequence[OpParams]], recipe: Recipe) -> torch.Tensor:
-    """Op position by op position (ops apply in sequence per sample); at each position every
-    kernel group runs once over the samples whose op there belongs to it."""
-    n, H, W, _ = x.shape
-    ctx = {"fill": torch.tensor(tuple(recipe.fill), dtype=torch.uint8, device=x.device)}
+
+def _pack_ops(op_lists: Sequence[Sequence[OpParams]], recipe: Recipe, w: int, h: int) -> list[dict]:
+    """Op position by op position (ops apply in sequence per sample): at each position one step per
+    kernel group, over the samples whose op there belongs to it, with the group's data."""
+    steps = []
     for pos in range(max((len(o) for o in op_lists), default=0)):
         groups: dict[str, list[tuple[int, object]]] = {}
         for i, ops in enumerate(op_lists):
             if pos < len(ops):
-                planned = _plan_op(ops[pos], recipe, W, H)
+                planned = _plan_op(ops[pos], recipe, w, h)
                 if planned is not None:
                     groups.setdefault(planned[0], []).append((i, planned[1]))
         for kind, items in groups.items():
-            idx = torch.tensor([i for i, _ in items], device=x.device)
-            x[idx] = _KERNELS[kind](x[idx], [p for _, p in items], ctx)
+            make = _KERNEL_DATA.get(kind)
+            steps.append({"kind": kind, "rows": torch.tensor([i for i, _ in items], dtype=torch.int64),
+                          "data": make([p for _, p in items], w, h) if make else None})
+    return steps
+
+
+def _apply_ops(x: torch.Tensor, steps: list[dict], fill: torch.Tensor) -> torch.Tensor:
+    ctx = {"fill": fill}
+    for step in steps:
+        x[step["rows"]] = _KERNELS[step["kind"]](x[step["rows"]], step["data"], ctx)
     return x
 
 
-# ------------------------------------------------------------------------------------ erase, batch
+# ------------------------------------------------------------------------------------ the packed batch
+# A batch travels as one host record (built in a DataLoader worker, so the loader pins its tensors)
+# and renders on the device in a number of torch ops that grows with the groups of views, not with
+# the views: regions as one flat uint8 tensor, the views grouped by the resize passes they run and
+# chunked to bound padding, coefficient tables and erase noise stacked. Padding is exact: a padded
+# pixel is 0 and meets only 0 coefficients.
+_CHUNK_BYTES = 1 << 28  # float64 pixels of one chunk's padded source (256 MB)
+_WASTE = 2.0  # a chunk's padded pixels may be this many times its views' own (plus a small allowance)
+
+
+class _Ref(NamedTuple):
+    """Where a packed array lies: ``u8`` in the byte buffer, the other kinds in the word buffer."""
+    kind: str  # u8, i64, i32, f64 or f32
+    at: int
+    shape: tuple
+
+
+_KINDS = {np.dtype(np.uint8): "u8", np.dtype(np.int64): "i64", np.dtype(np.int32): "i32",
+          np.dtype(np.float64): "f64", np.dtype(np.float32): "f32"}
+
+
+class _Buffers:
+    """A record's arrays gathered into two tensors, bytes and 64-bit words (float64 bit for bit,
+    float32 exactly widened): a batch leaves its worker as two tensors (each tensor costs the
+    DataLoader a shared-memory handle) and reaches the device in two uploads."""
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {"u8": [], "w": []}
+        self.size = {"u8": 0, "w": 0}
+
+    def add(self, a) -> _Ref:
+        a = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a)
+        kind = _KINDS[a.dtype]
+        buf = "u8" if kind == "u8" else "w"
+        flat = a.reshape(-1) if kind == "u8" else (
+            a.astype(np.float64).view(np.int64) if kind in ("f64", "f32") else a.astype(np.int64)).reshape(-1)
+        ref = _Ref(kind, self.size[buf], tuple(a.shape))
+        self.parts[buf].append(flat)
+        self.size[buf] += flat.size
+        return ref
+
+    def compact(self, x):
+        """``x`` with each tensor (in dicts and lists) replaced by the ``_Ref`` of its copy."""
+        if isinstance(x, torch.Tensor):
+            return self.add(x)
+        if isinstance(x, dict):
+            return {k: self.compact(v) for k, v in x.items()}
+        return [self.compact(v) for v in x] if isinstance(x, list) else x
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        u8, w = self.parts["u8"], self.parts["w"]
+        return (torch.from_numpy(np.concatenate(u8) if u8 else np.zeros(0, np.uint8)),
+                torch.from_numpy(np.concatenate(w) if w else np.zeros(0, np.int64)))
+
+
+def _expand(x, u8: torch.Tensor, w: torch.Tensor):
+    """Device side of ``_Buffers.compact``: each ``_Ref`` becomes a view (or a cast) of the buffers."""
+    if isinstance(x, _Ref):
+        n = int(np.prod(x.shape, dtype=np.int64))
+        if x.kind == "u8":
+            return u8[x.at:x.at + n].view(x.shape)
+        t = w[x.at:x.at + n].view(x.shape)
+        if x.kind in ("f64", "f32"):
+            t = t.view(torch.float64)
+        return t.to(torch.float32) if x.kind == "f32" else t.to(torch.int32) if x.kind == "i32" else t
+    if isinstance(x, dict):
+        return {k: _expand(v, u8, w) for k, v in x.items()}
+    return [_expand(v, u8, w) for v in x] if isinstance(x, list) else x
+
+
+def _upload(record, device):
+    """A record of host tensors onto ``device`` in two copies (``_Buffers``)."""
+    buf = _Buffers()
+    ref = buf.compact(record)
+    u8, w = buf.tensors()
+    return _expand(ref, u8.to(device, non_blocking=True), w.to(device, non_blocking=True))
+
+
+def _region_array(region) -> np.ndarray:
+    arr = region.detach().cpu().numpy() if isinstance(region, torch.Tensor) else np.asarray(region)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"a region must be a uint8 HxWx3 tensor, got {tuple(arr.shape)} {arr.dtype}")
+    return arr
+
+
+def _check_holds(shape, offset, plan: _Resize) -> None:
+    x0, y0, x1, y1 = plan.box
+    ox, oy = offset
+    if x0 < ox or y0 < oy or x1 - ox > shape[1] or y1 - oy > shape[0]:
+        raise ValueError(f"region at offset {tuple(offset)} of shape {tuple(shape)} does not hold "
+                         f"the support box {plan.box}; send support_box()'s region")
+
+
+def _passes(plan: _Resize) -> str:
+    """The resize passes a view runs, in order: "hv", "vh", "h", "v" or "" (an integer crop)."""
+    if plan.kind == "crop":
+        return ""
+    order = "vh" if plan.vertical_first else "hv"
+    return "".join(c for c in order if (plan.horiz if c == "h" else plan.vert) is not None)
+
+
+def _chunks(views: list[int], dims: dict[int, tuple[int, int]]) -> list[list[int]]:
+    """Views sorted by size, cut where padding to the chunk's largest height and width would
+    cost more than ``_WASTE`` times their own pixels or ``_CHUNK_BYTES``."""
+    order = sorted(views, key=lambda i: (dims[i][0], dims[i][1]), reverse=True)
+    out, cur, hm, wm, own = [], [], 0, 0, 0
+    for i in order:
+        h, w = dims[i]
+        nh, nw, nown = max(hm, h), max(wm, w), own + h * w
+        padded = (len(cur) + 1) * nh * nw
+        if cur and (padded > _WASTE * nown + 4096 or padded * 3 * 8 > _CHUNK_BYTES):
+            out.append(cur)
+            cur, nh, nw, nown = [], h, w, h * w
+        cur.append(i)
+        hm, wm, own = nh, nw, nown
+    return out + ([cur] if cur else [])
+
+
+def _tables(coeffs: list[_Coeffs], starts: list[int]) -> torch.Tensor:
+    """(2, G, out, K) int64: each view's taps as (column from its box's start, fixed-point weight),
+    unused taps (0, 0); K is the chunk's widest filter."""
+    K = max(c.k.shape[1] for c in coeffs)
+    out = np.zeros((2, len(coeffs), len(coeffs[0].first), K), np.int64)
+    j = np.arange(K)
+    for g, (c, start) in enumerate(zip(coeffs, starts)):
+        used = j[None, :] < c.count[:, None]
+        k = np.zeros((len(c.first), K), np.int64)
+        k[:, :c.k.shape[1]] = c.k
+        out[0, g] = np.where(used, c.first[:, None] + j[None, :] - start, 0)
+        out[1, g] = np.where(used, k, 0)
+    return torch.from_numpy(out)
+
+
+def pack_batch(regions: Sequence, offsets: Sequence[tuple[int, int]], plans: Sequence[_Resize],
+               params: Sequence[ViewParams], erases: Sequence, size, recipe: Recipe,
+               mixes: Sequence[tuple[int, int, MixParams]] = ()) -> dict:
+    """Host side of ``render_batch``: views -> one record of tensors and plain data (see above).
+    ``regions[i]`` holds ``plans[i].box`` at ``offsets[i]``; ``erases[i]`` is ``erase_noise``'s;
+    ``mixes``: the pairs to mix once rendered (``mix_pairs_torch``'s)."""
+    out_w, out_h = _out_size(size)
+    arrays = [_region_array(r) for r in regions]
+    for arr, off, plan in zip(arrays, offsets, plans):
+        _check_holds(arr.shape, off, plan)
+    buf = _Buffers()
+    starts = [buf.add(a).at for a in arrays]  # the regions open the byte buffer
+    groups: dict[str, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault("nearest" if plan.kind == "nearest" else _passes(plan), []).append(i)
+    chunks, nearest = [], None
+    for passes, views in groups.items():
+        if passes == "nearest":  # Geometry.c's index maps: one gather for all these views
+            near = [plans[i] for i in views]
+            nearest = {"rows": torch.tensor(views, dtype=torch.int64),
+                       "ys": torch.from_numpy(np.stack([pl.ys for pl in near]).astype(np.int64)),
+                       "xs": torch.from_numpy(np.stack([pl.xs for pl in near]).astype(np.int64)),
+                       "meta": torch.tensor([(int(starts[i]), arrays[i].shape[1], offsets[i][0], offsets[i][1])
+                                             for i in views], dtype=torch.int64)}
+            continue
+        dims = {i: (plans[i].box[3] - plans[i].box[1], plans[i].box[2] - plans[i].box[0]) for i in views}
+        for rows in _chunks(views, dims):
+            meta = [(int(starts[i]), arrays[i].shape[1], plans[i].box[0] - offsets[i][0],
+                     plans[i].box[1] - offsets[i][1], dims[i][1], dims[i][0]) for i in rows]
+            chunks.append({
+                "rows": torch.tensor(rows, dtype=torch.int64), "meta": torch.tensor(meta, dtype=torch.int64),
+                "hw": (max(dims[i][0] for i in rows), max(dims[i][1] for i in rows)), "passes": passes,
+                "h": _tables([plans[i].horiz for i in rows], [plans[i].box[0] for i in rows]) if "h" in passes else None,
+                "v": _tables([plans[i].vert for i in rows], [plans[i].box[1] for i in rows]) if "v" in passes else None})
+    flips = [i for i, p in enumerate(params) if p.flip]
+    erased = [(i, e) for i, e in enumerate(erases) if e is not None]
+    erase = None
+    if erased:  # the noise follows the regions in the byte buffer
+        erase = {"rows": torch.tensor([i for i, _ in erased], dtype=torch.int64),
+                 "boxes": torch.tensor([e[0] for _, e in erased], dtype=torch.int64),
+                 "base": torch.tensor([buf.add(e[1]).at for _, e in erased], dtype=torch.int64)}
+    mix, _ = _pack_mixes(mixes, out_w, out_h)
+    record = buf.compact({
+        "n": len(plans), "size": (out_w, out_h), "chunks": chunks, "nearest": nearest,
+        "flip": torch.tensor(flips, dtype=torch.int64) if flips else None,
+        "ops": _pack_ops([p.ops for p in params], recipe, out_w, out_h) if any(p.ops for p in params) else None,
+        "fill": torch.tensor(tuple(recipe.fill), dtype=torch.uint8), "erase": erase, "mix": mix})
+    record["bytes"], record["words"] = buf.tensors()
+    return record
+
+
+def _padded(flat: torch.Tensor, meta: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
+    """(G, hm, wm, 3) uint8: each view's box, from its region in ``flat``, zero-padded."""
+    base, rw, dx, dy, bw, bh = (c.view(-1, 1, 1) for c in meta.unbind(1))
+    y = torch.arange(hm, device=flat.device).view(1, hm, 1)
+    x = torch.arange(wm, device=flat.device).view(1, 1, wm)
+    valid = (y < bh) & (x < bw)
+    pix = torch.where(valid, base + ((y + dy) * rw + x + dx) * 3, 0)
+    got = flat[pix.unsqueeze(-1) + torch.arange(3, device=flat.device)]
+    return torch.where(valid.unsqueeze(-1), got, 0)
+
+
+def _matrices(tables: torch.Tensor, length: int) -> torch.Tensor:
+    """(G, out, length) float64 from ``_tables``' taps; exact: a cell gets one integer plus zeros."""
+    cols, vals = tables[0], tables[1]
+    m = torch.zeros((*cols.shape[:2], length), dtype=torch.float64, device=cols.device)
+    return m.scatter_add_(2, cols, vals.to(torch.float64))
+
+
+def _resize_chunk(flat: torch.Tensor, chunk: dict, out_w: int, out_h: int, device) -> torch.Tensor:
+    """One chunk's crop-resizes, (G, out_h, out_w, 3) uint8: Pillow's passes as batched float64
+    matmuls over integers, each followed by clip8."""
+    hm, wm = chunk["hw"]
+    src = _padded(flat, chunk["meta"], hm, wm)
+    if not chunk["passes"]:
+        return src  # an integer crop: every box is out_h x out_w
+    t = src.to(torch.float64)
+    for p in chunk["passes"]:
+        G, H, W, _ = t.shape
+        if p == "h":
+            k = _matrices(chunk["h"], W)  # (G, out_w, W)
+            t = _fixed_to_u8(torch.bmm(t.permute(0, 1, 3, 2).reshape(G, H * 3, W), k.transpose(1, 2)))
+            t = t.reshape(G, H, 3, k.shape[1]).permute(0, 1, 3, 2)
+        else:
+            k = _matrices(chunk["v"], H)  # (G, out_h, H)
+            t = _fixed_to_u8(torch.bmm(k, t.reshape(G, H, W * 3))).reshape(G, k.shape[1], W, 3)
+    return t.to(torch.uint8)
+
+
+def _erase(x: torch.Tensor, erase: dict, device) -> torch.Tensor:
+    """Every erased view's box replaced by its noise, in one masked gather."""
+    rows, boxes, base, noise = erase["rows"], erase["boxes"], erase["base"], erase["bytes"]
+    _, H, W, _ = x.shape
+    y0, x0, y1, x1 = (c.view(-1, 1, 1) for c in boxes.unbind(1))
+    y = torch.arange(H, device=device).view(1, H, 1)
+    xx = torch.arange(W, device=device).view(1, 1, W)
+    inside = (y >= y0) & (y < y1) & (xx >= x0) & (xx < x1)
+    at = torch.where(inside, base.view(-1, 1, 1) + ((y - y0) * (x1 - x0) + (xx - x0)) * 3, 0)
+    got = noise[at.unsqueeze(-1) + torch.arange(3, device=device)]
+    x[rows] = torch.where(inside.unsqueeze(-1), got, x[rows])
+    return x
+
+
+def _nearest(flat: torch.Tensor, near: dict, device) -> torch.Tensor:
+    """NEAREST views, (m, out_h, out_w, 3): each output pixel is one source pixel of its row and
+    column map (Geometry.c's), 0 where either falls outside the image."""
+    ys, xs = near["ys"], near["xs"]
+    base, rw, ox, oy = (c.view(-1, 1, 1) for c in near["meta"].unbind(1))
+    valid = (ys >= 0).unsqueeze(2) & (xs >= 0).unsqueeze(1)
+    at = torch.where(valid, base + ((ys - oy.view(-1, 1)).unsqueeze(2) * rw + (xs - ox.view(-1, 1)).unsqueeze(1)) * 3, 0)
+    got = flat[at.unsqueeze(-1) + torch.arange(3, device=device)] if flat.numel() else torch.zeros(
+        (*at.shape, 3), dtype=torch.uint8, device=device)
+    return torch.where(valid.unsqueeze(-1), got, 0)
+
+
+def render_packed(packed: dict, recipe: Recipe, device) -> torch.Tensor:
+    """Device side of ``render_batch``: ``pack_batch``'s record -> (N, H, W, 3) uint8 on ``device``,
+    mixed. Two non-blocking uploads (from pinned memory, as the DataLoader hands a batch over)."""
+    device = torch.device(device)
+    flat = packed["bytes"].to(device, non_blocking=True)
+    rec = _expand(packed, flat, packed["words"].to(device, non_blocking=True))
+    out_w, out_h = rec["size"]
+    x = torch.empty((rec["n"], out_h, out_w, 3), dtype=torch.uint8, device=device)
+    for chunk in rec["chunks"]:
+        x[chunk["rows"]] = _resize_chunk(flat, chunk, out_w, out_h, device)
+    if rec["nearest"] is not None:
+        x[rec["nearest"]["rows"]] = _nearest(flat, rec["nearest"], device)
+    if rec["flip"] is not None:
+        x[rec["flip"]] = x[rec["flip"]].flip(2)
+    if rec["ops"] is not None:
+        x = _apply_ops(x, rec["ops"], rec["fill"])
+    if rec["erase"] is not None:
+        x = _erase(x, {**rec["erase"], "bytes": flat}, device)
+    if rec["mix"] is not None:
+        x = _mix_packed(x, rec["mix"])
+    return x
+
+
 def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], full_sizes: list[tuple[int, int]],
                  params: list[ViewParams], recipe: Recipe, size, erase_seeds: list[tuple],
                  device, plans: list | None = None, erases: list | None = None) -> torch.Tensor:
@@ -618,30 +852,19 @@ def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], fu
     image), at ``offsets[i]`` = (x0, y0) in the image of ``full_sizes[i]`` = (width, height).
     Raises ValueError where Pillow would (e.g. a geometric op under Lanczos: see check_recipe).
     ``plans`` (``resize_plan`` per view) and ``erases`` (``erase_noise`` per view, None: no erase):
-    what a worker already computed, so the device's host thread does not compute it again.
+    what a worker already computed. The same as ``render_packed(pack_batch(...))``: the torch
+    renderer packs in its workers and renders the packed batch on the device.
     """
     n = len(params)
     if not (len(regions) == len(offsets) == len(full_sizes) == len(erase_seeds) == n):
         raise ValueError("render_batch: regions, offsets, full_sizes, params and erase_seeds differ in length")
-    device = torch.device(device)
     out_w, out_h = _out_size(size)
-    x = torch.empty((n, out_h, out_w, 3), dtype=torch.uint8, device=device)
-    for i in range(n):
-        plan = plans[i] if plans is not None else _resize_plan(params[i], recipe, *full_sizes[i], (out_w, out_h))
-        x[i] = _resize_one(regions[i], tuple(offsets[i]), plan, out_w, out_h, device)
-    flips = [i for i, p in enumerate(params) if p.flip]
-    if flips:
-        idx = torch.tensor(flips, device=device)
-        x[idx] = x[idx].flip(2)
-    if any(p.ops for p in params):
-        x = _apply_ops(x, [p.ops for p in params], recipe)
-    for i, p in enumerate(params):
-        if p.erase is not None:
-            got = erases[i] if erases is not None else erase_noise(p.erase, out_w, out_h, tuple(erase_seeds[i]))
-            if got is not None:
-                (y0, x0, y1, x1), noise = got
-                x[i, y0:y1, x0:x1] = torch.from_numpy(np.ascontiguousarray(noise)).to(device)
-    return x
+    if plans is None:
+        plans = [_resize_plan(p, recipe, *fs, (out_w, out_h)) for p, fs in zip(params, full_sizes)]
+    if erases is None:
+        erases = [None if p.erase is None else erase_noise(p.erase, out_w, out_h, tuple(s))
+                  for p, s in zip(params, erase_seeds)]
+    return render_packed(pack_batch(regions, offsets, plans, params, erases, (out_w, out_h), recipe), recipe, device)
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -675,30 +898,54 @@ def mix_pair_torch(a: torch.Tensor, b: torch.Tensor, mix: MixParams) -> tuple[to
     return out[0], out[1], lam[0]
 
 
-def mix_pairs_torch(pixels: torch.Tensor, pairs: Sequence[tuple[int, int, MixParams]]) -> tuple[torch.Tensor, list[float]]:
-    """Mix rows i and j of ``pixels`` (N, H, W, 3) both ways for each (i, j, mix); every row in at
-    most one pair. Mixups run as one batched integer op. Returns (pixels, own lambda per row)."""
-    out = pixels.clone()
-    lam = [1.0] * pixels.shape[0]
-    H, W = pixels.shape[1:3]
+def _pack_mixes(pairs: Sequence[tuple[int, int, MixParams]], W: int, H: int) -> tuple[dict | None, list]:
+    """Host side of mixing: the pairs as tensors ({"up": mixups, "cut": cutmixes}; None: no pairs)
+    and each row's own lambda by row (rows in no pair are left out)."""
+    lam: dict[int, float] = {}
     ups = [(i, j, int(round(m.lam * 256))) for i, j, m in pairs if m.kind == "mixup"]
-    if ups:
-        dev = pixels.device
-        I = torch.tensor([u[0] for u in ups], device=dev)
-        J = torch.tensor([u[1] for u in ups], device=dev)
-        wa = torch.tensor([u[2] for u in ups], dtype=torch.int32, device=dev).view(-1, 1, 1, 1)
+    cuts = [(i, j, _mix_boxes(m, W, H)) for i, j, m in pairs if m.kind != "mixup"]
+    for i, j, w in ups:
+        lam[i] = lam[j] = w / 256
+    for i, j, (*_, own) in cuts:
+        lam[i] = lam[j] = own
+    if not pairs:
+        return None, lam
+    idx = lambda rows: torch.tensor(rows, dtype=torch.int64)  # noqa: E731
+    return {"up": {"i": idx([u[0] for u in ups]), "j": idx([u[1] for u in ups]),
+                   "w": torch.tensor([u[2] for u in ups], dtype=torch.int32)} if ups else None,
+            "cut": {"i": idx([c[0] for c in cuts]), "j": idx([c[1] for c in cuts]),
+                    "boxes": torch.tensor([c[2][:4] for c in cuts], dtype=torch.int64)} if cuts else None}, lam
+
+
+def _mix_packed(pixels: torch.Tensor, mix: dict) -> torch.Tensor:
+    """Device side: mixups as one integer blend, cutmixes as one masked select (each row swaps its
+    pair's box); every row is in at most one pair."""
+    out = pixels.clone()
+    H, W = pixels.shape[1:3]
+    up, cut = mix["up"], mix["cut"]
+    if up is not None:
+        I, J, wa = up["i"], up["j"], up["w"].view(-1, 1, 1, 1)
         A, B = pixels[I].to(torch.int32), pixels[J].to(torch.int32)
         out[I] = ((A * wa + B * (256 - wa) + 128) >> 8).to(torch.uint8)
         out[J] = ((B * wa + A * (256 - wa) + 128) >> 8).to(torch.uint8)
-        for i, j, w in ups:
-            lam[i] = lam[j] = w / 256
-    for i, j, m in pairs:
-        if m.kind != "mixup":
-            y0, x0, y1, x1, lam[i] = _mix_boxes(m, W, H)
-            lam[j] = lam[i]
-            out[i, y0:y1, x0:x1] = pixels[j, y0:y1, x0:x1]
-            out[j, y0:y1, x0:x1] = pixels[i, y0:y1, x0:x1]
-    return out, lam
+    if cut is not None:
+        y0, x0, y1, x1 = (c.view(-1, 1, 1) for c in cut["boxes"].unbind(1))
+        y = torch.arange(H, device=pixels.device).view(1, H, 1)
+        x = torch.arange(W, device=pixels.device).view(1, 1, W)
+        box = ((y >= y0) & (y < y1) & (x >= x0) & (x < x1)).unsqueeze(-1)
+        A, B = pixels[cut["i"]], pixels[cut["j"]]
+        out[cut["i"]] = torch.where(box, B, A)
+        out[cut["j"]] = torch.where(box, A, B)
+    return out
+
+
+def mix_pairs_torch(pixels: torch.Tensor, pairs: Sequence[tuple[int, int, MixParams]]) -> tuple[torch.Tensor, list[float]]:
+    """Mix rows i and j of ``pixels`` (N, H, W, 3) both ways for each (i, j, mix); every row in at
+    most one pair. Returns (pixels, own lambda per row)."""
+    H, W = pixels.shape[1:3]
+    mix, own = _pack_mixes(pairs, W, H)
+    lam = [own.get(i, 1.0) for i in range(pixels.shape[0])]
+    return (pixels.clone() if mix is None else _mix_packed(pixels, _upload(mix, pixels.device))), lam
 
 
 def mix_batch_torch(recipe: Recipe, seed: int, view: int, positions, pixels: torch.Tensor,
