@@ -389,6 +389,30 @@ def test_packing_never_changes_bytes(pool, monkeypatch, interp):
         assert counts[0] == len(cases) and counts[0] > counts[1] >= counts[2] and counts[2] <= 5, counts
 
 
+def test_packed_record_round_trips_bit_for_bit():
+    """A batch crosses to the device as two buffers: every array comes back with its dtype, shape
+    and bits (float32 widened and narrowed exactly, float64 and NaN payloads as words, 0-d kept)."""
+    from relabel.views.torch import _upload
+
+    f32 = np.array([0.0, -0.0, np.inf, -np.inf, 1 / 3, 1e-45, 3.4028235e38, np.nan], np.float32)
+    f64 = np.array([np.pi, -0.0, 5e-324, np.nan], np.float64)
+    record = {"a": torch.tensor(7, dtype=torch.int64), "f32": torch.from_numpy(f32), "f64": torch.from_numpy(f64),
+              "i32": torch.tensor([-2 ** 31, 2 ** 31 - 1], dtype=torch.int32),
+              "rgb": torch.arange(12, dtype=torch.uint8).view(2, 2, 3), "list": [torch.zeros((0, 4), dtype=torch.int64)],
+              "plain": (3, "x")}
+    got = _upload(record, DEVICE)
+    assert got["plain"] == (3, "x") and got["a"].shape == () and int(got["a"]) == 7
+    for key, dtype, bits in (("f32", torch.float32, torch.int32), ("f64", torch.float64, torch.int64),
+                             ("i32", torch.int32, torch.int32), ("rgb", torch.uint8, torch.uint8)):
+        assert got[key].dtype == dtype and got[key].device.type == DEVICE.type
+        assert torch.equal(got[key].cpu().view(bits), record[key].view(bits)), key
+    assert got["list"][0].shape == (0, 4)
+    with pytest.raises(ValueError, match="whole RGB pixels"):
+        _upload({"odd": torch.zeros(4, dtype=torch.uint8)}, DEVICE)
+    with pytest.raises(TypeError, match="bool"):
+        _upload({"mask": torch.zeros(3, dtype=torch.bool)}, DEVICE)
+
+
 def test_mixing_parity(pool):
     """mix_pair_torch / mix_batch_torch give mix_pixels / mix_batch's bytes and lambdas."""
     rng = _rng(60)

@@ -227,9 +227,9 @@ def _true_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _fixed_to_u8(s: torch.Tensor) -> torch.Tensor:
-    """``clip8``: add the rounding half, arithmetic shift by 22 bits (an exact power-of-two
-    scaling, then floor), clip to 0..255."""
-    return torch.floor((s + _HALF) * (1.0 / _ONE)).clamp_(0, 255)
+    """``clip8``, in place on a float64 sum: add the rounding half, arithmetic shift by 22 bits
+    (an exact power-of-two scaling, then floor), clip to 0..255."""
+    return s.add_(_HALF).mul_(1.0 / _ONE).floor_().clamp_(0, 255)
 
 
 # ------------------------------------------------------------------------------------ RandAugment
@@ -328,11 +328,13 @@ def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
 
 
 def _histogram(x: torch.Tensor) -> torch.Tensor:
-    """(n,3,256) int64 per-channel histograms (integer counts: exact on any device)."""
+    """(n,3,256) int64 per-channel histograms (integer counts: exact on any device). Counted with
+    index_add_: bincount reads the index range back to the host, which would stall the render."""
     n = x.shape[0]
     idx = (x.long() + torch.arange(3, device=x.device) * 256
-           + torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768)
-    return torch.bincount(idx.reshape(-1), minlength=n * 768).reshape(n, 3, 256)
+           + torch.arange(n, device=x.device).view(n, 1, 1, 1) * 768).reshape(-1)
+    counts = torch.zeros(n * 768, dtype=torch.int64, device=x.device)
+    return counts.index_add_(0, idx, torch.ones_like(idx)).reshape(n, 3, 256)
 
 
 def _identity_lut(like: torch.Tensor) -> torch.Tensor:
@@ -577,7 +579,7 @@ def _apply_ops(x: torch.Tensor, steps: list[dict], fill: torch.Tensor) -> torch.
 # the views: regions as one flat uint8 tensor, the views grouped by the resize passes they run and
 # chunked to bound padding, coefficient tables and erase noise stacked. Padding is exact: a padded
 # pixel is 0 and meets only 0 coefficients.
-_CHUNK_BYTES = 1 << 28  # float64 pixels of one chunk's padded source (256 MB)
+_CHUNK_BYTES = 1 << 28  # a chunk's padded source in float64 (256 MB); a pass peaks at about 2x that
 _WASTE = 2.0  # a chunk's padded pixels may be this many times its views' own (plus a small allowance)
 
 
@@ -593,17 +595,22 @@ _KINDS = {np.dtype(np.uint8): "u8", np.dtype(np.int64): "i64", np.dtype(np.int32
 
 
 class _Buffers:
-    """A record's arrays gathered into two tensors, bytes and 64-bit words (float64 bit for bit,
-    float32 exactly widened): a batch leaves its worker as two tensors (each tensor costs the
-    DataLoader a shared-memory handle) and reaches the device in two uploads."""
+    """A record's arrays gathered into two tensors, bytes (whole RGB pixels: regions, noise, fill)
+    and 64-bit words (integers; float64 bit for bit, float32 exactly widened): a batch leaves its
+    worker as two tensors (each tensor costs the DataLoader a shared-memory handle) and reaches the
+    device in two uploads. Records are dicts and lists (tuples are kept as they are)."""
 
     def __init__(self):
         self.parts: dict[str, list[np.ndarray]] = {"u8": [], "w": []}
         self.size = {"u8": 0, "w": 0}
 
     def add(self, a) -> _Ref:
-        a = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a)
-        kind = _KINDS[a.dtype]
+        a = np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a, order="C")
+        kind = _KINDS.get(a.dtype)
+        if kind is None:
+            raise TypeError(f"a packed array must be one of {', '.join(map(str, _KINDS))}, not {a.dtype}")
+        if kind == "u8" and a.size % 3:
+            raise ValueError("the byte buffer holds whole RGB pixels (a multiple of 3 bytes)")
         buf = "u8" if kind == "u8" else "w"
         flat = a.reshape(-1) if kind == "u8" else (
             a.astype(np.float64).view(np.int64) if kind in ("f64", "f32") else a.astype(np.int64)).reshape(-1)
@@ -674,7 +681,8 @@ def _passes(plan: _Resize) -> str:
 
 def _chunks(views: list[int], dims: dict[int, tuple[int, int]]) -> list[list[int]]:
     """Views sorted by size, cut where padding to the chunk's largest height and width would
-    cost more than ``_WASTE`` times their own pixels or ``_CHUNK_BYTES``."""
+    cost more than ``_WASTE`` times their own pixels (plus 4096, so tiny views share a chunk) or
+    ``_CHUNK_BYTES``."""
     order = sorted(views, key=lambda i: (dims[i][0], dims[i][1]), reverse=True)
     out, cur, hm, wm, own = [], [], 0, 0, 0
     for i in order:
@@ -755,15 +763,15 @@ def pack_batch(regions: Sequence, offsets: Sequence[tuple[int, int]], plans: Seq
     return record
 
 
-def _padded(flat: torch.Tensor, meta: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
-    """(G, hm, wm, 3) uint8: each view's box, from its region in ``flat``, zero-padded."""
+def _padded(pixels: torch.Tensor, meta: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
+    """(G, hm, wm, 3) uint8: each view's box, from its region in the byte buffer (``pixels``: its
+    (P, 3) view), zero-padded."""
     base, rw, dx, dy, bw, bh = (c.view(-1, 1, 1) for c in meta.unbind(1))
-    y = torch.arange(hm, device=flat.device).view(1, hm, 1)
-    x = torch.arange(wm, device=flat.device).view(1, 1, wm)
+    y = torch.arange(hm, device=pixels.device).view(1, hm, 1)
+    x = torch.arange(wm, device=pixels.device).view(1, 1, wm)
     valid = (y < bh) & (x < bw)
-    pix = torch.where(valid, base + ((y + dy) * rw + x + dx) * 3, 0)
-    got = flat[pix.unsqueeze(-1) + torch.arange(3, device=flat.device)]
-    return torch.where(valid.unsqueeze(-1), got, 0)
+    at = ((y + dy) * rw + x + dx).add_(base // 3).mul_(valid)
+    return pixels[at].mul_(valid.unsqueeze(-1))
 
 
 def _matrices(tables: torch.Tensor, length: int) -> torch.Tensor:
@@ -773,50 +781,46 @@ def _matrices(tables: torch.Tensor, length: int) -> torch.Tensor:
     return m.scatter_add_(2, cols, vals.to(torch.float64))
 
 
-def _resize_chunk(flat: torch.Tensor, chunk: dict, out_w: int, out_h: int, device) -> torch.Tensor:
+def _resize_chunk(pixels: torch.Tensor, chunk: dict) -> torch.Tensor:
     """One chunk's crop-resizes, (G, out_h, out_w, 3) uint8: Pillow's passes as batched float64
-    matmuls over integers, each followed by clip8."""
-    hm, wm = chunk["hw"]
-    src = _padded(flat, chunk["meta"], hm, wm)
-    if not chunk["passes"]:
-        return src  # an integer crop: every box is out_h x out_w
-    t = src.to(torch.float64)
-    for p in chunk["passes"]:
+    matmuls over integers, each followed by clip8. Between passes the pixels stay uint8 (they are
+    0..255 integers), so a pass rearranges bytes, not float64s."""
+    t = _padded(pixels, chunk["meta"], *chunk["hw"])
+    for p in chunk["passes"]:  # none: an integer crop, every box out_h x out_w
         G, H, W, _ = t.shape
         if p == "h":
             k = _matrices(chunk["h"], W)  # (G, out_w, W)
-            t = _fixed_to_u8(torch.bmm(t.permute(0, 1, 3, 2).reshape(G, H * 3, W), k.transpose(1, 2)))
-            t = t.reshape(G, H, 3, k.shape[1]).permute(0, 1, 3, 2)
+            x = t.permute(0, 1, 3, 2).reshape(G, H * 3, W).to(torch.float64)
+            y = _fixed_to_u8(torch.bmm(x, k.transpose(1, 2)))
+            t = y.to(torch.uint8).reshape(G, H, 3, k.shape[1]).permute(0, 1, 3, 2)
         else:
             k = _matrices(chunk["v"], H)  # (G, out_h, H)
-            t = _fixed_to_u8(torch.bmm(k, t.reshape(G, H, W * 3))).reshape(G, k.shape[1], W, 3)
-    return t.to(torch.uint8)
+            y = _fixed_to_u8(torch.bmm(k, t.reshape(G, H, W * 3).to(torch.float64)))
+            t = y.to(torch.uint8).reshape(G, k.shape[1], W, 3)
+    return t
 
 
-def _erase(x: torch.Tensor, erase: dict, device) -> torch.Tensor:
-    """Every erased view's box replaced by its noise, in one masked gather."""
-    rows, boxes, base, noise = erase["rows"], erase["boxes"], erase["base"], erase["bytes"]
+def _erase(x: torch.Tensor, erase: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """Every erased view's box replaced by its noise (in the byte buffer), in one masked gather."""
+    rows, boxes, base = erase["rows"], erase["boxes"], erase["base"]
     _, H, W, _ = x.shape
     y0, x0, y1, x1 = (c.view(-1, 1, 1) for c in boxes.unbind(1))
-    y = torch.arange(H, device=device).view(1, H, 1)
-    xx = torch.arange(W, device=device).view(1, 1, W)
+    y = torch.arange(H, device=x.device).view(1, H, 1)
+    xx = torch.arange(W, device=x.device).view(1, 1, W)
     inside = (y >= y0) & (y < y1) & (xx >= x0) & (xx < x1)
-    at = torch.where(inside, base.view(-1, 1, 1) + ((y - y0) * (x1 - x0) + (xx - x0)) * 3, 0)
-    got = noise[at.unsqueeze(-1) + torch.arange(3, device=device)]
-    x[rows] = torch.where(inside.unsqueeze(-1), got, x[rows])
+    at = ((y - y0) * (x1 - x0) + (xx - x0)).add_(base.view(-1, 1, 1) // 3).mul_(inside)
+    x[rows] = torch.where(inside.unsqueeze(-1), pixels[at], x[rows])
     return x
 
 
-def _nearest(flat: torch.Tensor, near: dict, device) -> torch.Tensor:
+def _nearest(pixels: torch.Tensor, near: dict) -> torch.Tensor:
     """NEAREST views, (m, out_h, out_w, 3): each output pixel is one source pixel of its row and
     column map (Geometry.c's), 0 where either falls outside the image."""
     ys, xs = near["ys"], near["xs"]
     base, rw, ox, oy = (c.view(-1, 1, 1) for c in near["meta"].unbind(1))
     valid = (ys >= 0).unsqueeze(2) & (xs >= 0).unsqueeze(1)
-    at = torch.where(valid, base + ((ys - oy.view(-1, 1)).unsqueeze(2) * rw + (xs - ox.view(-1, 1)).unsqueeze(1)) * 3, 0)
-    got = flat[at.unsqueeze(-1) + torch.arange(3, device=device)] if flat.numel() else torch.zeros(
-        (*at.shape, 3), dtype=torch.uint8, device=device)
-    return torch.where(valid.unsqueeze(-1), got, 0)
+    at = ((ys - oy.view(-1, 1)).unsqueeze(2) * rw + (xs - ox.view(-1, 1)).unsqueeze(1)).add_(base // 3).mul_(valid)
+    return pixels[at].mul_(valid.unsqueeze(-1))
 
 
 def render_packed(packed: dict, recipe: Recipe, device) -> torch.Tensor:
@@ -825,18 +829,19 @@ def render_packed(packed: dict, recipe: Recipe, device) -> torch.Tensor:
     device = torch.device(device)
     flat = packed["bytes"].to(device, non_blocking=True)
     rec = _expand(packed, flat, packed["words"].to(device, non_blocking=True))
+    pixels = flat.view(-1, 3)  # whole RGB pixels: every part of the byte buffer is
     out_w, out_h = rec["size"]
     x = torch.empty((rec["n"], out_h, out_w, 3), dtype=torch.uint8, device=device)
     for chunk in rec["chunks"]:
-        x[chunk["rows"]] = _resize_chunk(flat, chunk, out_w, out_h, device)
+        x[chunk["rows"]] = _resize_chunk(pixels, chunk)
     if rec["nearest"] is not None:
-        x[rec["nearest"]["rows"]] = _nearest(flat, rec["nearest"], device)
+        x[rec["nearest"]["rows"]] = _nearest(pixels, rec["nearest"])
     if rec["flip"] is not None:
         x[rec["flip"]] = x[rec["flip"]].flip(2)
     if rec["ops"] is not None:
         x = _apply_ops(x, rec["ops"], rec["fill"])
     if rec["erase"] is not None:
-        x = _erase(x, {**rec["erase"], "bytes": flat}, device)
+        x = _erase(x, rec["erase"], pixels)
     if rec["mix"] is not None:
         x = _mix_packed(x, rec["mix"])
     return x
@@ -849,7 +854,8 @@ def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], fu
     ``render_view(img_i, params[i], recipe, size, erase_seed=erase_seeds[i])``.
 
     ``regions[i]``: uint8 HxWx3 pixels of the decoded image holding ``support_box`` (or the whole
-    image), at ``offsets[i]`` = (x0, y0) in the image of ``full_sizes[i]`` = (width, height).
+    image), at ``offsets[i]`` = (x0, y0) in the image of ``full_sizes[i]`` = (width, height); host
+    arrays or tensors (a region on a GPU is copied back to be packed).
     Raises ValueError where Pillow would (e.g. a geometric op under Lanczos: see check_recipe).
     ``plans`` (``resize_plan`` per view) and ``erases`` (``erase_noise`` per view, None: no erase):
     what a worker already computed. The same as ``render_packed(pack_batch(...))``: the torch
