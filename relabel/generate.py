@@ -30,7 +30,7 @@ from .dist import Dist
 from .generate_config import GenerateConfig
 from .models import out_of_memory
 from .progress import progress_bar
-from .teacher import NonFiniteOutput, build_teacher, teacher_identity
+from .teacher import NonFiniteOutput, build_teacher, start_topk, teacher_identity
 from .views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
                     group_partners, plan_batch, prefetch_on_device, resolve_renderer, store_order)
 
@@ -346,10 +346,23 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
         pixels = None if payload is None else finish_batch(renderer, payload, teacher.device).permute(0, 3, 1, 2)
         return sh, views, ok, pixels, bad
 
-    try:  # on CUDA the next unit's views render on a side stream while the teacher labels this one
+    # On CUDA the next unit's views render on a side stream while the teacher labels this one, and a
+    # unit's labels are read back only once the next unit's teacher work is queued: the device keeps
+    # working while the host stores them.
+    pending = None
+    try:
         for sh, views, ok, pixels, bad in prefetch_on_device(loader, render, teacher.device):
-            n_views, n_shards = _label_unit(cfg, store, teacher, buffers, failed, sh, views, ok, pixels, bad,
-                                            n_views, n_shards, bar)
+            try:
+                started = _start_unit(cfg, h, teacher, buffers, sh, ok, pixels)
+            except BaseException:  # out of memory, say: the unit before is labelled, store it first
+                if pending is not None:
+                    n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
+                raise
+            if pending is not None:
+                n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
+            pending = (sh, views, ok, pixels is not None, bad, started)
+        if pending is not None:
+            n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
     except torch.cuda.OutOfMemoryError:
         raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
                                         f"; the {n_shards} shard(s) written so far are kept")) from None
@@ -358,33 +371,46 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
     return n_views, n_shards, failed
 
 
-def _label_unit(cfg: GenerateConfig, store: LabelStore, teacher, buffers: dict, failed: list, sh: Shard,
-                views: list[int], ok: np.ndarray, pixels, bad: np.ndarray, n_views: int, n_shards: int, bar):
-    """Label one unit's views (a batch at a time) into its shard's buffer; write the shard when all its
+def _start_unit(cfg: GenerateConfig, h: StoreHeader, teacher, buffers: dict, sh: Shard, ok: np.ndarray,
+                pixels) -> list | None:
+    """Queue the teacher on one unit's views, a batch at a time (a mix group larger than a batch is
+    rendered whole): [(first row, PendingTopk)], or None when there is nothing to label (a failed
+    read, no readable sample, or a shard already given up)."""
+    buf = buffers.get((sh.vb, sh.sb))
+    if pixels is None or not len(ok) or (buf is not None and buf.failed is not None):
+        return None
+    return [(b0, start_topk(teacher, pixels[b0:b0 + cfg.batch_size], h.topk))
+            for b0 in range(0, len(pixels), cfg.batch_size)]
+
+
+def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: list, sh: Shard, views: list[int],
+                ok: np.ndarray, rendered: bool, bad: np.ndarray, started: list | None, n_views: int, n_shards: int,
+                bar):
+    """Store one unit's labels (``_start_unit``'s) in its shard's buffer; write the shard when all its
     units are in. Returns the updated (views, shards written)."""
     h = store.header
     key = (sh.vb, sh.sb)
     buf = buffers.get(key)
     if buf is None:
         buf = buffers[key] = _ShardBuffer(sh, h.topk)
-    if pixels is None:  # a read failed for good: nothing of this unit is labelled
+    if not rendered:  # a read failed for good: nothing of this unit is labelled
         buf.failed = buf.failed or f"{sh.name}, {bad}"
         step = len(views) * len(ok)
     else:
         if len(bad):
             buf.status[bad - sh.s0] = STATUS_UNREADABLE
-        if len(ok) and buf.failed is None:
-            parts, b0 = [], 0
-            try:  # a mix group larger than a batch is rendered whole, labelled a batch at a time
-                for b0 in range(0, len(pixels), cfg.batch_size):
-                    parts.append(teacher.topk(pixels[b0:b0 + cfg.batch_size], h.topk))
-            except NonFiniteOutput as e:
-                first = b0 + e.rows[0]
-                raise NonFiniteOutput(e.rows, e.precision, where=(
-                    f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
-                    f"{views[first // len(ok)]}; {sh.name})")) from None
-            idx = torch.cat([p[0] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk)
-            logp = torch.cat([p[1] for p in parts]).cpu().numpy().reshape(len(views), len(ok), h.topk + 1)
+        if started is not None and buf.failed is None:
+            parts = []
+            for b0, pending in started:
+                try:
+                    parts.append(pending.result())
+                except NonFiniteOutput as e:
+                    first = b0 + e.rows[0]
+                    raise NonFiniteOutput(e.rows, e.precision, where=(
+                        f" (first: sample {store.keys[int(ok[first % len(ok)])]!r}, view "
+                        f"{views[first // len(ok)]}; {sh.name})")) from None
+            idx = np.concatenate([p[0] for p in parts]).reshape(len(views), len(ok), h.topk)
+            logp = np.concatenate([p[1] for p in parts]).reshape(len(views), len(ok), h.topk + 1)
             vi = np.asarray(views) - sh.v0 - sh.done
             buf.index[vi[:, None], ok - sh.s0] = idx
             buf.logp[vi[:, None], ok - sh.s0] = logp

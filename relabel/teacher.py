@@ -11,6 +11,7 @@ import math
 import os
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +108,39 @@ def _checked_topk(teacher, pixels: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     if bool(bad.any()):
         raise NonFiniteOutput(torch.nonzero(bad)[:, 0].cpu().tolist(), teacher.precision)
     return topk_logprobs(logits, k)
+
+
+class PendingTopk:
+    """Top-k labels on their way from the device (``start_topk``). ``result()`` waits for these
+    copies only, not for work queued after them, and refuses non-finite rows as ``topk`` does."""
+
+    def __init__(self, idx: torch.Tensor, logp: torch.Tensor, bad: torch.Tensor, precision: str, done=None):
+        self._idx, self._logp, self._bad, self._precision, self._done = idx, logp, bad, precision, done
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices (B, k) int64, log-probs (B, k+1) float32) as host arrays."""
+        if self._done is not None:
+            self._done.synchronize()
+        bad = self._bad.numpy()
+        if bad.any():
+            raise NonFiniteOutput(np.nonzero(bad)[0].tolist(), self._precision)
+        return self._idx.numpy(), self._logp.numpy()
+
+
+@torch.inference_mode()
+def start_topk(teacher, pixels: torch.Tensor, k: int) -> PendingTopk:
+    """Queue the teacher and top-k for ``pixels`` and the copies of the result to the host, without
+    waiting: stage one queues the next batch before it reads this one, so the device never idles
+    while the host stores labels. On a CPU the result is ready at once."""
+    logits = teacher.logits(pixels)
+    bad = ~torch.isfinite(logits).all(dim=1)
+    idx, logp = topk_logprobs(logits, k)
+    if logits.device.type != "cuda":
+        return PendingTopk(idx.cpu(), logp.cpu(), bad.cpu(), teacher.precision)
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (idx, logp, bad)]
+    done = torch.cuda.Event()
+    done.record()  # after the copies, on the stream that queued them
+    return PendingTopk(*host, teacher.precision, done)
 
 
 class EnsembleTeacher:

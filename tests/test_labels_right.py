@@ -201,6 +201,39 @@ def test_non_finite_teacher_outputs_are_refused(world, tmp_path, capsys):
     assert not store.complete and (store.done_views() == 0).all()
 
 
+@pytest.mark.parametrize("bad_call", [1, 5, 9])
+def test_a_non_finite_batch_is_refused_wherever_it_falls_in_the_pipeline(world, tmp_path, bad_call):
+    """Stage one reads a unit's labels back only after queueing the next unit's teacher work: a
+    non-finite batch (the first, one in the middle, the very last) still stops the run naming its
+    own view, and every earlier shard is written, none after."""
+    import timm
+
+    from relabel.teacher import FunctionTeacher
+
+    root, folder, ckpt, _ = world
+    model = timm.create_model("test_resnet", num_classes=3)
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval()
+    calls = []
+
+    def fn(pixels):
+        calls.append(len(pixels))
+        out = model((pixels.float() / 255 - 0.5) / 0.5)
+        if len(calls) == bad_call:
+            out[-1, 0] = float("nan")  # one row of this batch
+        return out
+
+    # 24 images in one mix group, 8 per teacher batch: 3 batches per view, one view per shard
+    cfg = GenerateConfig(data=str(folder), out=str(tmp_path / "s"), views=3, topk=2, img_size=32, recipe="simple",
+                         samples_per_shard=64, views_per_shard=1, batch_size=8, workers=0, progress=False)
+    with pytest.raises(UserError, match=r"not finite.*first: sample .*view (\d)") as e:
+        generate(cfg, teacher=FunctionTeacher(fn, num_classes=3, name="nan-probe", input_size=32))
+    view = int(__import__("re").search(r"view (\d)", str(e.value)).group(1))
+    assert view == (bad_call - 1) // 3
+    done = LabelStore.open(tmp_path / "s").done_views()[:, 0]
+    assert done.tolist() == [1] * view + [0] * (3 - view)
+
+
 def test_encodings_refuse_nan_and_keep_their_bound():
     rng = np.random.default_rng(0)
     logp = -np.abs(rng.normal(0, 30, 20000)).astype(np.float32)  # down to ~-120: confident teachers
