@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -138,6 +139,16 @@ class ViewStream(IterableDataset):
                 planned = [r.plan(self.keys[p], v, images[p]) for p, v in zip(rows, vs)]
                 payload, _, _ = plan_batch(r, rows, vs, partners, planned)
                 yield sh, chunk, pos, payload, lost
+
+
+class _Started(NamedTuple):
+    """A unit whose teacher work is queued and whose labels are not stored yet."""
+    shard: Shard
+    views: list
+    ok: np.ndarray  # positions with pixels
+    rendered: bool  # False: a read failed for good, nothing to label
+    bad: np.ndarray  # unreadable positions (or, not rendered, what failed)
+    labels: list | None  # [(first row, PendingTopk)] (_start_unit's)
 
 
 class _ShardBuffer:
@@ -317,7 +328,8 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
             if not take:
                 continue
             try:
-                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, renderer, bar)
+                v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, renderer, bar,
+                                   written=n_shards)
             finally:
                 for sh in take:
                     store.release(sh)
@@ -330,7 +342,8 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
 
 def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
              mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, renderer: Renderer,
-             bar) -> tuple[int, int, list[str]]:
+             bar, written: int = 0) -> tuple[int, int, list[str]]:
+    """Label ``mine`` (one claim round); ``written``: shards this run wrote in earlier rounds."""
     h = store.header
     G = recipe.mix_group
     units = [WorkUnit(sh, g0, min(g0 + G, sh.s1)) for sh in mine for g0 in range(sh.s0, sh.s1, G)]
@@ -347,25 +360,28 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
         return sh, views, ok, pixels, bad
 
     # On CUDA the next unit's views render on a side stream while the teacher labels this one, and a
-    # unit's labels are read back only once the next unit's teacher work is queued: the device keeps
-    # working while the host stores them.
-    pending = None
+    # unit's labels are read back only once the next unit's teacher work is queued, so the device
+    # need not wait while the host stores them.
+    pending: _Started | None = None
+
+    def store_pending() -> None:
+        nonlocal pending, n_views, n_shards
+        unit, pending = pending, None  # cleared first: a unit is stored at most once
+        if unit is not None:
+            n_views, n_shards = _label_unit(cfg, store, buffers, failed, unit, n_views, n_shards, bar)
+
     try:
         for sh, views, ok, pixels, bad in prefetch_on_device(loader, render, teacher.device):
-            try:
-                started = _start_unit(cfg, h, teacher, buffers, sh, ok, pixels)
-            except BaseException:  # out of memory, say: the unit before is labelled, store it first
-                if pending is not None:
-                    n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
-                raise
-            if pending is not None:
-                n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
-            pending = (sh, views, ok, pixels is not None, bad, started)
-        if pending is not None:
-            n_views, n_shards = _label_unit(cfg, store, buffers, failed, *pending, n_views, n_shards, bar)
-    except torch.cuda.OutOfMemoryError:
-        raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
-                                        f"; the {n_shards} shard(s) written so far are kept")) from None
+            labels = _start_unit(cfg, h, teacher, buffers, sh, ok, pixels)
+            store_pending()
+            pending = _Started(sh, views, ok, pixels is not None, bad, labels)
+        store_pending()
+    except BaseException as e:  # out of memory, a worker's error, Ctrl-C: what is labelled is stored first
+        store_pending()
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            raise ConfigError(out_of_memory(teacher.device, "the teacher", cfg.batch_size,
+                                            f"; the {written + n_shards} shard(s) written so far are kept")) from None
+        raise
     if buffers:
         raise RuntimeError(f"{len(buffers)} shard(s) were not completed; rerun to resume")
     return n_views, n_shards, failed
@@ -383,25 +399,25 @@ def _start_unit(cfg: GenerateConfig, h: StoreHeader, teacher, buffers: dict, sh:
             for b0 in range(0, len(pixels), cfg.batch_size)]
 
 
-def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: list, sh: Shard, views: list[int],
-                ok: np.ndarray, rendered: bool, bad: np.ndarray, started: list | None, n_views: int, n_shards: int,
-                bar):
-    """Store one unit's labels (``_start_unit``'s) in its shard's buffer; write the shard when all its
-    units are in. Returns the updated (views, shards written)."""
+def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: list, unit: _Started,
+                n_views: int, n_shards: int, bar):
+    """Store one unit's labels in its shard's buffer; write the shard when all its units are in.
+    Returns the updated (views, shards written)."""
+    sh, views, ok, bad = unit.shard, unit.views, unit.ok, unit.bad
     h = store.header
     key = (sh.vb, sh.sb)
     buf = buffers.get(key)
     if buf is None:
         buf = buffers[key] = _ShardBuffer(sh, h.topk)
-    if not rendered:  # a read failed for good: nothing of this unit is labelled
+    if not unit.rendered:  # a read failed for good: nothing of this unit is labelled
         buf.failed = buf.failed or f"{sh.name}, {bad}"
         step = len(views) * len(ok)
     else:
         if len(bad):
             buf.status[bad - sh.s0] = STATUS_UNREADABLE
-        if started is not None and buf.failed is None:
+        if unit.labels is not None and buf.failed is None:
             parts = []
-            for b0, pending in started:
+            for b0, pending in unit.labels:
                 try:
                     parts.append(pending.result())
                 except NonFiniteOutput as e:
@@ -442,7 +458,8 @@ def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:
     Args:
         cfg: what to label and how.
         teacher: a ready teacher object instead of ``cfg.teacher`` (e.g. a ``relabel.FunctionTeacher``
-            wrapping any ``pixels -> logits`` callable).
+            wrapping any ``pixels -> logits`` callable): what generate uses of it is ``logits(pixels)``,
+            ``device``, ``precision``, ``num_classes``, ``input_size`` and ``record()``.
     Returns:
         A ``GenerateResult``.
     Raises:

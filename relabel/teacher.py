@@ -138,8 +138,8 @@ def start_topk(teacher, pixels: torch.Tensor, k: int) -> PendingTopk:
     if logits.device.type != "cuda":
         return PendingTopk(idx.cpu(), logp.cpu(), bad.cpu(), teacher.precision)
     host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (idx, logp, bad)]
-    done = torch.cuda.Event()
-    done.record()  # after the copies, on the stream that queued them
+    done = torch.cuda.Event(blocking=True)  # a waiting host sleeps instead of spinning a core
+    done.record(torch.cuda.current_stream(logits.device))  # after the copies, on their device's stream
     return PendingTopk(*host, teacher.precision, done)
 
 

@@ -3,6 +3,7 @@ teacher outputs, encoding bounds, pixel drift. Each test injects the fault on re
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,10 +229,44 @@ def test_a_non_finite_batch_is_refused_wherever_it_falls_in_the_pipeline(world, 
                          samples_per_shard=64, views_per_shard=1, batch_size=8, workers=0, progress=False)
     with pytest.raises(UserError, match=r"not finite.*first: sample .*view (\d)") as e:
         generate(cfg, teacher=FunctionTeacher(fn, num_classes=3, name="nan-probe", input_size=32))
-    view = int(__import__("re").search(r"view (\d)", str(e.value)).group(1))
+    view = int(re.search(r"view (\d)", str(e.value)).group(1))
     assert view == (bad_call - 1) // 3
     done = LabelStore.open(tmp_path / "s").done_views()[:, 0]
     assert done.tolist() == [1] * view + [0] * (3 - view)
+
+
+@pytest.mark.parametrize("where", ["render", "teacher"])
+def test_out_of_memory_on_the_next_unit_keeps_the_unit_before(world, tmp_path, monkeypatch, where):
+    """A unit's labels wait while the next unit renders and queues its teacher work: running out of
+    memory there (or any error) stores the waiting unit first, and the message counts it."""
+    import relabel.generate as gen
+    from relabel.teacher import FunctionTeacher
+
+    calls = {"render": 0, "teacher": 0}
+
+    def oom_on_second(kind):
+        calls[kind] += 1
+        if kind == where and calls[kind] == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    real_finish = gen.finish_batch
+
+    def finish(*a, **k):
+        oom_on_second("render")
+        return real_finish(*a, **k)
+
+    def fn(pixels):
+        oom_on_second("teacher")
+        return torch.zeros(len(pixels), 3) + torch.arange(3.0)
+
+    monkeypatch.setattr(gen, "finish_batch", finish)
+    root, folder, ckpt, _ = world
+    # one view per shard and per unit (24 images in one mix group, the whole group in one batch)
+    cfg = GenerateConfig(data=str(folder), out=str(tmp_path / "s"), views=3, topk=2, img_size=32, recipe="simple",
+                         samples_per_shard=64, views_per_shard=1, batch_size=32, workers=0, progress=False)
+    with pytest.raises(UserError, match=r"the 1 shard\(s\) written so far are kept"):
+        generate(cfg, teacher=FunctionTeacher(fn, num_classes=3, name="oom-probe", input_size=32))
+    assert LabelStore.open(tmp_path / "s").done_views()[:, 0].tolist() == [1, 0, 0]
 
 
 def test_encodings_refuse_nan_and_keep_their_bound():

@@ -310,7 +310,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
     import torch
 
     from relabel.generate import GenerateConfig, generate
-    from relabel.teacher import Teacher
+    from relabel.teacher import Teacher, start_topk
 
     folder = _jpeg_folder(Path(tmp) / "gen_images", cfg.gen_images)
     gcfg = GenerateConfig(data=str(folder), out="", teacher=cfg.teacher, views=cfg.gen_views, topk=5,
@@ -336,13 +336,15 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         return s.views_written, s.seconds  # the pipeline, not model construction
 
-    def teacher_only(teacher=teacher):
-        done = 0
+    def teacher_only(teacher=teacher):  # as generate drives it: pixels on the device, read back one batch late
+        on_device, done, pending = pixels.to(teacher.device), 0, None
         while done < total:
-            teacher.topk(pixels, 5)
+            started = start_topk(teacher, on_device, 5)
+            if pending is not None:
+                pending.result()
+            pending = started
             done += cfg.batch_size
-        if teacher.device.type == "cuda":
-            torch.cuda.synchronize()
+        pending.result()
         return done
 
     contenders = {"generate": full, "teacher_only": teacher_only}
