@@ -353,7 +353,8 @@ def test_packing_never_changes_bytes(pool, monkeypatch, interp):
     """How a batch is packed (views grouped by their resize passes, chunked by size) changes the
     work, never the bytes: one view per chunk, the default chunks and one chunk per group all give
     Pillow's bytes, on batches mixing integer crops, one-pass and two-pass resizes of every shape."""
-    import relabel.views.torch as rt
+    import relabel.views.packed as rt
+    from relabel.views.torch import resize_plan
 
     rng = _rng(95 + len(interp))
     recipe = dataclasses.replace(RECIPES["usi"], name=f"usi-pack-{interp}", interpolation=interp, erase_prob=0.5,
@@ -371,7 +372,7 @@ def test_packing_never_changes_bytes(pool, monkeypatch, interp):
         elif k % 4 == 2:
             p = dataclasses.replace(p, crop=_crop(rng, W, H))
         cases.append((name, img, p, ("pack", name, k)))
-    plans = [rt.resize_plan(c[2], recipe, *c[1].size, size) for c in cases]
+    plans = [resize_plan(c[2], recipe, *c[1].size, size) for c in cases]
     regions = [crop_region(c[1], pl.box) for c, pl in zip(cases, plans)]
 
     def chunks() -> int:
@@ -392,7 +393,7 @@ def test_packing_never_changes_bytes(pool, monkeypatch, interp):
 def test_packed_record_round_trips_bit_for_bit():
     """A batch crosses to the device as two buffers: every array comes back with its dtype, shape
     and bits (float32 widened and narrowed exactly, float64 and NaN payloads as words, 0-d kept)."""
-    from relabel.views.torch import _upload
+    from relabel.views.packed import _upload
 
     f32 = np.array([0.0, -0.0, np.inf, -np.inf, 1 / 3, 1e-45, 3.4028235e38, np.nan], np.float32)
     f64 = np.array([np.pi, -0.0, 5e-324, np.nan], np.float64)
@@ -502,7 +503,8 @@ def test_resize_pass_order_boundary():
 def test_affine_paths_match_image_transform(filt):
     """Geometry.c's paths the ops rarely reach: nearest's scale, 16.16 fixed-point and float
     fallback (corners beyond 32768), bilinear/bicubic at and beyond the edges; random matrices."""
-    from relabel.views.torch import _affine_data, _k_affine, _upload
+    from relabel.views.ops_torch import _affine_data, _k_affine
+    from relabel.views.packed import _upload
 
     rng = _rng(80 + _INTERPS.index(filt))
     resample = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -519,7 +521,7 @@ def test_affine_paths_match_image_transform(filt):
             a = (float(rng.uniform(1500, 3000)) * rng.choice([-1, 1]), float(rng.uniform(-1, 1)), float(rng.uniform(0, W)),
                  float(rng.uniform(-1, 1)), float(rng.uniform(0.5, 2)), float(rng.uniform(0, H)))
         else:  # a rotation about the centre, as Image.rotate builds it
-            from relabel.views.torch import _rotate_matrix
+            from relabel.views.ops_torch import _rotate_matrix
             a = tuple(_rotate_matrix(float(rng.uniform(0, 360)), W, H))
         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
         want = np.asarray(Image.fromarray(arr).transform((W, H), Image.Transform.AFFINE, a, resample=resample, fillcolor=fill))

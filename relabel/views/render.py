@@ -136,7 +136,7 @@ class _TorchItem:
     params: ViewParams
     region: np.ndarray  # uint8 (h, w, 3) inside the support box
     offset: tuple[int, int]  # (x0, y0) of the region in the decoded image
-    plan: Any  # views.torch.resize_plan's record
+    plan: Any  # views.resample.resize_plan's record
     erase: Any  # views.params.erase_noise's (box, noise), or None
 
 
@@ -169,7 +169,7 @@ class TorchRenderer:
         return _TorchItem(params, region, (x0, y0), plan, erase)
 
     def stack(self, planned, mixes) -> dict:
-        """The batch packed for the device (``views.torch.pack_batch``: a few tensors, which the
+        """The batch packed for the device (``views.packed.pack_batch``: a few tensors, which the
         DataLoader pins), its pairs to mix included."""
         from .torch import pack_batch
 
