@@ -130,7 +130,7 @@ class PendingTopk:
 @torch.inference_mode()
 def start_topk(teacher, pixels: torch.Tensor, k: int) -> PendingTopk:
     """Queue the teacher and top-k for ``pixels`` and the copies of the result to the host, without
-    waiting: stage one queues the next batch before it reads this one, so the device never idles
+    waiting: stage one queues the next batch before it reads this one, so the device need not wait
     while the host stores labels. On a CPU the result is ready at once."""
     logits = teacher.logits(pixels)
     bad = ~torch.isfinite(logits).all(dim=1)
