@@ -806,7 +806,9 @@ _TARGETS = {  # (key, target, direction)
     "feed": [("stage1_views_per_s_per_worker", None, ""), ("stage1_scaling", None, ""),
              ("stage2_img_per_s_per_worker", None, ""), ("stage2_scaling", None, ""),
              ("stage1_views_per_s_all_workers", None, ""), ("stage1_torch_views_per_s_all_workers", None, ""),
-             ("stage2_img_per_s_all_workers", None, ""), ("stage2_torch_img_per_s_all_workers", None, "")],
+             ("stage2_img_per_s_all_workers", None, ""), ("stage2_torch_img_per_s_all_workers", None, ""),
+             ("torch_finish_ms_per_batch", None, ""), ("torch_finish_ops_per_view", None, ""),
+             ("torch_payload_take_ms_per_batch", None, ""), ("torch_payload_fresh_ms_per_batch", None, "")],
     "sweep": [("cached_hours", None, ""), ("online_hours", None, ""), ("online_vs_cached", None, ""),
               ("break_even_student_epochs", None, "")],
 }
