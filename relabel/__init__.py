@@ -18,6 +18,7 @@ Example (your own loop)::
 from __future__ import annotations
 
 import importlib
+import sys
 
 __version__ = "0.2.0"
 
@@ -29,9 +30,9 @@ _EXPORTS = {
     "StoreHeader": "relabel.storage.store",
     "open_source": "relabel.storage.sources",
     # stage one
-    "GenerateConfig": "relabel.generate",
-    "GenerateResult": "relabel.generate",
-    "VerifyReport": "relabel.verify",
+    "GenerateConfig": "relabel.stages.generate",
+    "GenerateResult": "relabel.stages.generate",
+    "VerifyReport": "relabel.stages.verify",
     "Teacher": "relabel.teacher",
     "EnsembleTeacher": "relabel.teacher",
     "FunctionTeacher": "relabel.teacher",
@@ -56,15 +57,45 @@ _EXPORTS = {
     "UserError": "relabel.errors",
 }
 
-
-
-# Stage functions whose module has the same name (``relabel.generate`` is a module, and importing it
-# would replace a function of that name on this package) are exported under names of their own.
-_RENAMED = {"generate_labels": ("relabel.generate", "generate"), "verify_labels": ("relabel.verify", "verify"),
+# Stage functions whose module has the same name (``relabel.generate`` is still importable as a module,
+# below, and importing it would replace a function of that name on this package) are exported under
+# names of their own.
+_RENAMED = {"generate_labels": ("relabel.stages.generate", "generate"), "verify_labels": ("relabel.stages.verify", "verify"),
             "train_student": ("relabel.train.loop", "train")}
 
 
 __all__ = sorted([*_EXPORTS, *_RENAMED]) + ["__version__"]
+
+
+# Modules that moved (stage one's to relabel.stages, the view helpers to relabel.views): their old
+# paths still import, as the same module objects, so code written against them keeps working.
+_MOVED = {f"relabel.{m}": f"relabel.stages.{m}" for m in ("generate", "generate_config", "verify", "verify_config",
+                                                          "publish")}
+_MOVED.update({f"relabel.{m}": f"relabel.views.{m}" for m in ("randaug", "replay_check")})
+
+
+class _MovedModules:
+    """A meta-path finder that answers an old module path with the module at its new one."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if fullname not in _MOVED:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _MovedModules)
+
+    @staticmethod
+    def create_module(spec):
+        return importlib.import_module(_MOVED[spec.name])
+
+    @staticmethod
+    def exec_module(module):
+        pass
+
+
+if not any(getattr(f, "__name__", "") == "_MovedModules" for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules)
 
 
 def __getattr__(name: str):

@@ -50,7 +50,7 @@ class StoreHeader:
     # Dataset class i -> teacher class class_map[i]; None when the teacher's classes are the dataset's.
     # num_classes is always the teacher's: labels, ground truth and evaluation live in its index space.
     class_map: list[int] | None = None
-    # Decode environment and hashes of canonical rendered views (relabel.replay_check); plain data.
+    # Decode environment and hashes of canonical rendered views (relabel.views.replay_check); plain data.
     replay_check: dict = field(default_factory=dict)
     # The renderer that made the store ("pillow" or "torch"; their bytes are equal). A note.
     renderer: str = "pillow"

@@ -14,7 +14,7 @@ from conftest import ROOT, make_imagefolder, run_cli, save_teacher
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("api")
     folder = make_imagefolder(root / "data" / "train", per_class=12)
@@ -111,7 +111,7 @@ def test_every_cli_default_is_its_config_default():
     from relabel.commands.bench import BenchConfig, bench_command
     from relabel.commands.stages import generate
     from relabel.commands.demo import DemoConfig, demo_command
-    from relabel.generate import GenerateConfig
+    from relabel.stages.generate import GenerateConfig
     from relabel.commands.study import StudyConfig, study_command
     from relabel.commands.train_command import train_command
     from relabel.train.loop import TrainConfig
@@ -148,7 +148,7 @@ def test_share_command_defaults_are_the_library_functions():
     import inspect
 
     from relabel.commands.share import export_command, publish_command, pull_command
-    from relabel.publish import export, publish, pull
+    from relabel.stages.publish import export, publish, pull
 
     for command, fn in ((export_command, export), (publish_command, publish), (pull_command, pull)):
         lib = inspect.signature(fn).parameters

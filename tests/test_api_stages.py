@@ -57,7 +57,7 @@ def test_every_config_field_has_one_help_section_and_every_option_shows_in_one()
     import typer.main
 
     from relabel.commands.cli import app
-    from relabel.generate import GenerateConfig
+    from relabel.stages.generate import GenerateConfig
     from relabel.settings import sections_of
     from relabel.train.loop import TrainConfig
 

@@ -21,7 +21,7 @@ import pytest
 import zarr
 
 from conftest import ROOT, cli_inprocess as cli, make_imagefolder, run_cli, save_teacher, tree_bytes
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.storage import ConfigError, LabelStore, StoreError
 
 pytestmark = pytest.mark.faults

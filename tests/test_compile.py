@@ -11,7 +11,7 @@ import os
 import pytest
 
 from conftest import make_imagefolder, run_cli, save_teacher
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.storage import UserError
 
 GEN = dict(teacher="test_resnet", views=2, topk=2, img_size=32, samples_per_shard=64, views_per_shard=2,

@@ -10,11 +10,11 @@ import timm
 import torch
 
 from conftest import cli_inprocess, make_imagefolder, save_teacher
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.models import Normalize
 from relabel.storage import LabelStore
 from relabel.teacher import FunctionTeacher
-from relabel.verify import render_stored_views, verify
+from relabel.stages.verify import render_stored_views, verify
 
 GEN = ["--views", "2", "--topk", "3", "--img-size", "32", "--workers", "0", "--encoding", "f32", "--quiet",
        "--samples-per-shard", "64", "--views-per-shard", "2"]

@@ -140,7 +140,7 @@ def test_fifo_index_is_a_store_error(tmp_path):
 
 
 def test_pull_and_publish_refusals_are_store_errors(tmp_path):
-    from relabel.publish import publish, pull
+    from relabel.stages.publish import publish, pull
     from relabel.storage.manifest import parse_manifest
     from relabel.storage.remotes import open_remote
 

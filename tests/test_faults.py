@@ -319,8 +319,8 @@ def test_missing_or_empty_shard_files_are_damage(tmp_path, base):
 
 def test_all_unreadable_block_is_not_damage(tmp_path, base):
     """A shard whose labels are all zeros (every image unreadable) still has its file."""
-    from relabel.generate import GenerateConfig, generate
-    from relabel.verify import verify
+    from relabel.stages.generate import GenerateConfig, generate
+    from relabel.stages.verify import verify
 
     _, _, ckpt, _, _ = base
     data = tmp_path / "d" / "only"

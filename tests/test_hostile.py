@@ -113,8 +113,8 @@ def sparse(path: Path, size: int, head: bytes = b"") -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, teacher_ckpt):
     """9 images (JPEG and PNG), a store of 2 views in 2 view blocks, published to a local folder."""
-    from relabel.generate import GenerateConfig, generate
-    from relabel.publish import publish
+    from relabel.stages.generate import GenerateConfig, generate
+    from relabel.stages.publish import publish
 
     root = tmp_path_factory.mktemp("hostile")
     data = make_imagefolder(root / "data", per_class=3)
@@ -189,7 +189,7 @@ def test_outputs_inside_their_inputs_are_refused(tmp_path, tiny, capsys):
 
 # ------------------------------------------------------------------------------------------ 11. resumable pull
 def test_pull_cut_short_resumes_and_is_not_a_store_meanwhile(tmp_path, tiny, capsys):
-    from relabel.publish import pull
+    from relabel.stages.publish import pull
 
     pub = tmp_path / "pub"
     shutil.copytree(tiny["pub"], pub)
@@ -296,7 +296,7 @@ def test_generate_over_a_fifo_image_does_not_hang(tmp_path, tiny, capsys):
 # ------------------------------------------------------------------------------------------ 14. exports from others
 @pytest.fixture(scope="module")
 def export_dir(tiny):
-    from relabel.publish import export
+    from relabel.stages.publish import export
 
     out = tiny["root"] / "export"
     export(str(tiny["store"]), str(out), images=str(tiny["data"]), shard_size=4)

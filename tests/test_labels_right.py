@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from conftest import cli_inprocess, make_imagefolder, save_teacher, tree_bytes
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.storage import LabelStore, StoreHeader, UserError
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.sources import ImageFolderSource
@@ -239,7 +239,7 @@ def test_a_non_finite_batch_is_refused_wherever_it_falls_in_the_pipeline(world, 
 def test_out_of_memory_on_the_next_unit_keeps_the_unit_before(world, tmp_path, monkeypatch, where):
     """A unit's labels wait while the next unit renders and queues its teacher work: running out of
     memory there (or any error) stores the waiting unit first, and the message counts it."""
-    import relabel.generate as gen
+    import relabel.stages.generate as gen
     from relabel.teacher import FunctionTeacher
 
     calls = {"render": 0, "teacher": 0}

@@ -88,7 +88,7 @@ def test_format_doc_header_example_matches_a_fresh_store(tmp_path):
     import json
     import re
 
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     text = (ROOT / "storage" / "FORMAT.md").read_text()
     example = json.loads(re.search(r"## Header example.*?```json\n(.*?)```", text, re.S).group(1))

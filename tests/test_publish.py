@@ -18,7 +18,7 @@ from relabel.storage import LabelStore, UserError
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A complete store: 24 images x 4 views, top-2, 2 view blocks of 2 views."""
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("pub")
     data = make_imagefolder(root / "data" / "train")
@@ -183,7 +183,7 @@ def test_export_with_images(built):
 
 
 def test_export_unreadable_sample(tmp_path, teacher_ckpt):
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
     from relabel.storage.exported import read_exported
 
     data = make_imagefolder(tmp_path / "data", per_class=3)
@@ -256,7 +256,7 @@ def test_publish_local_pull_and_republish(built, exported, tmp_path):
 def test_card_and_manifest_content(built, tmp_path):
     from huggingface_hub import DatasetCard
 
-    from relabel.publish import publish
+    from relabel.stages.publish import publish
 
     dest = tmp_path / "cardonly"
     res = publish(str(built["store"]), str(dest), license="mit", title="Test labels")

@@ -1,4 +1,4 @@
-"""relabel.randaug against timm's own RandAugment code, plus sampling statistics."""
+"""relabel.views.randaug against timm's own RandAugment code, plus sampling statistics."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relabel.randaug import (
+from relabel.views.randaug import (
     NEGATING_OPS, RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, SUPPORTED_OPS, OpParams,
     RandAugmentConfig, apply_op, apply_ops, op_argument, parse_randaugment, sample_ops,
 )

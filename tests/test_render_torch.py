@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from relabel.randaug import NEGATING_OPS, SUPPORTED_OPS, OpParams, parse_randaugment
+from relabel.views.randaug import NEGATING_OPS, SUPPORTED_OPS, OpParams, parse_randaugment
 from relabel.views.torch import (GEOMETRIC_OPS, check_recipe, crop_region, mix_batch_torch, mix_pair_torch,
                                   render_batch, support_box)
 from relabel.storage.errors import ConfigError, UserError

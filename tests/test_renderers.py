@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from conftest import cli_inprocess as cli, make_imagefolder, save_teacher, tree_bytes
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.storage import ConfigError, LabelStore
 
 GEN = dict(teacher="test_resnet", views=3, topk=2, img_size=32, samples_per_shard=64, views_per_shard=2,
@@ -148,7 +148,7 @@ def test_a_store_made_on_cuda_with_the_torch_renderer_has_the_cpu_labels(world, 
     generate(GenerateConfig(data=str(folder), out=str(out), teacher_checkpoint=str(ckpt), recipe=str(root / "usi-erase.json"),
                             renderer="torch", encoding="f32", precision="fp32",
                             **{**GEN, "device": "cuda"}))
-    from relabel.verify import verify
+    from relabel.stages.verify import verify
 
     rep = verify(str(out), str(folder), samples=64, teacher_checkpoint=str(ckpt), device="cpu", renderer="pillow")
     assert rep.ok and rep.checked > 0, rep
@@ -161,7 +161,7 @@ def test_the_torch_renderer_matches_pillows_canonical_renders(recipe, size):
     and every op; on CPU it must find nothing (RELABEL_PARITY_DEVICE picks the device)."""
     import os
 
-    from relabel.replay_check import op_hashes, renderer_parity
+    from relabel.views.replay_check import op_hashes, renderer_parity
     from relabel.views import RECIPES, ViewRenderer, create_renderer
 
     r = create_renderer("torch", ViewRenderer(RECIPES[recipe], 0, size))

@@ -8,8 +8,8 @@ import inspect
 import pytest
 
 COMMANDS = {  # command -> (config record, options that set no field)
-    "generate": ("relabel.generate_config:GenerateConfig", {"quiet"}),
-    "verify": ("relabel.verify_config:VerifyConfig", set()),
+    "generate": ("relabel.stages.generate_config:GenerateConfig", {"quiet"}),
+    "verify": ("relabel.stages.verify_config:VerifyConfig", set()),
     "train": ("relabel.train.config:TrainConfig", {"quiet"}),
     "bench": ("relabel.commands.bench:BenchConfig", {"part", "json_out"}),
     "study": ("relabel.commands.study:StudyConfig", set()),
@@ -150,8 +150,8 @@ def test_replay_loader_defaults_are_relabel_trains():
 
 
 def test_verify_takes_its_record_or_its_fields(tmp_path):
-    from relabel.verify import verify
-    from relabel.verify_config import VerifyConfig
+    from relabel.stages.verify import verify
+    from relabel.stages.verify_config import VerifyConfig
     from relabel.storage import StoreError
 
     with pytest.raises(TypeError, match="samplez"):

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from conftest import cli_inprocess as cli, make_imagefolder, save_teacher, tree_bytes
-from relabel.generate import GenerateConfig, generate
+from relabel.stages.generate import GenerateConfig, generate
 from relabel.storage import LabelStore, UserError
 
 pytestmark = pytest.mark.faults

@@ -32,7 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """40 training images in 8 classes, a validation set, a teacher, and f32 + q8 stores of 4 views."""
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("train")
     make_imagefolder(root / "train", per_class=5, classes=CLASSES8)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.faults
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """24 images in 3 classes, a teacher and a q8 store of 4 views."""
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     root = tmp_path_factory.mktemp("trainfaults")
     make_imagefolder(root / "train", per_class=8)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from relabel import replay_check
+from relabel.views import replay_check
 from relabel.rng import CounterRNG
 from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, mix_params,
                            pairs_for_view, plan_batch, store_order)

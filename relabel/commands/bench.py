@@ -309,7 +309,7 @@ def bench_generate(cfg: BenchConfig, tmp: str) -> dict:
 
     import torch
 
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
     from relabel.teacher import Teacher, start_topk
 
     folder = _jpeg_folder(Path(tmp) / "gen_images", cfg.gen_images)
@@ -518,7 +518,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     from relabel.storage.store import Shard
     from relabel.train.loop import TrainConfig, build, make_loader
 
-    from relabel.generate import GenerateConfig, ViewStream, WorkUnit, generate
+    from relabel.stages.generate import GenerateConfig, ViewStream, WorkUnit, generate
     from relabel.teacher import FunctionTeacher
     from relabel.models import pick_device
     from relabel.views import RECIPES, ViewRenderer, create_renderer, finish_batch, store_order
@@ -602,7 +602,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
 # ------------------------------------------------------------------------------------ step / loader
 def _train_store(cfg: BenchConfig, tmp: str) -> tuple[str, str]:
     """Real images and a real label store (random-weight teacher) for stage-two timing."""
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
     from relabel.teacher import Teacher
 
     folder = os.path.join(tmp, "train_images")

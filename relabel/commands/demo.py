@@ -125,7 +125,7 @@ def train_teacher(train_dir: Path, val_dir: Path, recipe: Path, run: Path, teach
 def make_labels(train_dir: Path, store: Path, teacher: str, checkpoint: Path, views: int, topk: int, img_size: int,
                 recipe: Path, workers: int, device: str) -> dict:
     """Stage one over the training images with the trained teacher (resumes an existing store)."""
-    from relabel.generate import GenerateConfig, generate
+    from relabel.stages.generate import GenerateConfig, generate
 
     cfg = GenerateConfig(data=str(train_dir), out=str(store), teacher=teacher, teacher_checkpoint=str(checkpoint),
                          views=views, topk=topk, img_size=img_size, workers=workers, device=device, recipe=str(recipe),

@@ -1,12 +1,12 @@
 """The sharing commands: ``relabel export``, ``publish`` and ``pull`` (typer functions over
-``relabel.publish``'s library functions; ``cli`` registers them)."""
+``relabel.stages.publish``'s library functions; ``cli`` registers them)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import typer
 
-from relabel.publish import export, publish, pull
+from relabel.stages.publish import export, publish, pull
 from relabel.storage.errors import ConfigError
 
 

@@ -7,8 +7,8 @@ import os
 import typer
 
 
-from relabel.generate_config import GenerateConfig
-from relabel.verify_config import VerifyConfig
+from relabel.stages.generate_config import GenerateConfig
+from relabel.stages.verify_config import VerifyConfig
 
 from .options import command_from, config_from_params, quiet, with_sections
 
@@ -18,7 +18,7 @@ def _say(msg: str) -> None:
 
 
 def _generate(params: dict) -> None:
-    from relabel.generate import generate as run
+    from relabel.stages.generate import generate as run
 
     s = run(config_from_params(GenerateConfig, params, lists=("teacher_checkpoint", "teacher_weight")))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -60,7 +60,7 @@ def info(store: str = typer.Argument(..., help="Label store."),
 
 
 def _verify(params: dict) -> None:
-    from relabel.verify import verify as run
+    from relabel.stages.verify import verify as run
 
     r = run(config_from_params(VerifyConfig, params, lists=("teacher_checkpoint",)))
     for line in r.damaged:

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..randaug import OpParams, op_argument
+from .randaug import OpParams, op_argument
 from .recipe import GEOMETRIC_OPS, Recipe
 from .resample import _AFFINE_FILTERS, _accumulate, _coord, _inside, _true_div
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from relabel.storage.order import store_order  # noqa: F401  (the store order is part of the view contract)
 
-from ..randaug import OpParams, sample_ops
+from .randaug import OpParams, sample_ops
 from ..rng import CounterRNG, derive_key
 from .recipe import Recipe
 

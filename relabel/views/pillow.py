@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..randaug import apply_ops
+from .randaug import apply_ops
 from .params import MixParams, ViewParams, batch_mixes, erase_noise, mix_lambda, pixel_box
 from .recipe import INTERPOLATIONS, Recipe
 

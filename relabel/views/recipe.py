@@ -16,7 +16,7 @@ from PIL import Image
 
 from relabel.storage.errors import ConfigError
 
-from ..randaug import RandAugmentConfig, parse_randaugment
+from .randaug import RandAugmentConfig, parse_randaugment
 
 GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"})
 AFFINE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what Pillow's Image.transform can resample with

@@ -10,10 +10,10 @@ from relabel.storage import LabelStore, open_source
 from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.store import STATUS_OK
 
-from . import replay_check
+from relabel.views import replay_check
 from .verify_config import VerifyConfig
-from .teacher import rebuild_teacher
-from .views import Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, group_partners, render_now
+from relabel.teacher import rebuild_teacher
+from relabel.views import Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, group_partners, render_now
 
 # Recomputation noise on top of the stored rounding, by the precision the labels were made in
 # (verify itself recomputes in fp32): batch composition and kernels, plus reduced precision.
@@ -31,7 +31,7 @@ class VerifyReport:
     pending_shards: int = 0
     damaged: list = field(default_factory=list)  # ShardDamage records
     notes: list[str] = field(default_factory=list)
-    drift: str | None = None  # replayed pixels differ from stage one's (relabel.replay_check)
+    drift: str | None = None  # replayed pixels differ from stage one's (relabel.views.replay_check)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +90,7 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     if missing:
         raise SourceError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
                           f"(first: {missing[0]!r}); verify needs the images the labels were made from")
-    from .models import pick_device
+    from relabel.models import pick_device
 
     where = pick_device(device) if teacher is None else teacher.device
     view_renderer = create_renderer(renderer, ViewRenderer(create_recipe(h.recipe), h.seed, h.img_size), where)

@@ -25,14 +25,15 @@ from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
 from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
 
-from . import __version__, replay_check
-from .classmap import resolve_class_map
-from .dist import Dist
+from relabel import __version__
+from relabel.classmap import resolve_class_map
+from relabel.dist import Dist
 from .generate_config import GenerateConfig
-from .models import out_of_memory
-from .progress import progress_bar
-from .teacher import NonFiniteOutput, build_teacher, start_topk, teacher_identity
-from .views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
+from relabel.models import out_of_memory
+from relabel.progress import progress_bar
+from relabel.teacher import NonFiniteOutput, build_teacher, start_topk, teacher_identity
+from relabel.views import replay_check
+from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
                     group_partners, plan_batch, prefetch_on_device, resolve_renderer, store_order)
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 from .randaug import OpParams
-from .views import Renderer, ViewParams, ViewRenderer, create_renderer, decode_image, finish_batch, plan_batch, render_now
+from .params import ViewParams
+from .pillow import decode_image
+from .render import Renderer, ViewRenderer, create_renderer, finish_batch, plan_batch, render_now
 
 SAMPLES = 4  # real images hashed (decoded pixels and one rendered view each)
 

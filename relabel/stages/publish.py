@@ -25,7 +25,7 @@ def export(store: str, to: str, images: str | None = None, shard_size: int | Non
     from relabel.storage.export import export_webdataset
     from relabel.storage.paths import is_inside
 
-    from .progress import progress_bar
+    from relabel.progress import progress_bar
 
     # Shards inside the store would be published with it; inside DATA they would become a class.
     for what, src in (("the label store", store), (f"the {named('images')} folder", images)):
@@ -47,7 +47,7 @@ def export(store: str, to: str, images: str | None = None, shard_size: int | Non
 
 
 def _recipe_digest(recipe: dict) -> str | None:
-    from .views import create_recipe
+    from relabel.views import create_recipe
 
     try:
         return create_recipe(recipe).digest
