@@ -49,6 +49,12 @@ _EXPORTS = {
     "TrainConfig": "relabel.train.loop",
     "TrainResult": "relabel.train.loop",
     "CachedDistillationTask": "relabel.train.timm_task",
+    # seeing the labels
+    "show": "relabel.stages.show",
+    "ShowConfig": "relabel.stages.show_config",
+    "label_stats": "relabel.stages.stats",
+    "plot_stats": "relabel.stages.stats",
+    "StatsConfig": "relabel.stages.show_config",
     # errors
     "RelabelError": "relabel.errors",
     "ConfigError": "relabel.errors",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import timm
 
+from relabel.settings import PRECISIONS
 from relabel.storage.errors import ConfigError, named
 from relabel.storage.hashing import sha256_file
 
@@ -160,7 +161,6 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

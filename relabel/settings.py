@@ -8,6 +8,11 @@ imports no typer.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import re
+import types
+import typing
 from dataclasses import MISSING, Field, field, fields
 from typing import Any, Callable
 
@@ -16,7 +21,9 @@ META = "relabel"
 
 def setting(default: Any = MISSING, *, help: str, section: str | None = None, flags: tuple[str, ...] = (),
             cli: bool = True, cli_type: Any = None, argument: bool = False, default_factory: Any = MISSING,
-            fallback: Any = MISSING, resume: bool = False, parse: Callable[[str], Any] | None = None):
+            fallback: Any = MISSING, resume: bool = False, parse: Callable[[str], Any] | None = None,
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            choices: tuple | None = None, check: Callable[[Any], Any] | None = None):
     """A config field with its command-line face.
 
     ``help`` and ``section`` (the --help panel; None: the plain "Options" panel), ``flags`` (option
@@ -26,9 +33,18 @@ def setting(default: Any = MISSING, *, help: str, section: str | None = None, fl
     turns that option's text into the field's value (e.g. "1,2,4" -> [1, 2, 4]). ``fallback``: the
     value of a field left None that no preset set (the field's default is then None). ``resume``: a
     resumed run must keep this setting (it is part of the run).
+
+    Limits (``check_settings`` applies them wherever a value comes from: the CLI, a config record,
+    a library function's keyword): the field's annotation gives the type (whole numbers for ``int``,
+    finite numbers for ``float``; numpy scalars are taken as the Python ones), ``ge``/``gt``/``le``/
+    ``lt`` the range (of each item, for a list), ``choices`` the allowed values, and ``check`` any
+    other rule: a function of the value that returns it (normalized) or raises ValueError saying
+    what is allowed.
     """
     meta = {META: dict(help=help, section=section, flags=tuple(flags), cli=cli, cli_type=cli_type,
-                       argument=argument, fallback=fallback, resume=resume, parse=parse)}
+                       argument=argument, fallback=fallback, resume=resume, parse=parse,
+                       limits=dict(ge=ge, gt=gt, le=le, lt=lt, choices=None if choices is None else tuple(choices),
+                                   check=check))}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -75,10 +91,185 @@ def default_of(config_cls, name: str) -> Any:
     raise KeyError(f"{config_cls.__name__}.{name} has no default")
 
 
+# ------------------------------------------------------------------------------------------ limits
+def _number_words(lim: dict) -> str:
+    parts = []
+    for key, word in (("gt", "above"), ("ge", "at least"), ("lt", "below"), ("le", "at most")):
+        if lim.get(key) is not None:
+            parts.append(f"{word} {_shown_number(lim[key])}")
+    if lim.get("ge") is not None and lim.get("le") is not None:
+        return f"from {_shown_number(lim['ge'])} to {_shown_number(lim['le'])}"
+    return " and ".join(parts)
+
+
+def _shown_number(x) -> str:
+    return f"{x:,}" if isinstance(x, int) and abs(x) >= 10_000 else repr(x)
+
+
+def _as_number(kind: type, v):
+    """``v`` as a Python ``int`` or finite ``float``, or None when it is not one (numpy scalars are
+    numbers; bools and strings are not)."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_" or not isinstance(v, numbers.Real):
+        return None
+    if kind is int:
+        return int(v) if isinstance(v, numbers.Integral) else None
+    try:
+        f = float(v)
+    except (OverflowError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _in_range(x, lim: dict) -> bool:
+    return not ((lim["ge"] is not None and x < lim["ge"]) or (lim["gt"] is not None and x <= lim["gt"])
+                or (lim["le"] is not None and x > lim["le"]) or (lim["lt"] is not None and x >= lim["lt"]))
+
+
+def _alternatives(annotation) -> tuple[list, bool]:
+    """(the concrete types a value may have, whether None is allowed) of an annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        out, none = [], False
+        for a in typing.get_args(annotation):
+            if a is type(None):
+                none = True
+            else:
+                sub, n = _alternatives(a)
+                out += sub
+                none |= n
+        return out, none
+    if annotation is Any:
+        return [Any], True
+    return [annotation], False
+
+
+def _convert(annotation, value, lim: dict):
+    """``value`` checked against one alternative of an annotation: (ok, normalized value, words
+    for what this alternative allows)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True, value, "anything"
+    if annotation is bool:
+        return isinstance(value, bool) or (type(value).__name__ == "bool_"), (bool(value) if type(value).__name__ in
+                                                                            ("bool", "bool_") else value), "true or false"
+    if annotation in (int, float):
+        x = _as_number(annotation, value)
+        rng = _number_words(lim)
+        words = ("a whole number" if annotation is int else "a finite number") + (f" {rng}" if rng else "")
+        if x is None or not _in_range(x, lim):
+            return False, value, words
+        return True, x, words
+    if annotation is str:
+        if not isinstance(value, str):
+            return False, value, "text"
+        if lim["choices"] is not None and value not in lim["choices"]:
+            return False, value, f"one of {', '.join(map(str, lim['choices']))}"
+        return True, value, "text" if lim["choices"] is None else f"one of {', '.join(map(str, lim['choices']))}"
+    if origin in (list, tuple) or annotation in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        words = f"a list, each item {_convert(item, object(), lim)[2]}"
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return False, value, words
+        out = []
+        for v in value:
+            ok, x, _ = _convert(item, v, lim)
+            if not ok:
+                return False, value, words
+            out.append(x)
+        return True, out, words
+    return isinstance(value, annotation) if isinstance(annotation, type) else True, value, getattr(
+        annotation, "__name__", str(annotation))
+
+
+def check_value(config_cls, name: str, value: Any, called: str | None = None) -> Any:
+    """``value`` for setting ``name`` of ``config_cls``, checked against the field's limits and
+    normalized (numpy scalars to Python numbers, tuples to lists); ConfigError naming the setting,
+    the value and what is allowed otherwise. Library functions that take a setting as a keyword
+    check it here, so they refuse exactly what the CLI and the config records refuse (``called``:
+    the keyword's name there, when it differs from the setting's)."""
+    from relabel.errors import ConfigError, named
+
+    f = _field(config_cls, name)
+    md = meta(f) or {}
+    lim = md.get("limits") or dict(ge=None, gt=None, le=None, lt=None, choices=None, check=None)
+    alternatives, none_ok = _alternatives(_hints(config_cls)[name])
+    if value is None and none_ok:
+        return None
+    allowed = []
+    for alt in alternatives:
+        ok, x, words = _convert(alt, value, lim)
+        allowed.append(words)
+        if ok:
+            if lim["check"] is not None:
+                try:
+                    x = lim["check"](x)
+                except ValueError as e:
+                    raise ConfigError(f"{named(called or name)} must be {e} (got {value!r})") from None
+            return x
+    raise ConfigError(f"{named(called or name)} must be {' or '.join(dict.fromkeys(allowed))} (got {value!r})")
+
+
+def check_number(name: str, value: Any, kind: type = int, **limits) -> Any:
+    """``value`` of a keyword that is no config setting (an image size, a rank), checked with the
+    same rules (``kind`` int or float, ``ge``/``gt``/``le``/``lt``); ConfigError otherwise."""
+    from relabel.errors import ConfigError, named
+
+    lim = dict(ge=None, gt=None, le=None, lt=None, choices=None, check=None) | limits
+    ok, x, words = _convert(kind, value, lim)
+    if not ok:
+        raise ConfigError(f"{named(name)} must be {words} (got {value!r})")
+    return x
+
+
+def check_settings(config) -> None:
+    """Check every setting of a config record against its field's limits, normalizing in place; a
+    config dataclass calls this from ``__post_init__`` (``__post_init__ = check_settings``)."""
+    for f, md in settings_of(type(config)):
+        value = getattr(config, f.name)
+        if value is MISSING:
+            continue
+        new = check_value(type(config), f.name, value)
+        if new is not value:
+            object.__setattr__(config, f.name, new)
+
+
+def _field(config_cls, name: str) -> Field:
+    for f in fields(config_cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{config_cls.__name__} has no setting {name!r}")
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _hints(config_cls) -> dict:
+    h = _HINTS.get(config_cls)
+    if h is None:
+        h = _HINTS[config_cls] = typing.get_type_hints(config_cls)
+    return h
+
+
+def device_name(value: str) -> str:
+    """A device setting: auto, cpu, cuda or cuda:N (whether that device exists is checked where it is used)."""
+    if isinstance(value, str) and (value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,3}", value)):
+        return value
+    raise ValueError("auto, cpu, cuda or cuda:N")
+
+
+# Seeds name streams of the counter-based RNG and torch generators: 0 to 2**63 - 1 (what torch.Generator takes).
+MAX_SEED = 2**63 - 1
+
 # Settings several stages share, worded once.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RENDERERS = ("auto", "pillow", "torch")
+MAX_IMG_SIZE = 4096
 RENDERER_HELP = ("auto (torch on CUDA, Pillow on CPU), pillow (views rendered in the DataLoader workers) or torch "
                  "(workers decode and cut the crop's region; the views render on the device). Both give the same "
                  "bytes.")
+RENDER_KERNELS = ("auto", "matmul", "taps")
+RENDER_KERNEL_HELP = ("The torch renderer's resize kernel: auto (each timed on the device's first batches, the fastest "
+                      "kept), matmul (dense float64) or taps (Pillow's int32 taps). All give the same bytes.")
 DEVICE_HELP = "auto, cpu or cuda."
 
-__all__ = ["setting", "meta", "settings_of", "sections_of", "fallbacks_of", "resume_keys_of", "default_of", "META", "RENDERER_HELP", "DEVICE_HELP"]
+__all__ = ["MAX_SEED", "MAX_IMG_SIZE", "PRECISIONS", "RENDERERS", "setting", "check_settings", "check_value", "check_number", "device_name", "meta", "settings_of", "sections_of", "fallbacks_of", "resume_keys_of", "default_of", "META", "RENDERER_HELP", "RENDER_KERNELS", "RENDER_KERNEL_HELP", "DEVICE_HELP"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,7 +19,32 @@ import torch.nn.functional as F
 from relabel.storage.errors import ConfigError, UserError, named
 from relabel.storage.hashing import sha256_file
 
+from relabel.settings import DEVICE_HELP, MAX_IMG_SIZE, PRECISIONS, check_settings, check_value, device_name, setting
+
 from .models import Normalize, autocast, create, pick_device, resolve_precision
+
+MAX_CLASSES = 1 << 20  # what a store's class index array (uint32) and a source's class list allow
+
+
+def _a_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("a non-empty name")
+    return name
+
+
+@dataclass
+class TeacherSettings:
+    """A teacher's own settings with their limits: ``FunctionTeacher`` and ``EnsembleTeacher``
+    check what they are given here, as the CLI checks its options."""
+
+    num_classes: int = setting(1000, help="Classes of the teacher's logits.", ge=1, le=MAX_CLASSES)
+    name: str = setting("teacher", help="Name recorded in the store (resume and verify compare it).", check=_a_name)
+    input_size: int = setting(224, help="The size the teacher sees.", ge=8, le=MAX_IMG_SIZE)
+    device: str = setting("cpu", help=DEVICE_HELP, check=device_name)
+    precision: str = setting("fp32", help="fp32, fp16, bf16 or auto.", choices=PRECISIONS)
+    teacher_weight: list[float] | None = setting(None, help="One weight per ensemble member.", gt=0)
+
+    __post_init__ = check_settings
 
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +176,9 @@ class EnsembleTeacher:
 
     def __init__(self, members: Sequence[Teacher], weights: Sequence[float] | None = None):
         if len(members) < 2:
-            raise ValueError("an ensemble needs at least two members")
+            raise ConfigError(f"an ensemble needs at least two teachers (got {len(members)}); use the teacher "
+                              f"itself")
+        weights = check_value(TeacherSettings, "teacher_weight", None if weights is None else list(weights))
         classes = {m.num_classes for m in members}
         if len(classes) != 1:
             raise ConfigError(f"ensemble members disagree on the number of classes "
@@ -199,8 +227,13 @@ class FunctionTeacher:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_classes: int, name: str,
                  input_size: int = 224, device: str = "cpu", precision: str = "fp32"):
-        self.fn, self.name, self._num_classes, self._input_size = fn, name, int(num_classes), int(input_size)
-        self.device, self.precision, self.tf32 = pick_device(device), precision, False
+        if not callable(fn):
+            raise ConfigError(f"a FunctionTeacher needs a callable pixels -> logits (got {type(fn).__name__})")
+        s = TeacherSettings(num_classes=num_classes, name=name, input_size=input_size, device=device,
+                            precision=precision)
+        self.fn, self.name, self._num_classes, self._input_size = fn, s.name, s.num_classes, s.input_size
+        self.device, self.tf32 = pick_device(s.device), False
+        self.precision = resolve_precision(self.device, s.precision)  # what the store records: never "auto"
 
     @property
     def num_classes(self) -> int:

@@ -9,6 +9,9 @@ import json
 import yaml
 
 from .manifest import MANIFEST_NAME, SHARDS_DIR
+from .stats import stats_markdown
+
+SHEET_NAME = "relabel-sheet.png"  # the card's contact sheet, published beside it
 
 
 def _size_category(n: int) -> str:
@@ -27,10 +30,36 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+# How each key rule (storage/keys.py) matches a user's copy of the images.
+_KEY_RULES = {"path": "paths relative to the images' root, without extension",
+              "stem": "file names without folders or extension",
+              "imagenet": "ImageNet's names and synsets, whatever the copy's layout"}
+_COPIES = {
+    "path": "Labels are matched to images by key: the path relative to the root without extension (webdataset: "
+            "`__key__`), so your copy needs the same layout.",
+    "stem": "Labels are matched to images by file name (no folders, no extension): any copy with the same file "
+            "names works, as a folder tree, webdataset tars or Hugging Face parquet (`image.path`).",
+    "imagenet": "Labels are matched by ImageNet name: any common copy works as it is: the folder tree "
+                "(`n01440764/n01440764_10026.JPEG`), timm's webdataset tars (`n01440764_10026`), or Hugging Face "
+                "parquet (`ILSVRC/imagenet-1k`, also as `hf://datasets/ILSVRC/imagenet-1k`); classes are matched by "
+                "synset.",
+}
+
+
+def _resize_rule(header: dict) -> str:
+    from .header import resize_rule_for_pillow
+
+    rule = (header.get("render_rules") or {}).get("resize")
+    return rule or resize_rule_for_pillow(((header.get("replay_check") or {}).get("env") or {}).get("pillow", ""))
+
+
 def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: str | None = None,
                  store_bytes: int = 0, unreadable: int = 0, shards_index: dict | None = None,
-                 recipe_digest: str | None = None, train_hint: str | None = None) -> str:
-    """README.md text for ``dest`` (the URL users pull from)."""
+                 recipe_digest: str | None = None, train_hint: str | None = None, stats: dict | None = None,
+                 sheet: str | None = None, sheet_views: tuple[int, int] | None = None) -> str:
+    """README.md text for ``dest`` (the URL users pull from). ``stats``: ``relabel info --stats``'s
+    result, shown as a table; ``sheet``: the contact sheet's file name beside the card (``sheet_views``:
+    its samples and views), so a label set shows what it is."""
     t = header.get("teacher") or {}
     r = header.get("recipe") or {}
     enc = header.get("encoding") or {}
@@ -85,11 +114,25 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
         f"| stored values | {enc_s} |",
         f"| images | {N:,}" + (f" ({unreadable} unreadable, no labels)" if unreadable else "") + " |",
         f"| source-dataset fingerprint | `{header.get('fingerprint')}` |",
+        f"| key rule | `{header.get('key_rule', 'path')}` ({_KEY_RULES.get(header.get('key_rule', 'path'), '')}) |",
+        f"| render rule | resize `{_resize_rule(header)}`: replays byte for byte on any Pillow 10.4 to 13.0 |",
         f"| label store | {_human(store_bytes)} (zarr v3, schema {header.get('schema_version')}) |",
     ]
     if shards_index:
         lines.append(f"| webdataset shards | {len(shards_index['shards'])} in `{SHARDS_DIR}/`"
                      + (" (with images)" if shards_index.get("images") else " (labels only)") + " |")
+    if sheet or stats:
+        lines += ["", "## What the labels look like", ""]
+    if sheet:
+        n, v = sheet_views or (0, 0)
+        lines += [f"![{n} random images x {v} stored views, each as the student replays it, with the teacher's top-3 "
+                  f"and the rest mass]({sheet})", "",
+                  f"{n} random images (rows) x {v} stored views (columns), each tile the exact pixels a student "
+                  "replays; under it the target (a mixed view: both images' classes and their shares), the teacher's "
+                  "top-3 and the rest (`relabel show`).", ""]
+    if stats:
+        lines += [stats_markdown(stats), "", "What the numbers mean (`relabel info --stats`):", ""]
+        lines += [f"- *{name.replace('_', ' ')}*: {text}" for name, text in stats["definitions"].items()]
     lines += [
         "", "## Train with it", "",
         "```bash",
@@ -98,16 +141,20 @@ def dataset_card(header: dict, dest: str, *, license: str = "cc-by-4.0", title: 
         f"relabel pull {dest} {pull_dir} --views {max(1, V // 2)}  # or only views 0-{max(1, V // 2) - 1} (fewer files)",
         train,
         "```", "",
-        "You need your own copy of the images the labels were made from. Labels are matched to images by "
-        "key (ImageFolder: the path relative to the root without extension; webdataset: `__key__`); relabel "
-        "compares the fingerprint above (sha256 of the sorted keys and class names) and says which keys are "
-        "missing. See `relabel train --help` for the student, schedule and loss options.", "",
+        "You need your own copy of the images the labels were made from. " + _COPIES.get(
+            header.get("key_rule", "path"), _COPIES["path"]) + " relabel compares the fingerprint above (the "
+        "keys, their classes and the class names) and says which keys are missing"
+        + (", and checks every image's bytes against the digest of the bytes it was labelled from"
+           if int(header.get("schema_version", 0)) >= 4 else "")
+        + ". See `relabel train --help` for the student, schedule and loss options.", "",
         "## Files", "",
         "- the label store at the root: `zarr.json`, `topk_index/`, `topk_logp/`, `status/`, `done/`, `keys/` "
         "(zarr v3, sharded). In Python: `relabel.storage.LabelStore.open(\"<this location>\")` reads it in place "
         "(local folder or fsspec URL).",
         f"- `{MANIFEST_NAME}`: size and sha256 of every file; `relabel pull` checks them.",
     ]
+    if sheet:
+        lines.append(f"- `{sheet}`: the contact sheet above (not part of the labels).")
     if shards_index:
         lines.append(f"- `{SHARDS_DIR}/`: webdataset tar shards, one `<key>.labels.npy` per sample holding all "
                      "its views" + (" plus `<key>.image` (the image file's bytes) and `<key>.cls`"

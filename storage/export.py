@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, SourceError, StoreError, named
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER, SHARD_NAME_PATTERN,
-                            check_export_key, labels_dtype, npy_bytes, pack_labels)
+                            SIDE_FILES, check_export_key, labels_dtype, npy_bytes, pack_labels, write_npy)
 from .hashing import HashingWriter
 from .store import STATUS_PENDING, LabelStore
 
@@ -135,7 +135,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
     for f in os.listdir(out):  # leftovers of an export that was cut short
         if f.endswith(".partial") and (f[:-8] == INDEX_NAME or pat.fullmatch(f[:-8])):
             os.remove(os.path.join(out, f))
-    foreign = sorted(f for f in os.listdir(out) if f != INDEX_NAME and not pat.fullmatch(f))
+    foreign = sorted(f for f in os.listdir(out) if f not in (INDEX_NAME, *SIDE_FILES) and not pat.fullmatch(f))
     if foreign:
         raise StoreError(f"{out}: holds other files ({foreign[0]!r}, ...); export into an empty folder")
     n_shards = -(-h.num_samples // S)
@@ -192,7 +192,16 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
         if writer is not None:
             writer.abort()
 
+    side = {}  # what binds labels to image bytes and classes (schema 4): one small file each, beside index.json
+    if store.has_digests:
+        for name, arr in (("digests", store.sample_digests()), ("sample_class", store.sample_classes().astype("<i4"))):
+            side[name] = {"file": SIDE_FILES[name], "sha256": write_npy(os.path.join(out, SIDE_FILES[name]), arr)}
+    else:
+        for f in SIDE_FILES.values():
+            if os.path.exists(os.path.join(out, f)):
+                os.remove(os.path.join(out, f))
     index = {
+        **side,
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "num_samples": h.num_samples,

@@ -49,6 +49,11 @@ file name holds a '.' cannot be exported (webdataset cuts keys at the first dot 
 ``shard_size``, ``header`` (the full store header: recipe, seed, teacher, fingerprint, ... enough to
 rebuild the views), ``label_set_digest`` (the exported store's, storage/FORMAT.md; null for a
 schema-2 store), and ``shards``: a list of ``{name, samples, first_position, bytes, sha256}``.
+Exports of schema-4 stores also carry, beside index.json, ``digests.npy`` ((N, 16) uint8: the first
+16 bytes of the sha256 of the image bytes each sample was labelled from, zeros for none) and
+``sample_class.npy`` ((N,) int32: each sample's class index), both in store order and named in
+index.json as ``digests`` / ``sample_class``: ``{file, sha256}``; training from the export checks
+every image it reads against its digest, as from the store.
 
 Running the export again on the same store (and images) writes byte-identical files.
 Per-sample cost: 512-byte member header + the data rounded up to 512 bytes, per member.
@@ -62,6 +67,7 @@ index's views and top-k before anything is allocated (no pickles, ever), and any
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
@@ -131,7 +137,24 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_npy(data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
+# Beside index.json (stores of schema 4): the digest of each sample's image bytes, (N, 16) uint8, and
+# each sample's class, (N,) int32, in store order; index.json names each with its sha256.
+SIDE_FILES = {"digests": "digests.npy", "sample_class": "sample_class.npy"}
+SIDE_DTYPES = {"digests": ("|u1", 16), "sample_class": ("<i4", None)}
+
+
+def write_npy(path: str, a: np.ndarray) -> str:
+    """Write ``a`` as .npy (format 1.0, no pickle), atomically; its sha256 (hex)."""
+    import hashlib
+
+    data = npy_bytes(np.ascontiguousarray(a))
+    with open(path + ".partial", "wb") as f:
+        f.write(data)
+    os.replace(path + ".partial", path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_npy(data: bytes, shape: tuple[int, ...], where: str, dtypes: tuple[str, ...] = ("<u2", "<u4")) -> np.ndarray:
     """A labels member: its header is parsed and checked (shape, dtype, byte count) before any array
     exists, so a header claiming 10^18 elements costs nothing; object dtypes (pickles) are refused."""
     fp = io.BytesIO(data)
@@ -145,10 +168,11 @@ def load_npy(data: bytes, shape: tuple[int, ...], where: str) -> np.ndarray:
             raise ValueError(f"npy version {version}")
     except Exception as e:
         raise StoreError(f"{where}: not a readable .npy ({type(e).__name__}: {str(e)[:80]})") from None
-    if dtype.str not in ("<u2", "<u4") or fortran:
-        raise StoreError(f"{where}: .npy dtype {dtype.str}{' (Fortran order)' if fortran else ''}; expected <u2 or <u4")
+    if dtype.str not in dtypes or fortran:
+        raise StoreError(f"{where}: .npy dtype {dtype.str}{' (Fortran order)' if fortran else ''}; expected "
+                         f"{' or '.join(dtypes)}")
     if tuple(got) != tuple(shape):
-        raise StoreError(f"{where}: .npy shape {tuple(got)}; index.json says {tuple(shape)} (views + 1, 2k + 1)")
+        raise StoreError(f"{where}: .npy shape {tuple(got)}; index.json says {tuple(shape)}")
     payload = data[fp.tell():]
     if len(payload) != int(np.prod(shape)) * dtype.itemsize:
         raise StoreError(f"{where}: .npy holds {len(payload)} data bytes; its header says "

@@ -7,6 +7,7 @@ is one ``StoreError`` naming the file and member.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ import numpy as np
 from .encoding import ValueEncoding
 from .errors import StoreError, UserError
 from .export_format import (EXPORT_FORMAT, EXPORT_VERSION, IMAGE_FIELDS, IMAGE_MEMBER, INDEX_NAME, LABELS_MEMBER,
-                            MAX_LABELS_BYTES, NPY_HEADER_MAX, load_npy, sniff_image_ext, split_key, unpack_labels)
+                            MAX_LABELS_BYTES, NPY_HEADER_MAX, SIDE_DTYPES, SIDE_FILES, load_npy, sniff_image_ext,
+                            split_key, unpack_labels)
 from .hashing import HashingReader
 from .paths import check_regular
 from .sources import MAX_CLS_BYTES, MAX_IMAGE_BYTES, MAX_TEXT_BYTES, _parse_cls
@@ -278,6 +280,17 @@ class ExportedLabelStore:
                              f"export the whole store (or pull all shards)")
         self.keys, self._index, self._logp, self._status = r.keys, r.index, r.logp, r.status
         self.complete = True
+        index = load_index(path_or_url)
+        self._side = {name: _side_file(path_or_url, index, name, n) for name in SIDE_FILES}
+
+    def sample_digests(self) -> np.ndarray | None:
+        """The digest of the image bytes each sample was labelled from (zeros: none), or None for
+        exports of stores made before digests."""
+        return self._side["digests"]
+
+    def sample_classes(self) -> np.ndarray | None:
+        c = self._side["sample_class"]
+        return None if c is None else c.astype(np.int64)
 
     @cached_property
     def key_index(self) -> dict[str, int]:
@@ -293,6 +306,28 @@ class ExportedLabelStore:
         if not 0 <= v < self.header.views:
             raise IndexError(f"view {v} out of range (export has {self.header.views})")
         return np.ascontiguousarray(self._index[:, v]), np.ascontiguousarray(self._logp[:, v])
+
+
+def _side_file(base: str, index: dict, name: str, n: int) -> np.ndarray | None:
+    """One of the files index.json names beside the shards (``SIDE_FILES``), size and sha256 checked."""
+    entry = index.get(name)
+    if entry is None:
+        return None
+    if not (isinstance(entry, dict) and entry.get("file") == SIDE_FILES[name]
+            and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+        raise StoreError(f"{base}: index.json's {name!r} entry is malformed; export again")
+    dtype, width = SIDE_DTYPES[name]
+    shape = (n, width) if width else (n,)
+    url = _join(str(base), SIDE_FILES[name])
+    try:
+        data = _read_capped(url, 256 + n * (width or 1) * np.dtype(dtype).itemsize)
+    except UserError:
+        raise
+    except Exception as e:
+        raise StoreError(f"{url}: cannot read ({type(e).__name__}: {str(e)[:120]}); export again") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise StoreError(f"{url}: sha256 does not match index.json; the file was changed or damaged after export")
+    return np.array(load_npy(data, shape, url, dtypes=(dtype,)))
 
 
 def is_export(path_or_url: str) -> bool:

@@ -17,12 +17,21 @@ from .errors import StoreError, named
 
 # 2: per-view-block status, crc32c on `done`, class_map, resolved teacher precision, replay check.
 # 3: `seals`, each written shard bound to its store's identity and its place; `renderer`.
-SCHEMA_VERSION = 3
+# 4: `digests` (each shard records the sha256 of the image bytes it was labelled from), `sample_class`,
+#    the fingerprint over each key's class, `key_rule` and `render_rules`.
+SCHEMA_VERSION = 4
 FORMAT_NAME = "relabel-labels"
+
+# The resize pass-order rules (relabel.views.rules): which Pillow versions resize in which order.
+RESIZE_RULES = ("classic", "pillow-12.2", "pillow-13")
+# Header fields by the schema that introduced them: an older store's header and identity stay as written.
+_SINCE = {"key_rule": 4, "render_rules": 4}
 
 STATUS_PENDING, STATUS_OK, STATUS_UNREADABLE = 0, 1, 2
 LABEL_ARRAYS = ("topk_index", "topk_logp")
 SEAL_ARRAY = "seals"
+DIGEST_ARRAY, CLASS_ARRAY = "digests", "sample_class"
+DIGEST_BYTES = 16  # sha256 of a sample's encoded bytes, first 16 bytes (storage/FORMAT.md)
 # Header fields that do not change what a label is: the view count grows, the writer, the decode
 # environment and the renderer are notes. Everything else is the store's identity.
 _NOT_IDENTITY = ("views", "writer", "replay_check", "renderer")
@@ -54,6 +63,10 @@ class StoreHeader:
     replay_check: dict = field(default_factory=dict)
     # The renderer that made the store ("pillow" or "torch"; their bytes are equal). A note.
     renderer: str = "pillow"
+    # How a copy's sample names became keys (storage.keys): "path", "stem" or "imagenet".
+    key_rule: str = "path"
+    # What the views' bytes depend on beyond the recipe: {"resize": a RESIZE_RULES name}.
+    render_rules: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.encoding, dict):
@@ -81,6 +94,15 @@ class StoreHeader:
                 raise StoreError(f"class map points at teacher class {bad[0]}, outside 0..{self.num_classes - 1}")
             if len(set(self.class_map)) != len(self.class_map):
                 raise StoreError("class map sends two dataset classes to the same teacher class")
+
+    @property
+    def resize_rule(self) -> str:
+        """The resize pass order the views were made with: recorded since schema 4; before, the one
+        the recorded Pillow version used (12.2/12.3's 100:1 rule included)."""
+        rule = (self.render_rules or {}).get("resize")
+        if rule is not None:
+            return rule
+        return resize_rule_for_pillow(((self.replay_check or {}).get("env") or {}).get("pillow", ""))
 
     def teacher_class(self, dataset_class: np.ndarray) -> np.ndarray:
         """Dataset class indices -> the teacher's index space (where labels and the student live)."""
@@ -121,6 +143,9 @@ class StoreHeader:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for name, since in _SINCE.items():  # an older store's header is written back as it was
+            if self.schema_version < since:
+                d.pop(name, None)
         d["encoding"] = self.encoding.to_dict()
         d["format"] = FORMAT_NAME
         d["index_dtype"] = self.index_dtype.name
@@ -130,6 +155,20 @@ class StoreHeader:
     def from_dict(cls, d: dict) -> "StoreHeader":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resize_rule_for_pillow(version: str) -> str:
+    """The resize rule a Pillow version resizes by natively (an unknown or missing version: the
+    classic order, which every version before 12.2 used)."""
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return "classic"
+    if major >= 13:
+        return "pillow-13"
+    if (major, minor) >= (12, 2):
+        return "pillow-12.2"
+    return "classic"
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,25 @@ def _rm(path: str) -> None:
         pass
 
 
+def _same_header(root_meta: str, header: dict, src: str) -> None:
+    """The manifest's copy of the store header (which sized the pull: views, view blocks) must be the
+    fetched zarr.json's, field for field; an edited manifest is refused, naming the field."""
+    try:
+        with open(root_meta, "rb") as f:
+            real = json.loads(f.read())["attributes"]["relabel"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StoreError(f"{src}: the published zarr.json holds no readable store header; ask the publisher to "
+                         f"republish") from None
+    if not isinstance(real, dict):
+        raise StoreError(f"{src}: the published zarr.json's store header is not an object; ask the publisher to "
+                         f"republish")
+    for key in sorted(set(real) | set(header)):
+        if real.get(key) != header.get(key):
+            raise StoreError(f"{src}/{MANIFEST_NAME}: its copy of the store header says {key} = "
+                             f"{str(header.get(key))[:40]!r} but the store's zarr.json says {str(real.get(key))[:40]!r}: "
+                             f"the manifest was edited; nothing was kept as a store (ask the publisher to republish)")
+
+
 def _pull_header(header, src: str, need_blocks: bool) -> tuple[int, int]:
     """(views, views_per_shard) of the published store, checked: they size what a pull fetches."""
     if not isinstance(header, dict):
@@ -309,6 +328,7 @@ def pull_files(src: str, dest: str, views: str | None = None, shards: bool | Non
         more = f" (and {len(errors) - 1} more file(s))" if len(errors) > 1 else ""
         raise StoreError(f"{errors[0]}{more}; rerun the same pull to resume")
     if os.path.isfile(stash):
+        _same_header(stash, header, src)  # what decided which files to fetch is the store's own header
         os.replace(stash, root_meta)
     res.digest = _check_label_set(dest, src, blocks, expect)
     if rng is not None:

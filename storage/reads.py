@@ -13,7 +13,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from .errors import StoreError, named
-from .header import LABEL_ARRAYS, STATUS_OK, STATUS_UNREADABLE, Shard, ShardDamage
+from .header import CLASS_ARRAY, DIGEST_ARRAY, DIGEST_BYTES, LABEL_ARRAYS, STATUS_OK, STATUS_UNREADABLE, Shard, ShardDamage
 from .rows import check_label_rows
 
 REPAIR_HINT = f"rerun generate {named('repair', True)} with the same data and settings to rebuild it"
@@ -47,6 +47,107 @@ class LabelReads:
                             f"for some views and unreadable for others; rerun 'relabel generate' to finish the store")
         return np.where(bad, STATUS_UNREADABLE, st.max(0)).astype(np.uint8)
 
+    def trusted_block_status(self) -> np.ndarray:
+        """``block_status`` with the rows of shards not marked done zeroed: what a writer may build on.
+        A pending shard's status chunk is a crash's leftover, a repair's target or a foreign file;
+        its "unreadable" marks must not spread to other view blocks (the sticky rule)."""
+        st = np.array(self.block_status())
+        h, done = self.header, self.done_views()
+        for vb in range(done.shape[0]):
+            for sb in range(done.shape[1]):
+                if not done[vb, sb]:
+                    st[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = 0
+        return st
+
+    @property
+    def has_digests(self) -> bool:
+        """Schema 4 and later record, per shard, the digests of the image bytes it was labelled from."""
+        return self.header.schema_version >= 4
+
+    def block_digests(self) -> np.ndarray:
+        """(view blocks, N, 16) digests as each shard recorded them; zeros: not written, or no bytes read."""
+        if self.group.read_only and getattr(self, "_block_digests", None) is not None:
+            return self._block_digests
+        d = self._read(DIGEST_ARRAY, slice(None), lambda: "the digests array")
+        if self.group.read_only:
+            self._block_digests = d
+        return d
+
+    def sample_digests(self, trusted_only: bool = False) -> np.ndarray | None:
+        """(N, 16): the digest of the bytes every sample was labelled from (zeros: none recorded), or
+        None for stores made before digests. View blocks that recorded two different digests for a
+        sample (its image changed between them) are refused, naming the sample. ``trusted_only``:
+        only shards marked done count (what a writer may build on)."""
+        if not self.has_digests:
+            return None
+        d = np.array(self.block_digests())
+        if trusted_only:
+            h, done = self.header, self.done_views()
+            for vb in range(done.shape[0]):
+                for sb in range(done.shape[1]):
+                    if not done[vb, sb]:
+                        d[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = 0
+        written = d.any(-1)  # (view blocks, N)
+        first = np.argmax(written, axis=0)
+        out = d[first, np.arange(d.shape[1])]
+        out[~written.any(0)] = 0
+        differ = (written & (d != out[None]).any(-1)).any(0)
+        if differ.any():
+            i = int(np.nonzero(differ)[0][0])
+            raise StoreError(f"{self.path}: {int(differ.sum())} sample(s) (first: {self.keys[i]!r}) were labelled from "
+                             f"different image bytes in different view blocks (the images changed while the store was "
+                             f"made); restore them and rerun generate {named('repair', True)}")
+        return out
+
+    def check_bytes(self, source, threads: int = 16) -> tuple[list["ShardDamage"], list[str]]:
+        """Read every sample's bytes from ``source`` (the images, keyed as the store keys them) and
+        compare their digest with what each written shard recorded: (damaged shards, keys whose bytes
+        differ or are missing). Stores made before digests: nothing to compare ([], [])."""
+        if not self.has_digests:
+            return [], []
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        index, keys, blocks = source.index(), self.keys, self.block_digests()
+
+        def digest(i: int) -> bytes | None:
+            j = index.get(keys[i])
+            if j is None:
+                return None
+            try:
+                return hashlib.sha256(source.read(j)).digest()[:DIGEST_BYTES]
+            except Exception:  # unreadable now: it differs from what was read, if anything was
+                return b""
+
+        now = np.zeros((len(keys), DIGEST_BYTES), np.uint8)
+        missing = np.zeros(len(keys), bool)
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # reads are I/O; sha256 releases the GIL
+            for i, d in enumerate(pool.map(digest, range(len(keys)), chunksize=64)):
+                if d is None:
+                    missing[i] = True
+                elif len(d) == DIGEST_BYTES:
+                    now[i] = np.frombuffer(d, np.uint8)
+        written = blocks.any(-1)  # (view blocks, N): a digest was recorded
+        differ = written & ((blocks != now[None]).any(-1) | missing[None])
+        bad_keys = [keys[i] for i in np.nonzero(differ.any(0))[0]]
+        damaged = []
+        done = self.done_views()
+        for vb in range(done.shape[0]):
+            for sb in range(done.shape[1]):
+                sh = self.shard(vb, sb, int(done[vb, sb]))
+                rows = differ[vb, sh.s0:sh.s1]
+                if sh.done and rows.any():
+                    first = keys[sh.s0 + int(np.nonzero(rows)[0][0])]
+                    damaged.append(ShardDamage(sh, sh.name, f"{int(rows.sum())} of its images are not the bytes it was "
+                                                            f"labelled from (first: {first!r})"))
+        return damaged, bad_keys
+
+    def sample_classes(self) -> np.ndarray | None:
+        """The dataset class index of every sample (-1: unknown), or None for stores before schema 4."""
+        if self.header.schema_version < 4:
+            return None
+        return self._read(CLASS_ARRAY, slice(None), lambda: "the sample_class array").astype(np.int64)
+
     def inconsistent_shards(self) -> list[Shard]:
         """Written shards that labelled a sample another view block found unreadable: to be redone."""
         st, done = self.block_status(), self.done_views()
@@ -78,6 +179,8 @@ class LabelReads:
         keys = [self._shard_key(a, sh.vb, sh.sb) for a in LABEL_ARRAYS]
         if self.header.schema_version >= 2:
             keys.append(f"status/c/{sh.vb}/{sh.sb}")
+        if self.header.schema_version >= 4:
+            keys.append(self._shard_key(DIGEST_ARRAY, sh.vb, sh.sb))
         return keys
 
     def _check_present(self, shards: list[Shard]) -> None:
@@ -191,7 +294,8 @@ class LabelReads:
                 if self._empty(key):
                     bad.append(ShardDamage(sh, key, f"missing or empty ({sh.name} is marked done)"))
                     continue
-                sel = (sh.vb, slice(sh.s0, sh.s1)) if name == "status" else (slice(sh.v0, sh.v1), slice(sh.s0, sh.s1))
+                sel = (sh.vb, slice(sh.s0, sh.s1)) if name in ("status", DIGEST_ARRAY) else (
+                    slice(sh.v0, sh.v1), slice(sh.s0, sh.s1))
                 try:
                     np.asarray(self.group[name][sel])
                 except Exception as e:

@@ -14,7 +14,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .errors import StoreError, named
-from .header import SEAL_ARRAY, Shard
+from .header import CLASS_ARRAY, SEAL_ARRAY, Shard
 
 
 class SealedShards:
@@ -83,6 +83,9 @@ class SealedShards:
         self.keys  # noqa: B018 - checked (count, order) before they are vouched for
         keys_sha = hashlib.sha256(np.asarray(self._array("keys")[:], dtype=np.uint8).tobytes()).hexdigest()
         d = hashlib.sha256(f"relabel-labels-1\0{self.header.identity}\0{self.header.views}\0{keys_sha}\0".encode())
+        if self.header.schema_version >= 4:  # each key's class places its ground truth as the keys place labels
+            classes = np.ascontiguousarray(np.asarray(self._array(CLASS_ARRAY)[:], dtype="<i4"))
+            d.update(f"{hashlib.sha256(classes.tobytes()).hexdigest()}\0".encode())
         seals = np.asarray(self._array(SEAL_ARRAY)[:], dtype=np.uint8)
         done = self.done_views()
         for vb in range(done.shape[0]):

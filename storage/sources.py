@@ -1,7 +1,10 @@
-"""Image sources: an ImageFolder tree or webdataset tar shards, seen as one sorted list of samples.
+"""Image sources: an ImageFolder tree, webdataset tar shards or Hugging Face parquet, seen as one
+sorted list of samples.
 
-Every sample has a stable key (relative path without extension, or the tar ``__key__``), a class
-index and its encoded bytes. Keys, not positions, are what labels are matched by.
+Every sample has a stable key, a class index and its encoded bytes. Keys, not positions, are what
+labels are matched by; a key rule (``storage.keys``: ``path``, ``stem``, ``imagenet``) turns each
+copy's own names (a relative path without extension, a tar ``__key__``, a parquet row's
+``image.path``) into the keys a label set is stored by, so one label set serves every copy.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SourceError, UserError
+from .keys import DEFAULT_KEY_RULE, KEY_RULES, imagenet_index_classes, keyed
 from .paths import check_regular, read_regular
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -32,14 +36,23 @@ MAX_CLASSES = 1 << 20  # class names in any source
 MAX_UNNAMED_CLASSES = 1 << 16  # .cls values without a class list (each becomes a class name "0", "1", ...)
 
 
-def fingerprint(keys: list[str], class_names: list[str]) -> str:
-    """sha256 of the sorted keys and the class names: same images + classes, same fingerprint."""
-    h = hashlib.sha256(b"relabel-fingerprint-v1\n")
+def fingerprint(keys: list[str], class_names: list[str], labels=None) -> str:
+    """sha256 of the sorted keys and the class names (v1, ``labels`` None: stores of schema 3 and
+    before), and of each key's class (v2: a copy with one image filed under another class differs)."""
+    if labels is None:
+        h = hashlib.sha256(b"relabel-fingerprint-v1\n")
+        for name in class_names:
+            h.update(name.encode() + b"\n")
+        h.update(b"\0")
+        for k in sorted(keys):
+            h.update(k.encode() + b"\n")
+        return h.hexdigest()
+    h = hashlib.sha256(b"relabel-fingerprint-v2\n")
     for name in class_names:
         h.update(name.encode() + b"\n")
     h.update(b"\0")
-    for k in sorted(keys):
-        h.update(k.encode() + b"\n")
+    for k, c in sorted(zip(keys, (int(x) for x in labels))):
+        h.update(f"{k}\t{c}\n".encode())
     return h.hexdigest()
 
 
@@ -71,6 +84,7 @@ class ImageSource:
     keys: list[str]
     labels: np.ndarray
     class_names: list[str]
+    key_rule: str = DEFAULT_KEY_RULE
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -80,10 +94,15 @@ class ImageSource:
 
     @property
     def fingerprint(self) -> str:
+        """The fingerprint stores of the current schema record (keys, class names, each key's class)."""
         fp = getattr(self, "_fp", None)
         if fp is None:
-            fp = self._fp = fingerprint(self.keys, self.class_names)
+            fp = self._fp = fingerprint(self.keys, self.class_names, self.labels)
         return fp
+
+    def fingerprint_for(self, schema_version: int) -> str:
+        """The fingerprint a store of ``schema_version`` records: keys and class names only before 4."""
+        return self.fingerprint if schema_version >= 4 else fingerprint(self.keys, self.class_names)
 
     def index(self) -> dict[str, int]:
         """key -> position, built once."""
@@ -95,21 +114,34 @@ class ImageSource:
     def describe(self) -> str:
         return f"{self.kind} {self.root} ({len(self)} images, {len(self.class_names)} classes)"
 
+    def _keyed(self, entries: list[tuple[str, str, object]], copy_classes: list[str], rule: str) -> list[object]:
+        """Set keys, labels and class names from the copy's (name, class name, locator) entries under
+        ``rule`` (storage.keys); returns the locators in key order."""
+        if rule not in KEY_RULES:
+            raise SourceError(f"unknown key rule {rule!r}; use one of {', '.join(KEY_RULES)}")
+        by_index = imagenet_index_classes(copy_classes) if rule == "imagenet" else None
+        keys, classes, locs = keyed(entries, rule, self.root, by_index)
+        names = sorted(set(classes)) if rule == "imagenet" else list(copy_classes)
+        index = {n: i for i, n in enumerate(names)}
+        self.keys, self.class_names, self.key_rule = keys, names, rule
+        self.labels = np.asarray([index[c] for c in classes], dtype=np.int64)
+        return locs
+
 
 class ImageFolderSource(ImageSource):
     """``root/<class>/<...>/<name>.<ext>``; classes are the sorted top-level folders."""
 
     kind = "imagefolder"
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, key_rule: str = DEFAULT_KEY_RULE):
         self.root = str(root)
         rootp = Path(root)
         classes = sorted(_utf8(p.name, str(root)) for p in rootp.iterdir()
                          if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise SourceError(f"{root}: no class folders found; an ImageFolder needs one sub-folder per class")
-        entries: list[tuple[str, int, str]] = []
-        for ci, c in enumerate(classes):
+        entries: list[tuple[str, str, str]] = []
+        for c in classes:
             for dirpath, dirnames, filenames in os.walk(rootp / c):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for f in filenames:
@@ -117,17 +149,15 @@ class ImageFolderSource(ImageSource):
                     if dot and ext.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
                         rel = os.path.relpath(os.path.join(dirpath, f), rootp).replace(os.sep, "/")
                         _utf8(rel, str(root))
-                        entries.append((rel.rpartition(".")[0], ci, rel))
+                        entries.append((rel.rpartition(".")[0], c, rel))
         if not entries:
             raise SourceError(f"{root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
-        entries.sort()
-        for a, b in zip(entries, entries[1:]):
-            if a[0] == b[0]:
-                raise SourceError(f"{root}: two files share the key {a[0]!r} ({a[2]}, {b[2]}); keep one")
-        self.keys = [e[0] for e in entries]
-        self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
-        self._files = [e[2] for e in entries]
-        self.class_names = classes
+        if key_rule == "path":  # the message stores made before key rules printed
+            entries.sort()
+            for a, b in zip(entries, entries[1:]):
+                if a[0] == b[0]:
+                    raise SourceError(f"{root}: two files share the key {a[0]!r} ({a[2]}, {b[2]}); keep one")
+        self._files = self._keyed(entries, classes, key_rule)
 
     def read(self, i: int) -> bytes:
         """Regular files only, at most MAX_IMAGE_BYTES: a FIFO or /dev/zero named *.jpg is an error
@@ -216,7 +246,7 @@ class TarShardSource(ImageSource):
 
     kind = "webdataset"
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, key_rule: str = DEFAULT_KEY_RULE):
         self.root = spec
         self._fs, self._paths = _expand_shards(spec)
         members: dict[str, dict] = {}
@@ -271,10 +301,8 @@ class TarShardSource(ImageSource):
                                 f"has {len(names)} names; fix the .cls or the class list")
             raise SourceError(f"{where}: sample {top[0]!r} has class {top[1]}; without a class list classes must be "
                             f"below {MAX_UNNAMED_CLASSES:,}: put classes.txt (one name per line) beside the shards")
-        self.keys = [e[0] for e in entries]
-        self.labels = np.asarray([e[1] for e in entries], dtype=np.int64)
-        self._members = [e[2] for e in entries]
-        self.class_names = names if names is not None else [str(i) for i in range(top[1] + 1)]
+        copy_classes = names if names is not None else [str(i) for i in range(top[1] + 1)]
+        self._members = self._keyed([(e[0], copy_classes[e[1]], e[2]) for e in entries], copy_classes, key_rule)
         self._pid = os.getpid()
 
     def _class_list(self) -> list[str] | None:
@@ -344,12 +372,19 @@ def _first_image_folder(root: str) -> str | None:
     return None
 
 
-def open_source(spec: str | os.PathLike) -> ImageSource:
-    """An ImageFolder tree, or webdataset shards (a folder of .tar, a glob or a brace pattern; local
-    or any fsspec URL such as s3://bucket/shards)."""
+def open_source(spec: str | os.PathLike, key_rule: str = DEFAULT_KEY_RULE) -> ImageSource:
+    """An ImageFolder tree, webdataset shards (a folder of .tar, a glob or a brace pattern; local or
+    any fsspec URL such as s3://bucket/shards), or Hugging Face parquet (a file, glob or folder of
+    them, or hf://datasets/ORG/NAME), its samples keyed by ``key_rule`` (storage.keys)."""
+    from .parquet import ParquetSource, is_parquet_spec
+
     spec = str(spec)
+    if key_rule not in KEY_RULES:
+        raise SourceError(f"unknown key rule {key_rule!r}; use one of {', '.join(KEY_RULES)}")
+    if is_parquet_spec(spec):
+        return ParquetSource(spec, key_rule)
     if "://" in spec:
-        return TarShardSource(spec)
+        return TarShardSource(spec, key_rule)
     if os.path.isdir(spec):
         tars = sorted(glob.glob(os.path.join(glob.escape(spec), "*.tar")))
         if tars:
@@ -358,10 +393,11 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
                 raise SourceError(f"{spec}: holds both .tar shards ({len(tars)}, e.g. {os.path.basename(tars[0])}) and "
                                 f"class folders with images (e.g. {cls}/); pass '{os.path.join(spec, '*.tar')}' to "
                                 f"read the shards, or move the .tar files out to read the class folders")
-            return TarShardSource(spec)
-        return ImageFolderSource(spec)
+            return TarShardSource(spec, key_rule)
+        return ImageFolderSource(spec, key_rule)
     if spec.endswith(".tar") or any(c in spec for c in "*?{"):
-        return TarShardSource(spec)
+        return TarShardSource(spec, key_rule)
     if os.path.exists(spec):
-        raise SourceError(f"{spec}: not an image folder or tar shards; pass a class-per-folder tree or .tar shards")
+        raise SourceError(f"{spec}: not an image folder, tar shards or parquet; pass a class-per-folder tree, .tar "
+                          f"shards or parquet files")
     raise SourceError(f"{spec}: no such file or directory")

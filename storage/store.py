@@ -26,8 +26,8 @@ from zarr.core.sync import sync
 
 from .claims import CLAIM_LEASE, CLAIMS_DIR, ShardClaims, _is_remote, _pid_alive
 from .errors import StoreError, UserError, named
-from .header import (FORMAT_NAME, LABEL_ARRAYS, SCHEMA_VERSION, SEAL_ARRAY, STATUS_OK, STATUS_PENDING,
-                     STATUS_UNREADABLE, Shard, ShardDamage, StoreHeader)
+from .header import (CLASS_ARRAY, DIGEST_ARRAY, DIGEST_BYTES, FORMAT_NAME, LABEL_ARRAYS, SCHEMA_VERSION, SEAL_ARRAY,
+                     STATUS_OK, STATUS_PENDING, STATUS_UNREADABLE, Shard, ShardDamage, StoreHeader)
 from .order import first_out_of_order
 from .reads import REPAIR_HINT, LabelReads
 from .rows import check_label_rows
@@ -87,7 +87,10 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
 
     # ---------------------------------------------------------------- create / open
     @classmethod
-    def create(cls, path: str | os.PathLike, header: StoreHeader, keys: list[str]) -> "LabelStore":
+    def create(cls, path: str | os.PathLike, header: StoreHeader, keys: list[str],
+               classes: np.ndarray | None = None) -> "LabelStore":
+        """A new, empty store at ``path``: ``keys`` in store order (``store_order``), ``classes`` the
+        dataset class of each (schema 4 records them; default: unknown, -1)."""
         path = str(path)
         if not _is_remote(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise StoreError(f"{path}: already exists and is not an empty folder; choose another {named('out')} or "
@@ -99,7 +102,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
         if first_out_of_order(list(keys), header.seed) is not None:  # what `keys` checks on every open
             raise ValueError("keys must be in the store's order: pass relabel.storage.order.store_order(keys, seed)")
         if _is_remote(path):
-            return cls._build(path, header, keys)
+            return cls._build(path, header, keys, classes)
         # Built beside its place under a name of its own and renamed in, so a crash never leaves a
         # half-made store at ``path`` and two creators never touch each other's folder: the first
         # rename wins, the other gets StoreExistsError and opens the winner's store instead.
@@ -107,7 +110,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
         _remove_dead_creations(base)
         tmp = f"{base}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            cls._build(tmp, header, keys)
+            cls._build(tmp, header, keys, classes)
             if os.path.isdir(path):
                 os.rmdir(path)  # an empty folder; fails if another creator filled it meanwhile
             os.rename(tmp, path)
@@ -121,7 +124,7 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
         return store
 
     @classmethod
-    def _build(cls, path: str, header: StoreHeader, keys: list[str]) -> "LabelStore":
+    def _build(cls, path: str, header: StoreHeader, keys: list[str], classes: np.ndarray | None = None) -> "LabelStore":
         g = zarr.open_group(path, mode="w-", zarr_format=3)
         N, V, k = header.num_samples, header.views, header.topk
         Bs, Vb = header.samples_per_shard, header.views_per_shard
@@ -142,6 +145,13 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
             g.create_array(SEAL_ARRAY, shape=(header.n_view_blocks, header.n_sample_blocks, 32), dtype=np.uint8,
                            chunks=(1, 1, 32), fill_value=0, compressors=[Crc32cCodec()],
                            dimension_names=("view_block", "sample_block", "byte"))
+        if header.schema_version >= 4:  # each shard records the bytes it was labelled from (see write_shard)
+            g.create_array(DIGEST_ARRAY, shape=(header.n_view_blocks, N, DIGEST_BYTES), dtype=np.uint8,
+                           chunks=(1, Bs, DIGEST_BYTES), fill_value=0, compressors=[Crc32cCodec()],
+                           dimension_names=("view_block", "sample", "byte"))
+            cl = g.create_array(CLASS_ARRAY, shape=(N,), dtype=np.int32, chunks=(max(1, min(N, 1 << 22)),),
+                                fill_value=-1, compressors=comp, dimension_names=("sample",))
+            cl[:] = (np.full(N, -1, np.int32) if classes is None else np.asarray(classes, np.int32))
         blob = np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
         ka = g.create_array("keys", shape=blob.shape, dtype=np.uint8, chunks=(max(1, min(len(blob), 1 << 24)),),
                             compressors=[ZstdCodec(level=9), Crc32cCodec()], fill_value=0)
@@ -211,6 +221,9 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
                   "keys": (None, np.dtype(np.uint8))}
         if h.schema_version >= 3:
             expect[SEAL_ARRAY] = ((h.n_view_blocks, h.n_sample_blocks, 32), np.dtype(np.uint8))
+        if h.schema_version >= 4:
+            expect[DIGEST_ARRAY] = ((h.n_view_blocks, N, DIGEST_BYTES), np.dtype(np.uint8))
+            expect[CLASS_ARRAY] = ((N,), np.dtype(np.int32))
         for name, (shape, dtype) in expect.items():
             a = self._array(name)
             if (shape is not None and tuple(a.shape) != shape) or a.dtype != dtype:
@@ -222,7 +235,8 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
                             f"{h.teacher.get('num_classes')}: the header was edited or is damaged")
 
     @classmethod
-    def repair_metadata(cls, path: str, header: StoreHeader, keys: list[str]) -> list[str]:
+    def repair_metadata(cls, path: str, header: StoreHeader, keys: list[str],
+                        classes: np.ndarray | None = None) -> list[str]:
         """Rebuild what the settings and the images determine: the group's and arrays' metadata,
         the keys, and unreadable ``done`` entries (their shards become pending). Label shards are
         never touched here: damaged ones are found by ``check_shards`` and recomputed.
@@ -247,12 +261,13 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
         ref = f"{os.path.abspath(path)}.repair-{os.getpid()}"
         shutil.rmtree(ref, ignore_errors=True)
         try:
-            cls._build(ref, header, keys)
+            cls._build(ref, header, keys, classes)
             if on_disk is None:
                 shutil.copyfile(os.path.join(ref, "zarr.json"), os.path.join(path, "zarr.json"))
                 did.append("rebuilt the store header (zarr.json) from the command's settings")
             g = zarr.open_group(path, mode="r+", zarr_format=3)
-            for name in (*LABEL_ARRAYS, "status", "done", "keys") + ((SEAL_ARRAY,) if header.schema_version >= 3 else ()):
+            for name in (*LABEL_ARRAYS, "status", "done", "keys") + ((SEAL_ARRAY,) if header.schema_version >= 3 else ()) \
+                    + ((DIGEST_ARRAY, CLASS_ARRAY) if header.schema_version >= 4 else ()):
                 try:
                     g[name]
                 except Exception:
@@ -268,6 +283,15 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
                 shutil.rmtree(os.path.join(path, "keys"))
                 shutil.copytree(os.path.join(ref, "keys"), os.path.join(path, "keys"))
                 did.append("rebuilt the keys from DATA")
+            if header.schema_version >= 4 and classes is not None:
+                try:
+                    ok = np.array_equal(np.asarray(g[CLASS_ARRAY][:]), np.asarray(classes, np.int32))
+                except Exception:
+                    ok = False
+                if not ok:
+                    shutil.rmtree(os.path.join(path, CLASS_ARRAY), ignore_errors=True)
+                    shutil.copytree(os.path.join(ref, CLASS_ARRAY), os.path.join(path, CLASS_ARRAY))
+                    did.append("rebuilt each sample's class from DATA")
             done = g["done"]
             for vb in range(done.shape[0]):
                 for sb in range(done.shape[1]):
@@ -345,8 +369,11 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
     def complete(self) -> bool:
         return not self.pending_shards()
 
-    def write_shard(self, shard: Shard, v_from: int, index: np.ndarray, logp: np.ndarray, status: np.ndarray) -> None:
-        """Write views [shard.v0 + v_from, shard.v1) of one shard, then its status, then mark it done.
+    def write_shard(self, shard: Shard, v_from: int, index: np.ndarray, logp: np.ndarray, status: np.ndarray,
+                    digests: np.ndarray | None = None) -> None:
+        """Write views [shard.v0 + v_from, shard.v1) of one shard, then its status (and, schema 4, the
+        digests of the image bytes it was labelled from: (samples, 16) uint8, zeros where none were
+        read), then its seal, then mark it done.
 
         ``logp`` is float log-probabilities (k+1 bins); it is encoded here. Marking last means a
         crash leaves the shard pending, never half-written and marked done; each file is written
@@ -368,6 +395,13 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
             self.group[name].with_config({"write_empty_chunks": True})[a:b, shard.s0:shard.s1] = values
         st = self.group["status"].with_config({"write_empty_chunks": True})
         st[shard.vb, shard.s0:shard.s1] = status.astype(np.uint8, copy=False)
+        if h.schema_version >= 4:
+            if digests is None:  # labels of no image's bytes (synthetic stores, benchmarks): nothing to check
+                digests = np.zeros((shard.s1 - shard.s0, DIGEST_BYTES), np.uint8)
+            if digests.shape != (shard.s1 - shard.s0, DIGEST_BYTES):
+                raise ValueError(f"digests have shape {digests.shape}; expected ({shard.s1 - shard.s0}, {DIGEST_BYTES})")
+            dg = self.group[DIGEST_ARRAY].with_config({"write_empty_chunks": True})
+            dg[shard.vb, shard.s0:shard.s1] = digests.astype(np.uint8, copy=False)
         if self.sealed:  # after its files, before `done`: a shard marked done always has its seal
             written = replace(shard, done=b - shard.v0)
             self.group[SEAL_ARRAY][shard.vb, shard.sb] = np.frombuffer(self.seal(written), np.uint8)
@@ -395,6 +429,8 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
                     g[SEAL_ARRAY].resize((h.n_view_blocks, h.n_sample_blocks, 32))
                 if h.schema_version >= 2:
                     g["status"].resize((h.n_view_blocks, h.num_samples))
+                if h.schema_version >= 4:
+                    g[DIGEST_ARRAY].resize((h.n_view_blocks, h.num_samples, DIGEST_BYTES))
                 g.attrs["relabel"] = h.to_dict()
         self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         self.header = StoreHeader.from_dict(dict(self.group.attrs)["relabel"])
@@ -464,9 +500,12 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
             "schema_version": h.schema_version,
             "writer": h.writer,
             "label_set_digest": self.label_set_digest() if self.sealed else None,
+            "key_rule": h.key_rule,
+            "resize_rule": h.resize_rule,
+            "digests": self.has_digests,
         }
 
 
-__all__ = ["LabelStore", "StoreExistsError", "StoreHeader", "Shard", "ShardDamage", "check_label_rows", "trim_views",
+__all__ = ["LabelStore", "StoreExistsError", "DIGEST_ARRAY", "CLASS_ARRAY", "DIGEST_BYTES", "StoreHeader", "Shard", "ShardDamage", "check_label_rows", "trim_views",
            "view_block_of", "SCHEMA_VERSION", "FORMAT_NAME", "STATUS_PENDING", "STATUS_OK", "STATUS_UNREADABLE",
            "LABEL_ARRAYS", "SEAL_ARRAY", "CLAIMS_DIR", "CLAIM_LEASE", "REPAIR_HINT"]

@@ -5,16 +5,17 @@ import numpy as np
 import zarr
 
 from .errors import StoreError, UserError
-from .header import LABEL_ARRAYS, SEAL_ARRAY
+from .header import DIGEST_ARRAY, LABEL_ARRAYS, SEAL_ARRAY
 
 
 def view_block_of(rel: str) -> int | None:
     """The view block a store file belongs to, from its chunk key: a label shard
     (``topk_index|topk_logp/c/<view_block>/<sample_block>/0``) or a (schema 2) ``status`` chunk
-    (``status/c/<view_block>/<sample_block>``); None for files every view needs. ``done`` and
+    (``status/c/<view_block>/<sample_block>``) or digests chunk (``digests/c/<view_block>/<sample_block>/0``);
+    None for files every view needs. ``done`` and
     ``seals`` chunks are tiny and make up the label-set digest, so a pull of some views takes all."""
     parts = rel.split("/")
-    if (len(parts) == 5 and parts[0] in LABEL_ARRAYS) or (len(parts) == 4 and parts[0] == "status"):
+    if (len(parts) == 5 and parts[0] in (*LABEL_ARRAYS, DIGEST_ARRAY)) or (len(parts) == 4 and parts[0] == "status"):
         if parts[1] == "c" and all(p.isdecimal() for p in parts[2:]):
             return int(parts[2])
     return None
@@ -50,8 +51,9 @@ def _trim_views(path: str, views: tuple[int, int], source: str, total_views: int
     done[:] = d.astype(done.dtype)
     if g["status"].ndim == 2:  # schema 2: one status row per view block
         g["status"].resize((nvb, g["status"].shape[1]))
-    if SEAL_ARRAY in g:
-        g[SEAL_ARRAY].resize((nvb, *g[SEAL_ARRAY].shape[1:]))
+    for name in (SEAL_ARRAY, DIGEST_ARRAY):  # one entry per view block, like done
+        if name in g:
+            g[name].resize((nvb, *g[name].shape[1:]))
     h["views"] = b
     g.attrs["relabel"] = h
     g.attrs["relabel_pull"] = {"source": source, "views": [a, b], "published_views": total_views}

@@ -1,15 +1,13 @@
 """The public Python API: what a user's own training loop uses."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_imagefolder, run_cli, save_teacher
+from conftest import make_imagefolder, run_cli, save_teacher
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +20,6 @@ def tiny(tmp_path_factory):
                             teacher_checkpoint=str(save_teacher(root / "t.pth")), views=3, topk=2, img_size=32,
                             samples_per_shard=64, views_per_shard=3, workers=0, progress=False))
     return root
-
-
-def test_readme_python_loop_runs_as_written(tiny):
-    text = (ROOT / "README.md").read_text()
-    code = re.search(r"## Use it from Python.*?```python\n(.*?)```", text, re.S).group(1)
-    code = code.replace('"resnet18"', '"test_resnet"')  # the same loop, with timm's tiny test model
-    r = subprocess.run([sys.executable, "-c", code], cwd=tiny, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    losses = [float(x) for x in re.findall(r"epoch \d: loss ([0-9.]+)", r.stdout)]
-    assert len(losses) == 2 and all(np.isfinite(losses))
 
 
 def test_public_names_are_importable_and_lazy():
@@ -87,10 +75,10 @@ def test_library_messages_name_settings_and_the_cli_names_options(tiny, tmp_path
     with pytest.raises(relabel.ConfigError) as e:
         relabel.generate_labels(relabel.GenerateConfig(data=data, out=str(tmp_path / "x"), views=0))
     msg = str(e.value)
-    assert "`views` must be between 1" in msg and "--" not in msg, msg
+    assert "`views` must be a whole number from 1 to 65,535 (got 0)" in msg and "--" not in msg, msg
     r = run_cli("generate", data, "--out", tmp_path / "y", "--views", "0", check=False)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "--views must be between 1" in lines[0], r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "--views must be a whole number from 1 to 65,535 (got 0)" in lines[0], r.stderr
     assert "`" not in lines[0] and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     # a setting with its value: `mode='online'` in Python, --mode online on the command line
     with pytest.raises(relabel.ConfigError) as e:

@@ -14,7 +14,8 @@ KEYS = {
              "bytes_per_view_k10_correlated", "kl_loss_k10_correlated", "bytes_per_view_k10_correlated_mixed",
              "bytes_per_view_k10_correlated_best_codec"),
     "scale": ("views", "views_per_s", "peak_rss_mib"),
-    "feed": ("stage1_views_per_s_per_worker", "stage2_img_per_s_per_worker", "stage1_scaling", "stage2_scaling"),
+    "feed": ("stage1_views_per_s_per_worker", "stage2_img_per_s_per_worker", "stage1_scaling", "stage2_scaling",
+             "torch_finish_ms_per_batch_matmul", "torch_finish_ms_per_batch_taps", "torch_finish_ops_per_view_taps"),
     "sweep": ("cached_hours", "online_hours", "online_vs_cached", "break_even_student_epochs"),
 }
 
@@ -37,6 +38,12 @@ def test_bench_all_tiny(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| step | cached_vs_online |" in table and "| size | bytes_per_view_k10 |" in table
     assert "| feed | stage1_views_per_s_per_worker |" in table and "| sweep | online_vs_cached |" in table
+    assert res["feed"]["torch_render_kernel_auto"] in ("matmul", "taps") and "| feed | torch_render_kernel_auto |" in table
+    model = res["feed"]["cost_model"]  # a model: counted per view, ceilings from the GPU table
+    assert model["note"].startswith("a model, not a measurement") and "Render cost model per view" in table
+    per_view = model["per_view"]
+    assert per_view["matmul"]["resize"]["fp64_matmul_flops"] > 0 == per_view["taps"]["total"]["fp64_matmul_flops"]
+    assert {"H100 SXM", "RTX 4090", "L4"} <= set(model["views_per_s_ceiling"])
     assert "| labels | epoch_views_per_s |" in r.stdout
 
 

@@ -198,7 +198,8 @@ def test_kill9_then_claims_of_another_host_with_an_old_heartbeat_are_taken_over(
 
 def test_a_live_claim_is_left_alone_and_repair_takes_it_over(world, tmp_path, caplog):
     out = tmp_path / "s"
-    st = LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys)
+    st = LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys,
+                       LabelStore.open(world[3]).sample_classes())
     (out / ".claims").mkdir()
     (out / ".claims" / "0.1").write_text("another-node 99")  # fresh: its holder is working on it
     res = generate(_cfg(world, out))
@@ -220,7 +221,7 @@ def test_writers_claim_a_few_shards_at_a_time(world, tmp_path):
 def test_claim_lease_is_checked(world, tmp_path, capsys):
     r = cli(capsys, "generate", world[1], "--out", tmp_path / "s", "--teacher-checkpoint", world[2], *GEN_CLI,
             "--claim-lease", "0")
-    assert r.returncode == 2 and "--claim-lease must be at least 1 second" in r.stderr
+    assert r.returncode == 2 and "--claim-lease must be a finite number at least 1" in r.stderr
 
 
 # ------------------------------------------------------------------------- 4. a pulled range of views
@@ -253,8 +254,8 @@ def test_a_pulled_range_of_views_trains_and_verifies_on_exactly_those_views(worl
 
 
 # ------------------------------------------------------------------------- 5. ReplayLoader's batch size
-@pytest.mark.parametrize("batch_size, needle", [(0, "whole number >= 1"), (-1, "whole number >= 1"),
-                                                (2.5, "whole number >= 1"), (True, "whole number >= 1"),
+@pytest.mark.parametrize("batch_size, needle", [(0, "whole number at least 1"), (-1, "whole number at least 1"),
+                                                (2.5, "whole number at least 1"), (True, "whole number at least 1"),
                                                 (1000, "more than the 90 usable samples")])
 def test_replay_loader_refuses_batch_sizes_that_cannot_work(world, batch_size, needle):
     import relabel
@@ -345,7 +346,8 @@ def test_a_stalled_writer_whose_claim_was_taken_over_does_not_write(world, tmp_p
 
 def test_an_empty_claim_is_held_until_its_lease_runs_out(world, tmp_path):
     out = tmp_path / "s"
-    LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys)
+    LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys,
+                       LabelStore.open(world[3]).sample_classes())
     (out / ".claims").mkdir()
     (out / ".claims" / "1.0").write_text("")  # created, not yet written: its writer is alive
     assert not generate(_cfg(world, out)).complete

@@ -310,9 +310,9 @@ def test_pixel_drift_is_detected_by_verify(world, tmp_path, capsys):
     r = cli_inprocess(capsys, *train, "--out", tmp_path / "run")
     assert r.returncode == 2 and "decodes to other pixels" in r.stderr and "--allow-pixel-drift" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "last.pth").exists()
+    # --allow-pixel-drift is for renders that differ, never for other image bytes: those are refused still
     r = cli_inprocess(capsys, *train, "--out", tmp_path / "run2", "--allow-pixel-drift")
-    assert r.returncode == 0 and "training anyway: --allow-pixel-drift" in r.stderr, r.stderr  # a log line, in CLI words
-    assert "`" not in r.stderr
+    assert r.returncode == 2 and f"image {victim!r} is not the image its labels were made from" in r.stderr, r.stderr
     # an op that renders differently on "another machine": the recorded hash names it
     g = zarr.open_group(str(out), mode="r+")
     attrs = dict(g.attrs["relabel"])
@@ -322,3 +322,7 @@ def test_pixel_drift_is_detected_by_verify(world, tmp_path, capsys):
     shutil.copytree(folder, data)
     r = cli_inprocess(capsys, "verify", out, data, "--teacher-checkpoint", ckpt, "--samples", "0")
     assert r.returncode == 1 and "Sharpness renders differently" in r.stderr
+    # ... and --allow-pixel-drift trains knowingly on the same bytes rendered otherwise
+    r = cli_inprocess(capsys, *train, "--out", tmp_path / "run3", "--allow-pixel-drift")
+    assert r.returncode == 0 and "training anyway: --allow-pixel-drift" in r.stderr, r.stderr  # a log line, in CLI words
+    assert "`" not in r.stderr

@@ -67,7 +67,8 @@ def test_export_is_deterministic_and_indexed(built, exported):
     again = built["root"] / "export_again"
     run_cli("export", built["store"], "--to", again, "--shard-size", 10, "-q")
     names = sorted(p.name for p in exported.iterdir())
-    assert names == ["index.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert names == ["digests.npy", "index.json", "sample_class.npy", "train-000000.tar", "train-000001.tar",
+                     "train-000002.tar"]
     assert names == sorted(p.name for p in again.iterdir())
     for n in names:
         assert (exported / n).read_bytes() == (again / n).read_bytes(), n
@@ -97,7 +98,7 @@ def test_export_is_deterministic_and_indexed(built, exported):
     for v, (i, l) in enumerate(built["views"]):
         np.testing.assert_array_equal(idx[:, v], i)
         np.testing.assert_array_equal(lp[:, v], l)
-    full = read_exported([str(exported / n) for n in names[1:]])
+    full = read_exported([str(exported / n) for n in names if n.endswith(".tar")])
     np.testing.assert_array_equal(full.positions, np.arange(24))
     assert (full.status == 1).all()
 
@@ -294,10 +295,10 @@ def test_pull_subset_of_views(built, tmp_path):
     n_all = sum(1 for p in (tmp_path / "all").rglob("*") if p.is_file())
     n_two = sum(1 for p in (tmp_path / "two").rglob("*") if p.is_file())
     # view block 1: topk_index + topk_logp shard files and its status chunk (done and seals: always fetched)
-    block1 = [p for a in ("topk_index", "topk_logp", "status") for p in (tmp_path / "all" / a / "c" / "1").rglob("*")
-              if p.is_file()]
+    block1 = [p for a in ("topk_index", "topk_logp", "status", "digests") for p in
+              (tmp_path / "all" / a / "c" / "1").rglob("*") if p.is_file()]
     # (trimming to 2 views then drops block 1's done and seal chunks too)
-    assert len(block1) == 3 and f"{len(block1)} not needed" in part.stdout and n_two == n_all - len(block1) - 2
+    assert len(block1) == 4 and f"{len(block1)} not needed" in part.stdout and n_two == n_all - len(block1) - 2
     assert not (tmp_path / "two" / "topk_index" / "c" / "1").exists()
     st = LabelStore.open(tmp_path / "two")
     assert st.header.views == 2 and st.complete and st.group["topk_logp"].shape[0] == 2

@@ -1,7 +1,9 @@
 """Parity fuzzer: the torch renderer must give render_view's (Pillow's) bytes, exactly.
 
-Every case goes through the public API (support_box -> region -> render_batch) and is compared
-with np.array_equal; a failure names the case's image, parameters, size and how many pixels differ.
+Every case goes through the public API (support_box -> region -> render_batch), rendered with every
+resize kernel (``views.kernels``: dense float64 matmul, int32 taps), and is compared with
+np.array_equal; a failure names the kernel, the case's image, parameters, size and how many pixels
+differ.
 More cases and another device: RELABEL_PARITY_CASES (a multiplier such as "4x" or "2.5", or a
 total count such as "20000"), RELABEL_PARITY_DEVICE (default cpu, e.g. cuda) and
 RELABEL_PARITY_SEED (default 0; another value draws other cases).
@@ -17,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from relabel.views.kernels import KERNELS
 from relabel.views.randaug import NEGATING_OPS, SUPPORTED_OPS, OpParams, parse_randaugment
 from relabel.views.torch import (GEOMETRIC_OPS, check_recipe, crop_region, mix_batch_torch, mix_pair_torch,
                                   render_batch, support_box)
@@ -105,8 +108,9 @@ def _decoded_pool(rng: np.random.Generator) -> list[tuple[str, Image.Image]]:
     add("1x1", Image.fromarray(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8)))
     add("1x9", Image.fromarray(_texture(rng, 1, 9)))
     add("7x1", Image.fromarray(_texture(rng, 7, 1)))
-    add("1500x40", Image.fromarray(_texture(rng, 1500, 40)))
+    add("3000x40", Image.fromarray(_texture(rng, 3000, 40)))
     add("40x1500", Image.fromarray(_texture(rng, 40, 1500)))
+    add("12x1300", Image.fromarray(_texture(rng, 12, 1300)))  # taller than 100:1
     return out
 
 
@@ -165,8 +169,9 @@ def _describe(name, img, p, recipe, size, seed) -> str:
             f"erase {p.erase}, erase_seed {seed}")
 
 
-def _check(cases, recipe: Recipe, size, *, whole_image: bool = False, batch: int = 24) -> int:
-    """Render ``cases`` [(name, img, params, erase_seed)] both ways in batches; exact bytes."""
+def _check(cases, recipe: Recipe, size, *, whole_image: bool = False, batch: int = 24, kernels=tuple(KERNELS)) -> int:
+    """Render ``cases`` [(name, img, params, erase_seed)] with Pillow and with each resize kernel, in
+    batches; exact bytes."""
     for s in range(0, len(cases), batch):
         chunk = cases[s:s + batch]
         want = [render_view(img, p, recipe, size, erase_seed=seed) for _, img, p, seed in chunk]
@@ -175,22 +180,24 @@ def _check(cases, recipe: Recipe, size, *, whole_image: bool = False, batch: int
             box = (0, 0) + img.size if whole_image else support_box(p, recipe, *img.size, size)
             regions.append(crop_region(img, box))
             offsets.append(box[:2])
-        got = render_batch(regions, offsets, [img.size for _, img, _, _ in chunk], [c[2] for c in chunk],
-                           recipe, size, [c[3] for c in chunk], DEVICE)
-        assert got.dtype == torch.uint8 and got.device.type == DEVICE.type
-        got = got.cpu().numpy()
-        bad = [i for i in range(len(chunk)) if not np.array_equal(want[i], got[i])]
-        if bad:
-            i = bad[0]
-            d = np.abs(want[i].astype(int) - got[i].astype(int))
-            name, img, p, seed = chunk[i]
-            pytest.fail(f"{len(bad)}/{len(chunk)} views differ; first: {_describe(name, img, p, recipe, size, seed)}: "
-                        f"{int((d > 0).any(-1).sum())}/{d.shape[0] * d.shape[1]} pixels differ, max {int(d.max())}")
+        for kernel in kernels:
+            got = render_batch(regions, offsets, [img.size for _, img, _, _ in chunk], [c[2] for c in chunk],
+                               recipe, size, [c[3] for c in chunk], DEVICE, kernel=kernel)
+            assert got.dtype == torch.uint8 and got.device.type == DEVICE.type
+            got = got.cpu().numpy()
+            bad = [i for i in range(len(chunk)) if not np.array_equal(want[i], got[i])]
+            if bad:
+                i = bad[0]
+                d = np.abs(want[i].astype(int) - got[i].astype(int))
+                name, img, p, seed = chunk[i]
+                pytest.fail(f"kernel {kernel}: {len(bad)}/{len(chunk)} views differ; first: "
+                            f"{_describe(name, img, p, recipe, size, seed)}: {int((d > 0).any(-1).sum())}/"
+                            f"{d.shape[0] * d.shape[1]} pixels differ, max {int(d.max())}")
     return len(cases)
 
 
 def _pick(rng, pool, big_every: int = 6):
-    """A pool image; the 1500-pixel strips only now and then (they cost the Pillow side most)."""
+    """A pool image; the long strips only now and then (they cost the Pillow side most)."""
     small = [x for x in pool if max(x[1].size) < 1000]
     return pool[int(rng.integers(len(pool)))] if rng.random() < 1 / big_every else small[int(rng.integers(len(small)))]
 
@@ -332,10 +339,11 @@ def test_support_box_region_equals_whole_image(pool):
             assert 0 <= x0 <= x1 <= W and 0 <= y0 <= y1 <= H, box
             bx0, by0 = int(rng.integers(x0 + 1)), int(rng.integers(y0 + 1))
             bigger = (bx0, by0, int(rng.integers(x1, W + 1)), int(rng.integers(y1, H + 1)))
-            outs = [render_batch([crop_region(img, b)], [b[:2]], [img.size], [p], recipe, size, [()], DEVICE)[0].cpu().numpy()
-                    for b in (box, (0, 0, W, H), bigger)]
-            assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]), (name, p, size, box)
-            assert np.array_equal(outs[0], render_view(img, p, recipe, size))
+            kernel = tuple(KERNELS)[n % len(KERNELS)]
+            outs = [render_batch([crop_region(img, b)], [b[:2]], [img.size], [p], recipe, size, [()], DEVICE,
+                                 kernel=kernel)[0].cpu().numpy() for b in (box, (0, 0, W, H), bigger)]
+            assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2]), (kernel, name, p, size, box)
+            assert np.array_equal(outs[0], render_view(img, p, recipe, size)), kernel
             n += 1
             if x1 - x0 > 1:
                 short = (x0 + 1, y0, x1, y1)
@@ -549,3 +557,76 @@ def test_histogram_ops_on_edge_histograms():
         cases.append((f"hist-{k}", Image.fromarray(arr), ViewParams(crop=(0.0, 0.0, 1.0, 1.0), flip=False, ops=ops), ()))
     for name, img, p, seed in cases:
         _check([(name, img, p, seed)], recipe, img.size)
+
+
+def test_taps_kernel_tiles_tap_blocks_and_int64_never_change_bytes(pool, monkeypatch):
+    """The taps kernel's tiling (one output row per tile), its tap blocks (a wide filter's taps
+    gathered several at once) and its int64 accumulator (taken when a chunk's tables could leave
+    int32) give Pillow's bytes, like its defaults; strips shrunk to a few pixels make filters
+    hundreds of taps wide."""
+    import relabel.views.kernels as kern
+    import relabel.views.packed as rt
+
+    rng = _rng(110)
+    recipe = Recipe(name="taps-paths", interpolation="bicubic", randaugment=None)
+    strips = [x for x in pool if x[0] in ("3000x40", "40x1500", "12x1300", "rgb-png-120x33")]
+    cases = [(name, img, ViewParams(crop=_crop(rng, *img.size) if k % 2 else (0.0, 0.0, 1.0, 1.0), flip=False), ())
+             for k, (name, img) in enumerate(strips * 2)]
+    for tile, steps, int32 in ((1, kern._TAP_STEPS, rt._INT32), (1 << 30, 2, rt._INT32), (64 * 1024, 3, (-1, 1))):
+        monkeypatch.setitem(kern._TILE_BYTES, "cpu", tile)
+        monkeypatch.setattr(kern, "_TAP_STEPS", steps)
+        monkeypatch.setattr(rt, "_INT32", int32)  # (-1, 1): every chunk "could overflow", so int64
+        for size in ((5, 3), (7, 40), 1):
+            _check(cases, recipe, size, kernels=("taps",))
+
+
+def test_int32_bound_is_checked_on_the_host():
+    """``_tables`` flags a chunk whose Resample.c partial sums could leave int32; Pillow's own
+    coefficient tables (every filter, shrinking and enlarging) stay far inside."""
+    from relabel.views.packed import _tables
+    from relabel.views.resample import _Coeffs, _coeffs
+
+    one = _Coeffs(np.array([0]), np.array([3]), np.array([[1 << 23, 1 << 22, -(1 << 22)]], np.int64))
+    assert _tables([one], [0])[1] is True  # 2**21 + 255 * 3 * 2**22 > 2**31 - 1
+    assert _tables([_Coeffs(one.first, one.count, one.k // 4)], [0])[1] is False
+    rng = _rng(111)
+    for interp in ("bicubic", "bilinear", "lanczos"):
+        for _ in range(_n(30)):
+            n, out = int(rng.integers(1, 3000)), int(rng.integers(1, 300))
+            a = np.float32(rng.uniform(0, n - 0.5))
+            c = _coeffs(n, a, np.float32(rng.uniform(float(a) + 0.25, n)), out, interp)
+            tables, wide = _tables([c], [int(c.first.min())])
+            assert not wide and tables.shape[-1] == max(1, int(c.count.max())), (interp, n, out)
+
+
+def test_the_kernel_is_picked_by_timing_and_kernels_must_agree(pool, monkeypatch, caplog):
+    """auto: every kernel renders the device's first batches (timed after a warm-up), the fastest
+    is kept and logged once; a forced kernel is never timed; kernels that disagree are an error."""
+    import logging
+
+    import relabel.views.kernels as kern
+    from relabel.storage import ConfigError as CfgError
+    from relabel.views import ViewRenderer, create_renderer, render_now
+
+    recipe = RECIPES["usi"]
+    samples = [(i, 0, -1, name, img) for i, (name, img) in enumerate(pool[:6])]
+    auto = create_renderer("torch", ViewRenderer(recipe, 0, 24), "cpu")
+    want = render_now(create_renderer("pillow", ViewRenderer(recipe, 0, 24)), samples)
+    with caplog.at_level(logging.INFO, logger="relabel.views.kernels"):
+        for _ in range(4):
+            assert torch.equal(render_now(auto, samples, "cpu"), want)
+    picker = auto.kernels
+    assert picker.kernel_for("cpu") in KERNELS and set(picker.timings["cpu"]) == set(KERNELS)
+    assert all(len(t) == picker.trials for t in picker.timings["cpu"].values())  # none timed once picked
+    assert len([r for r in caplog.records if "render kernel on cpu" in r.getMessage()]) == 1
+    for name in KERNELS:
+        forced = create_renderer("torch", ViewRenderer(recipe, 0, 24), "cpu", kernel=name)
+        assert torch.equal(render_now(forced, samples, "cpu"), want)
+        assert forced.kernels.kernel_for("cpu") == name and forced.kernels.timings == {}
+    with pytest.raises(CfgError, match="render_kernel"):
+        create_renderer("torch", ViewRenderer(recipe, 0, 24), "cpu", kernel="fp16")
+    good = kern.KERNELS["taps"]
+    off_by_one = kern.ResizeKernel("taps", lambda t, tab, axis, wide: good.run(t, tab, axis, wide) ^ 1)
+    monkeypatch.setitem(kern.KERNELS, "taps", off_by_one)
+    with pytest.raises(CfgError, match="give different bytes"):
+        render_now(create_renderer("torch", ViewRenderer(recipe, 0, 24), "cpu"), samples, "cpu")

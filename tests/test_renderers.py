@@ -29,22 +29,25 @@ def world(tmp_path_factory):
     recipe = root / "usi-erase.json"
     recipe.write_text(json.dumps({"base": "usi", "erase_prob": 0.5}))
     stores = {}
-    for r in ("pillow", "torch"):
-        stores[r] = root / f"labels-{r}"
-        res = generate(GenerateConfig(data=str(folder), out=str(stores[r]), teacher_checkpoint=str(ckpt),
-                                      recipe=str(recipe), renderer=r, encoding="f32", **GEN))
+    for r, kernel in (("pillow", "auto"), ("torch", "auto"), ("torch", "matmul"), ("torch", "taps")):
+        name = r if kernel == "auto" else f"{r}-{kernel}"  # auto times both kernels, then keeps one
+        stores[name] = root / f"labels-{name}"
+        res = generate(GenerateConfig(data=str(folder), out=str(stores[name]), teacher_checkpoint=str(ckpt),
+                                      recipe=str(recipe), renderer=r, render_kernel=kernel, encoding="f32", **GEN))
         assert res.complete
     return root, folder, ckpt, stores
 
 
-def test_a_torch_rendered_store_equals_the_pillow_one(world):
+@pytest.mark.parametrize("store", ["torch", "torch-matmul", "torch-taps"])
+def test_a_torch_rendered_store_equals_the_pillow_one(world, store):
+    """With each resize kernel (and auto's pick): the render kernel is no part of a store."""
     _, _, _, stores = world
-    a, b = tree_bytes(stores["pillow"]), tree_bytes(stores["torch"])
+    a, b = tree_bytes(stores["pillow"]), tree_bytes(stores[store])
     assert set(a) == set(b)
     assert {k for k in a if a[k] != b[k]} == {"zarr.json"}  # labels, status, seals, keys: the same bytes
     ha, hb = (json.loads(x["zarr.json"])["attributes"]["relabel"] for x in (a, b))
     assert (ha.pop("renderer"), hb.pop("renderer")) == ("pillow", "torch") and ha == hb
-    assert LabelStore.open(stores["pillow"]).label_set_digest() == LabelStore.open(stores["torch"]).label_set_digest()
+    assert LabelStore.open(stores["pillow"]).label_set_digest() == LabelStore.open(stores[store]).label_set_digest()
 
 
 def test_replay_loader_yields_the_same_pixels_with_either_renderer(world):
@@ -52,7 +55,8 @@ def test_replay_loader_yields_the_same_pixels_with_either_renderer(world):
 
     _, folder, _, stores = world
     loaders = {r: relabel.ReplayLoader(str(folder), str(stores["pillow"]), batch_size=8, workers=0, renderer=r,
-                                       device="cpu") for r in ("pillow", "torch")}
+                                       device="cpu", render_kernel="taps" if r == "torch" else "auto")
+               for r in ("pillow", "torch")}
     for epoch in range(3):
         for ld in loaders.values():
             ld.set_epoch(epoch)
@@ -71,7 +75,7 @@ def test_training_is_identical_with_either_renderer(world, tmp_path, capsys):
         out = tmp_path / r
         res = cli(capsys, "train", folder, "--labels", stores["torch"], "--out", out, "--student", "test_resnet",
                   "--epochs", "1", "-b", "8", "--img-size", "32", "-j", "0", "--quiet", "--device", "cpu",
-                  "--renderer", r)
+                  "--renderer", r, "--render-kernel", "matmul")
         assert res.returncode == 0, res.stderr
         losses[r] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["losses"]
     assert losses["pillow"] == losses["torch"] and len(losses["torch"]) > 0
@@ -80,7 +84,7 @@ def test_training_is_identical_with_either_renderer(world, tmp_path, capsys):
 def test_verify_and_the_drift_check_run_through_the_torch_renderer(world, tmp_path, capsys):
     root, folder, ckpt, stores = world
     r = cli(capsys, "verify", stores["pillow"], folder, "--samples", "8", "--teacher-checkpoint", ckpt,
-            "--renderer", "torch", "--device", "cpu")
+            "--renderer", "torch", "--render-kernel", "taps", "--device", "cpu")
     assert r.returncode == 0 and "checked 8 views" in r.stdout, r.stdout + r.stderr
     # a recorded op hash that the torch renderer does not reproduce is named, as with Pillow
     out = tmp_path / "s"
@@ -112,7 +116,7 @@ def test_a_recipe_no_renderer_can_render_and_an_unknown_renderer_are_one_line(wo
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
     r = cli(capsys, "generate", folder, "--out", tmp_path / "s", "--teacher-checkpoint", ckpt, "--renderer", "gpu",
             "--teacher", "test_resnet", "--topk", "2", "--img-size", "32", "--workers", "0", "--quiet")
-    assert r.returncode == 2 and "unknown --renderer 'gpu'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "--renderer must be one of auto, pillow, torch (got 'gpu')" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     import relabel
 
     with pytest.raises(ConfigError, match="renderer"):
@@ -164,5 +168,7 @@ def test_the_torch_renderer_matches_pillows_canonical_renders(recipe, size):
     from relabel.views.replay_check import op_hashes, renderer_parity
     from relabel.views import RECIPES, ViewRenderer, create_renderer
 
-    r = create_renderer("torch", ViewRenderer(RECIPES[recipe], 0, size))
-    assert "resize:tall" in op_hashes(r) and renderer_parity(r, os.environ.get("RELABEL_PARITY_DEVICE", "cpu")) == []
+    for kernel in ("matmul", "taps"):
+        r = create_renderer("torch", ViewRenderer(RECIPES[recipe], 0, size), kernel=kernel)
+        assert "resize:tall" in op_hashes(r)
+        assert renderer_parity(r, os.environ.get("RELABEL_PARITY_DEVICE", "cpu")) == [], kernel

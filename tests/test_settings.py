@@ -14,6 +14,9 @@ COMMANDS = {  # command -> (config record, options that set no field)
     "bench": ("relabel.commands.bench:BenchConfig", {"part", "json_out"}),
     "study": ("relabel.commands.study:StudyConfig", set()),
     "demo": ("relabel.commands.demo:DemoConfig", set()),
+    "export": ("relabel.stages.share_config:ExportConfig", {"quiet"}),
+    "publish": ("relabel.stages.share_config:PublishConfig", set()),
+    "pull": ("relabel.stages.share_config:PullConfig", set()),
 }
 
 

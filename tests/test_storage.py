@@ -98,7 +98,7 @@ def test_roundtrip_labels_keys_header(tmp_path):
     assert np.array_equal(v_idx, g_idx) and np.array_equal(v_lp, g_lp)
     # plain zarr reads it from FORMAT.md's description alone
     g = zarr.open_group(str(tmp_path / "s"), mode="r")
-    assert g.attrs["relabel"]["schema_version"] == 3 and g["status"].shape == (h.n_view_blocks, 100)
+    assert g.attrs["relabel"]["schema_version"] == 4 and g["status"].shape == (h.n_view_blocks, 100)
     assert bytes(g["keys"][:]).decode().split("\n") == keys
     assert np.array_equal(g["topk_index"][3], v_idx)
     # ... and its seals, recomputed with hashlib as FORMAT.md writes them down
@@ -109,7 +109,7 @@ def test_roundtrip_labels_keys_header(tmp_path):
     identity = hashlib.sha256(json.dumps(hd, sort_keys=True).encode()).hexdigest()
     vb, sb, done = 1, 2, int(g["done"][1, 2])
     seal = hashlib.sha256(f"relabel-seal-1\0{identity}\0{vb}\0{sb}\0{done}\0".encode())
-    for f in (f"topk_index/c/{vb}/{sb}/0", f"topk_logp/c/{vb}/{sb}/0", f"status/c/{vb}/{sb}"):
+    for f in (f"topk_index/c/{vb}/{sb}/0", f"topk_logp/c/{vb}/{sb}/0", f"status/c/{vb}/{sb}", f"digests/c/{vb}/{sb}/0"):
         seal.update(hashlib.sha256((tmp_path / "s" / f).read_bytes()).digest())
     assert bytes(g["seals"][vb, sb]) == seal.digest()
 

@@ -128,11 +128,11 @@ def test_concurrent_creation_gives_one_good_store(world, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--views-per-shard", "0"], "--views-per-shard must be between 1"),
-    (["--views", "100000"], "--views must be between 1"),
-    (["--img-size", "0"], "--img-size must be between 8"),
-    (["--img-size", "-3"], "--img-size must be between 8"),
-    (["--samples-per-shard", str(1 << 22)], "too large"),
+    (["--views-per-shard", "0"], "--views-per-shard must be a whole number from 1 to 65,535"),
+    (["--views", "100000"], "--views must be a whole number from 1 to 65,535"),
+    (["--img-size", "0"], "--img-size must be a whole number from 8 to 4096"),
+    (["--img-size", "-3"], "--img-size must be a whole number from 8 to 4096"),
+    (["--samples-per-shard", str(1 << 22)], "--samples-per-shard must be a whole number from 1 to 1,048,576"),
 ])
 def test_generate_refuses_absurd_values(world, tmp_path, args, needle, capsys):
     root, folder, ckpt, _ = world
@@ -160,7 +160,7 @@ def test_bad_recipe_files_are_one_line(world, tmp_path, recipe, needle):
 def test_verify_refuses_negative_samples(world, capsys):
     root, folder, _, ref = world
     r = cli(capsys, "verify", ref, folder, "--samples", "-5")
-    assert r.returncode == 2 and "--samples must be >= 0" in r.stderr
+    assert r.returncode == 2 and "--samples must be a whole number at least 0" in r.stderr
 
 
 def test_two_writers_split_the_shards_through_claims(world, tmp_path):
@@ -172,7 +172,8 @@ def test_two_writers_split_the_shards_through_claims(world, tmp_path):
 
     out = tmp_path / "s"
     cfg = _cfg(world, out)
-    store = LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys)
+    store = LabelStore.create(out, LabelStore.open(world[3]).header, LabelStore.open(world[3]).keys,
+                       LabelStore.open(world[3]).sample_classes())
     n = len(store.pending_shards())
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a live "other writer"
     try:

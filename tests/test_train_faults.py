@@ -53,9 +53,9 @@ def one_line(code: int, err: str, *needles: str) -> str:
 
 
 BAD = [
-    (["--lr", "inf"], "--lr must be finite"), (["--lr", "nan"], "--lr must be finite"),
+    (["--lr", "inf"], "--lr must be a finite number above 0"), (["--lr", "nan"], "--lr must be a finite number above 0"),
     (["--weight-decay", "nan"], "--weight-decay"), (["--kd-temperature", "inf"], "--kd-temperature"),
-    (["--warmup-lr", "inf"], "--warmup-lr"), (["--min-lr", "nan"], "--min-lr"), (["--drop", "5"], "--drop must be in [0, 1)"),
+    (["--warmup-lr", "inf"], "--warmup-lr"), (["--min-lr", "nan"], "--min-lr"), (["--drop", "5"], "--drop must be a finite number at least 0 and below 1"),
     (["--drop-path", "1"], "--drop-path"), (["--clip-mode", "bogus"], "--clip-mode"), (["--img-size", "0"], "--img-size"),
     (["--img-size", "-3"], "--img-size"), (["--clip-grad", "inf"], "--clip-grad"), (["--aug-repeats", "0"], "--aug-repeats"),
     (["--preset", "bogus"], "unknown --preset"), (["--kd-target", "bogus"], "--kd-target"),

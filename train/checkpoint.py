@@ -23,9 +23,11 @@ def run_inputs(cfg: TrainConfig, data: TrainData) -> dict:
                   "teacher_sha256": t.get("checkpoint_sha256"), "teacher_weights": t.get("weights"),
                   "recipe": data.recipe.digest, "seed": h.seed, "topk": h.topk, "num_classes": h.num_classes,
                   "views": data.views, "held_views": [data.view_lo, data.view_lo + data.views],
-                  "label_set_digest": getattr(data.store, "label_set_digest", lambda: None)(), "img_size": h.img_size, "encoding": h.encoding.to_dict(),
+                  # stores before seals (schema 2) have no label-set digest: they train, unpinned
+                  "label_set_digest": data.store.label_set_digest() if getattr(data.store, "sealed", False) else None,
+                  "img_size": h.img_size, "encoding": h.encoding.to_dict(),
                   "class_map": None if data.class_map is None else data.class_map.tolist()}
-    return {"data": cfg.data, "data_fingerprint": data.source.fingerprint,
+    return {"data": cfg.data, "data_fingerprint": data.source.fingerprint_for(h.schema_version),
             "class_names": list(data.source.class_names), "labels": labels}
 
 

@@ -7,18 +7,20 @@ explicitly always wins.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Callable, List, Optional
 
 from relabel.runtime import default_workers
-from relabel.settings import DEVICE_HELP, RENDERER_HELP, fallbacks_of, resume_keys_of, setting
+from relabel.settings import (DEVICE_HELP, MAX_IMG_SIZE, MAX_SEED, RENDER_KERNEL_HELP, RENDER_KERNELS, RENDERER_HELP,
+                              RENDERERS, check_settings, device_name, fallbacks_of,
+                              resume_keys_of, setting)
 from relabel.storage.errors import ConfigError, named
 from relabel.storage.paths import is_inside
 
 MODES = ("cached", "online", "supervised")
 KD_TARGETS = ("full", "topk")
 CLIP_MODES = ("norm", "value", "agc")
+AMP_DTYPES = ("bfloat16", "float16")
 
 DATA, MODE, MODEL, OPTIM, EMA, RUNTIME = ("Data and labels", "Mode and loss", "Model", "Optimizer and schedule",
                                           "Weight EMA", "Runtime")
@@ -29,7 +31,8 @@ class TrainConfig:
     """Stage two's settings, each written once: its default, its ``relabel train`` option and help,
     and ``resume=True`` when a resumed run must keep it. A setting with a ``fallback`` defaults to
     None: ``--preset`` fills it, else the fallback (``{default}``/``{usi}`` in its help show both)."""
-    data: str = setting(help="Training images: ImageFolder tree or webdataset shards.", section=DATA, argument=True)
+    data: str = setting(help="Training images: ImageFolder tree, webdataset shards or Hugging Face parquet.", section=DATA,
+                        argument=True)
     labels: str | None = setting(  # None: supervised from scratch, views from `recipe` (a teacher, say)
         section=DATA, flags=("--labels",), cli_type=(Optional[str], None),
         help="Label store made by 'relabel generate' from these images (needed unless --mode supervised).")
@@ -39,24 +42,24 @@ class TrainConfig:
                            help="timm model name or alias (deit_s, r50, ...).")
     val: str | None = setting(None, section=DATA, flags=("--val",),
                               help="Validation images (same classes as the labels).")
-    mode: str = setting("cached", section=MODE, resume=True,
+    mode: str = setting("cached", section=MODE, resume=True, choices=MODES,
                         help="cached (stored labels), online (teacher in the loop), supervised (ground truth).")
     preset: str | None = setting(
         None, section=MODE, resume=True,
         help="usi: USI's train.py settings (loss weights, smoothing 0, EMA, optimizer, schedule, --aug-repeats 3); "
              "options given explicitly win.")
-    epochs: int = setting(300, section=OPTIM, resume=True, help="Epochs; the cosine schedule spans them.")
+    epochs: int = setting(300, section=OPTIM, resume=True, ge=1, help="Epochs; the cosine schedule spans them.")
     stop_epoch: int | None = setting(  # the schedule still spans `epochs`
-        None, section=OPTIM, help="End this invocation after this epoch (continue with --resume).")
-    batch_size: int = setting(128, section=OPTIM, flags=("--batch-size", "-b"), resume=True,
+        None, section=OPTIM, ge=1, help="End this invocation after this epoch (continue with --resume).")
+    batch_size: int = setting(128, section=OPTIM, flags=("--batch-size", "-b"), resume=True, ge=1,
                               help="Batch per process (even when the recipe mixes).")
-    img_size: int | None = setting(None, section=DATA, resume=True,
+    img_size: int | None = setting(None, section=DATA, resume=True, ge=8, le=MAX_IMG_SIZE,
                                    help="Train and eval size (default: the store's).")
     teacher: str | None = setting(None, section=MODE, help="Online mode: teacher model (default: the store's).")
     teacher_checkpoint: str | list[str] | None = setting(  # one per member of the store's ensemble
         None, section=MODE, cli_type=(List[str], []),
         help="Online mode: teacher weights (one per member when the labels came from an ensemble, in order).")
-    device: str = setting("auto", section=RUNTIME, help=DEVICE_HELP)
+    device: str = setting("auto", section=RUNTIME, check=device_name, help=DEVICE_HELP)
     resume: bool = setting(False, section=RUNTIME, flags=("--resume",),
                            help="Continue the run in --out exactly where it stopped.")
     allow_subset: bool = setting(
@@ -64,49 +67,49 @@ class TrainConfig:
         help="Train on the images that have labels when DATA is not the labelled dataset.")
     pretrained: bool = setting(False, section=MODEL, flags=("--pretrained",),
                                help="Start from timm's pretrained weights.")
-    drop: float | None = setting(None, section=MODEL, resume=True, help="Dropout rate (timm's drop_rate).")
-    drop_path: float | None = setting(None, section=MODEL, resume=True, help="Drop-path rate.")
+    drop: float | None = setting(None, section=MODEL, resume=True, ge=0, lt=1, help="Dropout rate (timm's drop_rate).")
+    drop_path: float | None = setting(None, section=MODEL, resume=True, ge=0, lt=1, help="Drop-path rate.")
     opt: str | None = setting(None, section=OPTIM, fallback="adamw", resume=True,
                               help="Optimizer (timm name) [default: {default}].")
-    lr: float | None = setting(None, section=OPTIM, fallback=2e-3, resume=True,
+    lr: float | None = setting(None, section=OPTIM, fallback=2e-3, resume=True, gt=0,
                                help="Peak learning rate [default: {default}, USI's at batch 1024].")
-    weight_decay: float | None = setting(None, section=OPTIM, fallback=2e-2, resume=True,
+    weight_decay: float | None = setting(None, section=OPTIM, fallback=2e-2, resume=True, ge=0,
                                          help="Weight decay, not on norms and biases [default: {default}].")
-    momentum: float = setting(0.9, section=OPTIM, resume=True, help="Momentum (SGD-like optimizers).")
-    warmup_epochs: float | None = setting(None, section=OPTIM, fallback=5.0, resume=True,
+    momentum: float = setting(0.9, section=OPTIM, resume=True, ge=0, help="Momentum (SGD-like optimizers).")
+    warmup_epochs: float | None = setting(None, section=OPTIM, fallback=5.0, resume=True, ge=0,
                                           help="Linear warmup epochs [default: {default}].")
-    warmup_lr: float | None = setting(None, section=OPTIM, fallback=1e-4, resume=True,
+    warmup_lr: float | None = setting(None, section=OPTIM, fallback=1e-4, resume=True, ge=0,
                                       help="Learning rate at the start of warmup [default: {default}].")
-    min_lr: float | None = setting(None, section=OPTIM, fallback=1e-6, resume=True,
+    min_lr: float | None = setting(None, section=OPTIM, fallback=1e-6, resume=True, ge=0,
                                    help="Cosine floor [default: {default}].")
     model_ema: bool | None = setting(None, section=EMA, flags=("--model-ema/--no-model-ema",), fallback=True,
                                      resume=True, help="Keep an EMA of the weights, evaluated too [default: {default}].")
-    model_ema_decay: float | None = setting(None, section=EMA, fallback=0.9998, resume=True,
+    model_ema_decay: float | None = setting(None, section=EMA, fallback=0.9998, resume=True, ge=0, le=1,
                                             help="EMA decay per step [default: {default}; usi: {usi} at batch 1024].")
     model_ema_decay_batch: int | None = setting(  # the global batch `model_ema_decay` is for (0: as given)
-        None, section=EMA, fallback=0, resume=True,
+        None, section=EMA, fallback=0, resume=True, ge=0,
         help="Global batch the EMA decay is for: scaled as decay ** (batch x processes / this) [default: {default}, "
              "as given; usi: {usi}].")
     model_ema_warmup: bool | None = setting(
         None, section=EMA, flags=("--model-ema-warmup/--no-model-ema-warmup",), fallback=True, resume=True,
         help="timm's EMA warmup (a shorter average early on) [default: {default}; usi: {usi}].")
-    clip_grad: float | None = setting(None, section=OPTIM, resume=True, help="Clip gradients at this value.")
-    clip_mode: str = setting("norm", section=OPTIM, resume=True, help="norm, value or agc.")
-    smoothing: float | None = setting(None, section=MODE, fallback=0.1, resume=True,
+    clip_grad: float | None = setting(None, section=OPTIM, resume=True, gt=0, help="Clip gradients at this value.")
+    clip_mode: str = setting("norm", section=OPTIM, resume=True, choices=CLIP_MODES, help="norm, value or agc.")
+    smoothing: float | None = setting(None, section=MODE, fallback=0.1, resume=True, ge=0, lt=1,
                                       help="Label smoothing of the ground-truth CE [default: {default}; usi: {usi}].")
-    kd_weight: float | None = setting(None, section=MODE, fallback=1.0, resume=True,
+    kd_weight: float | None = setting(None, section=MODE, fallback=1.0, resume=True, ge=0,
                                       help="Weight of KL(teacher || student) [default: {default}; usi: {usi}].")
     ce_weight: float | None = setting(
-        None, section=MODE, fallback=0.0, resume=True,
+        None, section=MODE, fallback=0.0, resume=True, ge=0,
         help="Weight of the mixed ground-truth CE in cached/online modes [default: {default}; usi: {usi}].")
     kd_temperature: float = setting(
-        1.0, section=MODE, resume=True,
+        1.0, section=MODE, resume=True, gt=0,
         help="KD temperature: the whole target (top-k + rest, or online the full softmax) and the student divided "
              "by T, loss x T^2.")
     kd_renorm: bool = setting(False, section=MODE, flags=("--kd-renorm",), resume=True,
                               help="Renormalize over the top-k only (drop the rest mass).")
     kd_target: str | None = setting(  # cached is always the stored top-k
-        None, section=MODE, resume=True,
+        None, section=MODE, resume=True, choices=KD_TARGETS,
         help="Online: full (the teacher's whole softmax, USI; default) or topk (the stored top-k + rest, before "
              "rounding).")
     fresh_views: bool = setting(  # instead of the stored ones
@@ -114,23 +117,23 @@ class TrainConfig:
         help="Online/supervised: new views every epoch (beyond the stored ones, same recipe and seed), as USI draws "
              "them.")
     aug_repeats: int | None = setting(
-        None, section=DATA, fallback=1, resume=True,
+        None, section=DATA, fallback=1, resume=True, ge=1,
         help="Repeated augmentation: about N/R samples x R different views per epoch [default: {default}; usi: {usi}].")
-    views_limit: int | None = setting(None, section=DATA, resume=True, help="Replay only the first V stored views.")
+    views_limit: int | None = setting(None, section=DATA, resume=True, ge=1, help="Replay only the first V stored views.")
     topk_limit: int | None = setting(  # the rest joins the rest bin
-        None, section=DATA, resume=True,
+        None, section=DATA, resume=True, ge=1,
         help="Use only the first k of the stored top-k classes (their mass joins the rest).")
     eval_crop_pct: float | None = setting(  # no fallback value: the student's pretrained_cfg crop_pct
-        None, section=DATA, fallback=None, resume=True,
+        None, section=DATA, fallback=None, resume=True, gt=0, le=1,
         help="Validation center-crop fraction [default: the student's; usi: {usi}].")
     amp: bool | None = setting(None, section=RUNTIME, flags=("--amp/--no-amp",),
                                help="Mixed precision (default: on for CUDA).")
-    amp_dtype: str = setting("bfloat16", section=RUNTIME, resume=True, help="bfloat16 or float16.")
+    amp_dtype: str = setting("bfloat16", section=RUNTIME, resume=True, choices=AMP_DTYPES, help="bfloat16 or float16.")
     channels_last: bool = setting(True, section=MODEL, flags=("--channels-last/--no-channels-last",),
                                   help="channels_last memory format.")
-    workers: int = setting(section=RUNTIME, default_factory=default_workers, flags=("--workers", "-j"),
+    workers: int = setting(section=RUNTIME, default_factory=default_workers, flags=("--workers", "-j"), ge=0,
                            help="DataLoader workers.")
-    seed: int = setting(42, section=RUNTIME, resume=True, help="Seed: student init, view schedule, batch order, dropout.")
+    seed: int = setting(42, section=RUNTIME, resume=True, ge=0, le=MAX_SEED, help="Seed: student init, view schedule, batch order, dropout.")
     recipe: str = setting(  # one fresh view per epoch
         "usi", section=DATA, help="Without --labels: augmentation recipe of the views (usi, simple, or a file).")
     allow_pixel_drift: bool = setting(
@@ -139,9 +142,12 @@ class TrainConfig:
     compile: bool | str = setting(  # a string: the torch.compile backend
         False, section=MODEL, flags=("--compile",), cli_type=(bool, False),
         help="torch.compile the student (and the online teacher).")
-    renderer: str = setting("auto", section=RUNTIME, help=RENDERER_HELP)
+    renderer: str = setting("auto", section=RUNTIME, choices=RENDERERS, help=RENDERER_HELP)
+    render_kernel: str = setting("auto", section=RUNTIME, choices=RENDER_KERNELS, help=RENDER_KERNEL_HELP)
     progress: bool = setting(True, section=RUNTIME, cli=False, help="A progress bar (the CLI's --quiet turns it off).")
     log: bool = setting(True, section=RUNTIME, cli=False, help="Log each epoch's line.")
+
+    __post_init__ = check_settings
 
 
 # What a setting with a fallback is when neither the user nor a preset gave it.
@@ -160,7 +166,7 @@ def _unset(cfg: TrainConfig, **values) -> TrainConfig:
 
 
 def usi(cfg: TrainConfig) -> TrainConfig:
-    """What USI's train.py sets (Alibaba-MIIL/Solving_ImageNet, timm 0.5.4); README's table compares
+    """What USI's train.py sets (Alibaba-MIIL/Solving_ImageNet, timm 0.5.4); docs/guide.md's table compares
     each value."""
     return _unset(cfg, ce_weight=1.0, kd_weight=5.0, smoothing=0.0, model_ema=True, model_ema_decay=0.99996,
                   model_ema_decay_batch=1024, model_ema_warmup=False, opt="adamw", lr=2e-3, weight_decay=2e-2,
@@ -200,52 +206,13 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    """Refuse bad settings before any data is read (``cfg`` resolved)."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"unknown {named('mode')} {cfg.mode!r}; use one of {', '.join(MODES)}")
-    from relabel.views import resolve_renderer
-
-    resolve_renderer(cfg.renderer, None)
+    """Refuse settings that no single setting's limits rule out (those were checked when ``cfg`` was
+    made) before any data is read (``cfg`` resolved)."""
     if cfg.labels and is_inside(cfg.out, cfg.labels):  # checkpoints would be published with the labels
         raise ConfigError(f"{cfg.out}: {named('out')} lies inside the label store {cfg.labels}; put the run elsewhere")
-    fin = lambda x: x is not None and math.isfinite(x)  # noqa: E731
-    opt_fin = lambda x: x is None or math.isfinite(x)  # noqa: E731
-    for name, ok, rule in (
-            ("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
-            ("workers", cfg.workers >= 0, ">= 0"),
-            ("kd_temperature", fin(cfg.kd_temperature) and cfg.kd_temperature > 0, "finite and > 0"),
-            ("lr", fin(cfg.lr) and cfg.lr > 0, "finite and > 0"),
-            ("weight_decay", fin(cfg.weight_decay) and cfg.weight_decay >= 0, "finite and >= 0"),
-            ("momentum", fin(cfg.momentum) and cfg.momentum >= 0, "finite and >= 0"),
-            ("warmup_epochs", fin(cfg.warmup_epochs) and cfg.warmup_epochs >= 0, "finite and >= 0"),
-            ("warmup_lr", fin(cfg.warmup_lr) and cfg.warmup_lr >= 0, "finite and >= 0"),
-            ("min_lr", fin(cfg.min_lr) and cfg.min_lr >= 0, "finite and >= 0"),
-            ("smoothing", fin(cfg.smoothing) and 0 <= cfg.smoothing < 1, "in [0, 1)"),
-            ("kd_weight", fin(cfg.kd_weight) and cfg.kd_weight >= 0, "finite and >= 0"),
-            ("ce_weight", fin(cfg.ce_weight) and cfg.ce_weight >= 0, "finite and >= 0"),
-            ("drop", opt_fin(cfg.drop) and (cfg.drop is None or 0 <= cfg.drop < 1), "in [0, 1)"),
-            ("drop_path", opt_fin(cfg.drop_path) and (cfg.drop_path is None or 0 <= cfg.drop_path < 1), "in [0, 1)"),
-            ("clip_grad", opt_fin(cfg.clip_grad) and (cfg.clip_grad is None or cfg.clip_grad > 0), "finite and > 0"),
-            ("model_ema_decay", fin(cfg.model_ema_decay) and 0 <= cfg.model_ema_decay <= 1, "in [0, 1]"),
-            ("model_ema_decay_batch", cfg.model_ema_decay_batch >= 0, ">= 0 (0: the decay as given)"),
-            ("eval_crop_pct", opt_fin(cfg.eval_crop_pct) and (cfg.eval_crop_pct is None or 0 < cfg.eval_crop_pct <= 1),
-             "in (0, 1]"),
-            ("aug_repeats", cfg.aug_repeats >= 1, ">= 1"),
-            ("views_limit", cfg.views_limit is None or cfg.views_limit >= 1, ">= 1"),
-            ("topk_limit", cfg.topk_limit is None or cfg.topk_limit >= 1, ">= 1"),
-            ("stop_epoch", cfg.stop_epoch is None or cfg.stop_epoch >= 1, ">= 1"),
-            ("img_size", cfg.img_size is None or 8 <= cfg.img_size <= 4096, "between 8 and 4096")):
-        if not ok:
-            raise ConfigError(f"{named(name)} must be {rule} (got {getattr(cfg, name)})")
-    if cfg.clip_mode not in CLIP_MODES:
-        raise ConfigError(f"{named('clip_mode')} must be one of {', '.join(CLIP_MODES)} (got {cfg.clip_mode!r})")
-    if cfg.kd_target not in KD_TARGETS:
-        raise ConfigError(f"{named('kd_target')} must be one of {', '.join(KD_TARGETS)} (got {cfg.kd_target!r})")
     from relabel.models import resolve_name
 
     resolve_name(cfg.student)  # an unknown model fails before any data is read
-    if cfg.amp_dtype not in ("bfloat16", "float16"):
-        raise ConfigError(f"{named('amp_dtype')} must be bfloat16 or float16 (got {cfg.amp_dtype!r})")
     if cfg.mode != "online" and (cfg.teacher or cfg.teacher_checkpoint):
         raise ConfigError(f"{named('teacher')}/{named('teacher_checkpoint')} are for {named('mode', 'online')} "
                         f"only")

@@ -12,6 +12,7 @@ kept groups are dealt to the ranks, so ranks see disjoint samples.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -20,14 +21,15 @@ import torch
 from torch.utils.data import Dataset
 
 from relabel.views import replay_check
+from relabel.views.rules import check_rule, native_rule
 from relabel.rng import CounterRNG
 from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, mix_params,
                            pairs_for_view, plan_batch, store_order)
 from relabel.storage import StoreHeader, open_source
-from relabel.storage.errors import ConfigError, StoreError, named
+from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.labels import open_labels
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import STATUS_OK
+from relabel.storage.store import DIGEST_BYTES, STATUS_OK
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ class ViewPlan:
         r = create_recipe(recipe)
         self.header = StoreHeader(num_samples=len(source), views=views, topk=1, num_classes=len(source.class_names),
                                   class_names=list(source.class_names), fingerprint=source.fingerprint,
-                                  teacher={}, recipe=r.to_dict(), seed=seed, img_size=img_size)
+                                  teacher={}, recipe=r.to_dict(), seed=seed, img_size=img_size,
+                                  render_rules={"resize": native_rule()})
         self.keys = store_order(source.keys, seed)
         self.complete = True
 
@@ -71,9 +74,14 @@ class TrainData:
 
     def __init__(self, data: str, labels: str | None, allow_subset: bool = False, img_size: int | None = None,
                  plan: dict | None = None, views_limit: int | None = None, repeats: int = 1, fresh: bool = False,
-                 allow_drift: bool = False, renderer: str = "auto", device: torch.device | str | None = None):
-        self.source: ImageSource = open_source(data)
-        self.store = open_labels(labels) if labels else ViewPlan(self.source, img_size=img_size or 224, **plan)
+                 allow_drift: bool = False, renderer: str = "auto", device: torch.device | str | None = None,
+                 render_kernel: str = "auto"):
+        if labels:  # the store first: its key rule says how DATA's names become its keys
+            self.store = open_labels(labels)
+            self.source: ImageSource = open_source(data, self.store.header.key_rule)
+        else:
+            self.source = open_source(data)
+            self.store = ViewPlan(self.source, img_size=img_size or 224, **plan)
         h = self.header = self.store.header
         self.repeats, self.fresh = repeats, fresh
         # A pull of a range of views holds views [lo, hi) only; every other store all of them.
@@ -91,7 +99,9 @@ class TrainData:
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
         # Workers plan (Pillow: render); the main process finishes each batch on `device`.
-        self.renderer: Renderer = create_renderer(renderer, ViewRenderer(self.recipe, h.seed, self.img_size), device)
+        self.renderer: Renderer = create_renderer(renderer, ViewRenderer(self.recipe, h.seed, self.img_size,
+                                                                         check_rule(h.resize_rule)),
+                                                  device, render_kernel)
         self.device = device
         if not self.store.complete:
             raise StoreError(f"{labels}: the label store is incomplete ({len(self.store.pending_shards())} shard(s) "
@@ -102,7 +112,8 @@ class TrainData:
         index = self.source.index()
         self.src_index = np.asarray([index.get(k, -1) for k in self.store.keys], np.int64)
         self.present = self.src_index >= 0
-        if self.source.fingerprint == h.fingerprint and not self.present.all():  # same dataset, other keys
+        fingerprint = self.source.fingerprint_for(h.schema_version)
+        if fingerprint == h.fingerprint and not self.present.all():  # same dataset, other keys
             first = self.store.keys[int(np.argmin(self.present))]
             raise StoreError(f"{labels}: {int((~self.present).sum())} of the store's keys (first: {first!r}) are not in "
                              f"DATA although DATA is the dataset the labels were made for: the keys array was edited; "
@@ -110,13 +121,13 @@ class TrainData:
         self.status_ok = self.store.status() == STATUS_OK
         self.usable = self.present & self.status_ok
         self.matched, self.total = int(self.usable.sum()), h.num_samples
-        if self.source.fingerprint != h.fingerprint:
+        if fingerprint != h.fingerprint:
             if list(self.source.class_names) != list(h.class_names):
                 raise StoreError(f"{labels}: labels were made for other classes ({len(h.class_names)} in the store, "
                                 f"{len(self.source.class_names)} in {data}); use the labels of this dataset")
             if not allow_subset:
                 raise StoreError(f"{labels}: labels were made for another dataset (fingerprint {h.fingerprint[:12]} vs "
-                                f"{self.source.fingerprint[:12]} for {data}): {int(self.present.sum())} of the store's "
+                                f"{fingerprint[:12]} for {data}): {int(self.present.sum())} of the store's "
                                 f"{h.num_samples} keys are in DATA, which has {len(self.source)} images; "
                                 f"set {named('allow_subset', True)} to train on the matched ones")
         if self.matched == 0:
@@ -128,13 +139,27 @@ class TrainData:
         # (StoreHeader checked the map when the store was opened: length, range, no duplicates.)
         self.class_map = None if h.class_map is None else np.asarray(h.class_map, np.int64)
         gt = np.full(h.num_samples, -1, np.int64)
-        gt[self.present] = h.teacher_class(np.asarray(self.source.labels)[self.src_index[self.present]])
+        own = np.asarray(self.source.labels)[self.src_index[self.present]]
+        stored = self.store.sample_classes() if hasattr(self.store, "sample_classes") else None
+        if stored is not None:  # a key filed under another class in this copy: its labels are not for it
+            moved = (stored[self.present] >= 0) & (stored[self.present] != own)
+            if moved.any():
+                i = int(np.nonzero(self.present)[0][np.argmax(moved)])
+                raise StoreError(f"{data}: {int(moved.sum())} image(s) (first: {self.store.keys[i]!r}) are filed under "
+                                 f"another class than the labels were made for ({h.class_names[stored[i]]!r} in the "
+                                 f"store, {self.source.class_names[own[np.argmax(moved)]]!r} here); use the copy of "
+                                 f"the images the labels were made from")
+        gt[self.present] = h.teacher_class(own)
         self.gt = gt
+        # The bytes each sample was labelled from (schema 4): every read in stage two is checked against them.
+        digests = self.store.sample_digests() if hasattr(self.store, "sample_digests") else None
+        self.digests = None if digests is None or not digests.any() else digests
 
     def _check_drift(self, allow: bool) -> None:
         """Render the header's canonical views here: pixels the teacher never saw are not trained on."""
         h, index = self.header, self.source.index()
-        at_store_size = type(self.renderer)(ViewRenderer(self.recipe, h.seed, h.img_size))  # what was recorded
+        at_store_size = type(self.renderer)(self.renderer.spec.at(h.img_size),  # what was recorded
+                                            kernel=self.renderer.kernel)
         drift = replay_check.check(h.replay_check, at_store_size, lambda k: self.source.read(index[k]),
                                    lambda k: k in index, device=self.device)
         if drift and not allow:
@@ -243,7 +268,7 @@ class TrainData:
         return [items[i:i + batch_size] for i in range(0, n, batch_size)][rank::world]
 
     def dataset(self) -> "ViewDataset":
-        return ViewDataset(self.source, self.src_index, self.store.keys, self.renderer)
+        return ViewDataset(self.source, self.src_index, self.store.keys, self.renderer, self.digests)
 
     def collate(self) -> "MixCollate":
         return MixCollate(self.renderer, self.gt)
@@ -273,17 +298,30 @@ class EpochBatchSampler:
 
 
 class ViewDataset(Dataset):
-    """Item (position, view, partner) -> (position, view, partner, the renderer's plan); one decode."""
+    """Item (position, view, partner) -> (position, view, partner, the renderer's plan); one decode.
 
-    def __init__(self, source: ImageSource, src_index: np.ndarray, keys: list[str], renderer: Renderer):
+    ``digests`` (N, 16), when the store recorded them: each image's bytes are checked against the
+    bytes its labels were made from before it is decoded (another image under the same name is
+    refused, naming it, never trained on)."""
+
+    def __init__(self, source: ImageSource, src_index: np.ndarray, keys: list[str], renderer: Renderer,
+                 digests: np.ndarray | None = None):
         self.source, self.src_index, self.keys, self.renderer = source, src_index, keys, renderer
+        self.digests = digests
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, item: Item):
         p, v, q = item
-        img = decode_image(self.source.read(int(self.src_index[p])))
+        data = self.source.read(int(self.src_index[p]))
+        if self.digests is not None and self.digests[p].any():
+            got = hashlib.sha256(data).digest()[:DIGEST_BYTES]
+            if got != self.digests[p].tobytes():
+                raise SourceError(f"{self.source.root}: image {self.keys[p]!r} is not the image its labels were made "
+                                  f"from (its bytes differ); use the copy of the images the labels were made from, "
+                                  f"or run 'relabel verify' to list every changed image")
+        img = decode_image(data)
         return p, v, q, self.renderer.plan(self.keys[p], v, img)
 
 

@@ -43,7 +43,8 @@ def build(cfg: TrainConfig, dist: Dist | None = None) -> tuple[TrainData, Traine
     data = TrainData(cfg.data, cfg.labels, cfg.allow_subset, cfg.img_size,
                      plan=dict(recipe=cfg.recipe, seed=cfg.seed, views=cfg.epochs * cfg.aug_repeats),
                      views_limit=cfg.views_limit, repeats=cfg.aug_repeats, fresh=cfg.fresh_views,
-                     allow_drift=cfg.allow_pixel_drift, renderer=cfg.renderer, device=device)
+                     allow_drift=cfg.allow_pixel_drift, renderer=cfg.renderer, device=device,
+                     render_kernel=cfg.render_kernel)
     if cfg.topk_limit is not None and cfg.topk_limit > data.header.topk:
         raise ConfigError(f"{named('topk_limit', cfg.topk_limit)}: {cfg.labels} stores the top {data.header.topk}; "
                         f"use 1 to {data.header.topk}")

@@ -12,6 +12,17 @@ import math
 
 import torch
 
+from relabel.settings import check_value
+
+from .config import TrainConfig
+
+
+def _temperature(t) -> float:
+    """A KD temperature, checked as ``relabel train``'s ``kd_temperature`` (T = 0 would divide by zero)."""
+    if type(t) is float and t > 0 and math.isfinite(t):
+        return t
+    return check_value(TrainConfig, "kd_temperature", t, called="temperature")
+
 
 def kd_loss(logits: torch.Tensor, idx: torch.Tensor, logp: torch.Tensor, temperature: float = 1.0,
             renorm: bool = False) -> torch.Tensor:
@@ -24,7 +35,7 @@ def kd_loss(logits: torch.Tensor, idx: torch.Tensor, logp: torch.Tensor, tempera
     """
     logits, logp = logits.float(), logp.float()
     k, C = idx.shape[1], logits.shape[1]
-    T = float(temperature)
+    T = _temperature(temperature)
     lq = torch.log_softmax(logits / T, dim=-1)
     lq_top = lq.gather(1, idx)
     others = C - k
@@ -43,7 +54,7 @@ def kd_loss(logits: torch.Tensor, idx: torch.Tensor, logp: torch.Tensor, tempera
 
 def kd_loss_full(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-sample T^2 * KL(softmax(t / T) || softmax(z / T)): the teacher's full distribution (USI, Hinton)."""
-    T = float(temperature)
+    T = _temperature(temperature)
     lp = torch.log_softmax(teacher_logits.float() / T, dim=-1)
     lq = torch.log_softmax(logits.float() / T, dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1) * T * T

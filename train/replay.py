@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from relabel.models import Normalize
-from relabel.settings import default_of
+from relabel.settings import check_value, default_of
 from relabel.storage.errors import ConfigError, named
 
 from .config import DEFAULTS, TrainConfig
@@ -43,6 +43,8 @@ class ReplayLoader:
         renderer: ``pillow`` (render in the workers), ``torch`` (workers decode and cut the crop's
             region; the views render on ``device`` after the DataLoader) or ``auto`` (torch on CUDA).
             Both give the same bytes.
+        render_kernel: the torch renderer's resize kernel: ``auto`` (timed on the device's first
+            batches, the fastest kept), ``matmul`` or ``taps``; the same bytes with each.
         allow_pixel_drift: replay even when this machine renders the store's canonical views
             differently than stage one did (otherwise a RelabelError names what differs).
 
@@ -69,21 +71,28 @@ class ReplayLoader:
                  workers: int | None = None, rank: int | None = None, world: int | None = None, normalize_for=None,
                  allow_subset: bool = False, img_size: int | None = None, views_limit: int | None = None,
                  aug_repeats: int = DEFAULTS["aug_repeats"], device: str | torch.device | None = None,
-                 allow_pixel_drift: bool = False, renderer: str = default_of(TrainConfig, "renderer")):
+                 allow_pixel_drift: bool = False, renderer: str = default_of(TrainConfig, "renderer"),
+                 render_kernel: str = default_of(TrainConfig, "render_kernel")):
         if workers is None:  # relabel train's default (relabel.runtime.default_workers)
             workers = default_of(TrainConfig, "workers")
-        for name, value, lo in (("batch_size", batch_size, 1), ("workers", workers, 0), ("aug_repeats", aug_repeats, 1)):
-            try:
-                ok = not isinstance(value, bool) and operator.index(value) >= lo  # ints, numpy ints
-            except TypeError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"{named(name)} must be a whole number >= {lo} (got {value!r})")
-        batch_size, workers, aug_repeats = int(batch_size), int(workers), int(aug_repeats)
+        # Each setting is checked by its TrainConfig field's limits, as `relabel train` checks it.
+        batch_size, seed, workers, aug_repeats, img_size, views_limit, renderer = (
+            check_value(TrainConfig, name, value) for name, value in (
+                ("batch_size", batch_size), ("seed", seed), ("workers", workers), ("aug_repeats", aug_repeats),
+                ("img_size", img_size), ("views_limit", views_limit), ("renderer", renderer)))
+        allow_subset = check_value(TrainConfig, "allow_subset", allow_subset)
+        allow_pixel_drift = check_value(TrainConfig, "allow_pixel_drift", allow_pixel_drift)
+        render_kernel = check_value(TrainConfig, "render_kernel", render_kernel)
+        if device is not None:
+            device = check_value(TrainConfig, "device", str(device) if isinstance(device, torch.device) else device)
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            _require_cuda(device)
         labels = getattr(labels, "path", labels)  # an opened store: replay reads it by path
         dev = torch.device(device) if device is not None else None
         td = TrainData(data, str(labels), allow_subset=allow_subset, img_size=img_size, views_limit=views_limit,
-                       repeats=aug_repeats, allow_drift=allow_pixel_drift, renderer=renderer, device=dev)
+                       repeats=aug_repeats, allow_drift=allow_pixel_drift, renderer=renderer, device=dev,
+                       render_kernel=render_kernel)
         self._setup(td, batch_size, seed=seed, workers=workers, rank=rank, world=world, device=dev,
                     normalize_for=normalize_for, with_labels=True)
 
@@ -99,9 +108,7 @@ class ReplayLoader:
 
     def _setup(self, data: TrainData, batch_size: int, *, seed: int, workers: int, rank, world, device,
                normalize_for, with_labels: bool) -> None:
-        if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"{named('device', str(device))} asked for but no CUDA GPU is visible; use "
-                              f"{named('device', 'cpu')} or leave it out")
+        _require_cuda(device)
         self.data, self.device, self.with_labels = data, device, with_labels
         self.data.batches(seed, 0, batch_size)  # an odd batch for a mixing recipe fails here, not mid-epoch
         try:
@@ -110,17 +117,16 @@ class ReplayLoader:
         except ValueError:
             raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} in the "
                               f"environment are not whole numbers; fix them or pass rank= and world=") from None
-        if not (isinstance(self.world, int) and self.world >= 1 and isinstance(self.rank, int) and 0 <= self.rank < self.world):
-            raise ConfigError(f"{named('rank')} {self.rank!r} of {named('world')} {self.world!r}: need 0 <= rank < world")
+        self.rank, self.world = _whole(self.rank), _whole(self.world)
+        if self.rank is None or self.world is None or not (self.world >= 1 and 0 <= self.rank < self.world):
+            raise ConfigError(f"{named('rank')} {rank!r} of {named('world')} {world!r}: need whole numbers with "
+                              f"0 <= rank < world")
         self.sampler = EpochBatchSampler(self.data, seed, batch_size, self.rank, self.world)
         if len(self.sampler) == 0:  # a loop over no batches would fail far from here (loss.item() of nothing)
             raise ConfigError(f"{named('batch_size', batch_size)} x {self.world} process(es) is more than the "
                               f"{self.data.matched} usable samples; use a smaller batch")
-        gpu = self.device is not None and self.device.type == "cuda"
-        self.loader = DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),
-                                 num_workers=workers, pin_memory=gpu, persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers else None,
-                                 generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
+        self._seed, self._workers, self._live = seed, workers, 0
+        self.loader = self._make_loader(persistent=workers > 0)
         self.normalize = None
         if normalize_for is not None:
             cfg = _pretrained_cfg(normalize_for)
@@ -131,6 +137,14 @@ class ReplayLoader:
         self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
         self._slot = self._slot_cpu = torch.zeros(0, dtype=torch.int64)
         self.set_epoch(0)
+
+    def _make_loader(self, persistent: bool) -> DataLoader:
+        gpu = self.device is not None and self.device.type == "cuda"
+        w = self._workers
+        return DataLoader(self.data.dataset(), batch_sampler=self.sampler, collate_fn=self.data.collate(),
+                          num_workers=w, pin_memory=gpu, persistent_workers=persistent and w > 0,
+                          prefetch_factor=4 if w else None,
+                          generator=torch.Generator().manual_seed(self._seed))  # keeps the global RNG untouched
 
     @property
     def header(self):
@@ -190,12 +204,39 @@ class ReplayLoader:
         return b
 
     def __iter__(self):
-        """On CUDA the next batch's upload, render and label gather run on a side stream while the
-        caller's step for this batch runs (timm's PrefetchLoader, one batch ahead)."""
+        """Every iterator is a whole pass of its own over the epoch's batches. On CUDA the next batch's
+        upload, render and label gather run on a side stream while the caller's step for this batch
+        runs (timm's PrefetchLoader, one batch ahead).
+
+        The persistent workers serve one pass at a time: a second iterator taken while one is being
+        read (a peek inside the training loop, two interleaved passes) gets workers of its own, so
+        neither ever sees the other's batches."""
         from relabel.views import prefetch_on_device
 
         labels = (self._rows, self._slot, self._slot_cpu) if self.with_labels else None  # this epoch's, kept
-        yield from prefetch_on_device(self.loader, lambda b: self._device_stage(b, labels), self.device)
+        loader = self.loader if self._live == 0 else self._make_loader(persistent=False)
+        self._live += 1
+        try:
+            yield from prefetch_on_device(loader, lambda b: self._device_stage(b, labels), self.device)
+        finally:
+            self._live -= 1
+
+
+def _whole(x) -> int | None:
+    """A whole number (Python or numpy int) as an int; None for anything else (bools, floats, text)."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return int(operator.index(x))
+    except TypeError:
+        return None
+
+
+def _require_cuda(device) -> None:
+    """A CUDA device asked for on a machine without one: one line, before anything touches CUDA."""
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{named('device', str(device))} asked for but no CUDA GPU is visible; use "
+                          f"{named('device', 'cpu')} or leave it out")
 
 
 def _pretrained_cfg(model) -> dict:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import typer
 
-from relabel.settings import DEVICE_HELP, setting
+from relabel.settings import DEVICE_HELP, check_settings, device_name, setting
 
 from .options import command_from
 
@@ -34,17 +34,17 @@ PARTS = ("step", "loader", "labels", "generate", "size", "scale", "precision", "
 class BenchConfig:
     student: str = setting("deit_s", help="Student model.")
     teacher: str = setting("tresnet_l_v2", help="Teacher model (random weights: speed does not depend on them).")
-    batch_size: int = setting(16, help="Batch size.")
-    img_size: int = setting(224, help="Image size.")
-    device: str = setting("auto", help=DEVICE_HELP)
-    precision: str = setting("auto", help="Teacher precision in generate: auto, fp32, fp16, bf16.")
-    repeats: int = setting(5, help="Timed repeats per contender (interleaved).")
-    workers: int = setting(2, help="DataLoader workers.")
-    label_views: int = setting(1_000_000, help="labels: views in the on-disk store.")
-    scale_views: int = setting(10_000_000, help="scale: views written.")
-    gen_images: int = setting(32, help="generate: images.")  # each gets gen_views views
-    gen_views: int = setting(4, help="generate: views per image.")
-    steps: int = setting(3, help="step: train steps per timed repeat.")
+    batch_size: int = setting(16, ge=2, help="Batch size.")
+    img_size: int = setting(224, ge=8, le=4096, help="Image size.")
+    device: str = setting("auto", check=device_name, help=DEVICE_HELP)
+    precision: str = setting("auto", choices=("auto", "fp32", "fp16", "bf16"), help="Teacher precision in generate: auto, fp32, fp16, bf16.")
+    repeats: int = setting(5, ge=1, help="Timed repeats per contender (interleaved).")
+    workers: int = setting(2, ge=0, help="DataLoader workers.")
+    label_views: int = setting(1_000_000, ge=1, help="labels: views in the on-disk store.")
+    scale_views: int = setting(10_000_000, ge=1, help="scale: views written.")
+    gen_images: int = setting(32, ge=1, help="generate: images.")  # each gets gen_views views
+    gen_views: int = setting(4, ge=1, help="generate: views per image.")
+    steps: int = setting(3, ge=1, help="step: train steps per timed repeat.")
     teacher_checkpoint: str | None = setting(  # random weights understate the noise
         None, help="precision: trained teacher weights (random ones understate).")
     data: str | None = setting(  # default: synthetic JPEGs
@@ -52,13 +52,15 @@ class BenchConfig:
     compile_backend: str = setting("inductor", help="step/generate: torch.compile backend of the compiled "
                                                     "contenders (none: skip them).")
     feed_images: int = setting(  # two mix groups, one per worker
-        128, help="feed: ImageNet-like JPEGs (~500x375, q90).")
-    feed_views: int = setting(10, help="feed: stage-one views per image (one shard block).")
-    sweep_students: int = setting(5, help="sweep: students trained from one label set.")  # S students x E epochs
-    sweep_epochs: int = setting(300, help="sweep: epochs per student.")
-    sweep_views: int = setting(10, help="sweep: stored views per image.")
-    sweep_images: int = setting(1_281_167, help="sweep: training images (default: ImageNet-1k).")
-    num_classes: int = setting(1000, cli=False, help="Classes of the synthetic labels.")
+        128, ge=2, help="feed: ImageNet-like JPEGs (~500x375, q90).")
+    feed_views: int = setting(10, ge=1, help="feed: stage-one views per image (one shard block).")
+    sweep_students: int = setting(5, ge=1, help="sweep: students trained from one label set.")  # S students x E epochs
+    sweep_epochs: int = setting(300, ge=1, help="sweep: epochs per student.")
+    sweep_views: int = setting(10, ge=1, help="sweep: stored views per image.")
+    sweep_images: int = setting(1_281_167, ge=1, help="sweep: training images (default: ImageNet-1k).")
+    num_classes: int = setting(1000, cli=False, ge=2, help="Classes of the synthetic labels.")
+
+    __post_init__ = check_settings
 
 
 def measure(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
@@ -435,19 +437,23 @@ def _photo_folder(root: Path, n: int, seed: int = 4) -> Path:
 
 
 def _torch_finish_cost(cfg: BenchConfig, folder: Path, dev) -> dict:
-    """The torch renderer's device stage on one packed batch of 128 USI views: milliseconds per
-    batch, top-level torch ops per view (each one a kernel launch or a copy on a GPU: the host's
-    share of the work, whatever the device), and what the batch's payload costs to cross from a
-    DataLoader worker (``crossing``)."""
+    """The torch renderer's device stage on one packed batch of 128 USI views, with each resize
+    kernel (``views.kernels``) on the same batch, interleaved over repeats: milliseconds per batch,
+    top-level torch ops per view (each one a kernel launch or a copy on a GPU: the host's share of
+    the work, whatever the device), which kernel ``auto`` picks on this device (timing the batch as
+    a run's first batches are timed), the render cost model (``_cost_model``), and what the batch's
+    payload costs to cross from a DataLoader worker (``crossing``)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from relabel.views import (RECIPES, ViewRenderer, create_renderer, decode_image, finish_batch, group_partners,
                                plan_batch)
+    from relabel.views.kernels import KERNELS
 
     recipe, G = RECIPES["usi"], RECIPES["usi"].mix_group
     images = [decode_image(p.read_bytes()) for p in sorted(Path(folder).rglob("*.jpg"))]
-    renderer = create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))
+    renderer = create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size))  # auto: picks on this batch
+    forced = {k: create_renderer("torch", ViewRenderer(recipe, 0, cfg.img_size), kernel=k) for k in KERNELS}
     n = len(images)
     pos, views = [i % n for i in range(128)], [i // n for i in range(128)]
 
@@ -468,20 +474,25 @@ def _torch_finish_cost(cfg: BenchConfig, folder: Path, dev) -> dict:
     if dev.type == "cuda":
         payload = pinned(payload)
 
-    def run() -> None:
-        finish_batch(renderer, payload, dev)
+    def run(r=renderer) -> None:
+        finish_batch(r, payload, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    run()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    while renderer.kernels.kernel_for(dev) is None:  # auto: every kernel timed on this batch, one kept
         run()
-    ops = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
-    times = []
+    picked = renderer.kernels.kernel_for(dev)
+    ops, times = {}, {k: [] for k in forced}
+    for k, r in forced.items():
+        run(r)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(r)
+        ops[k] = sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
     for _ in range(max(1, cfg.repeats)):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+        for k, r in forced.items():
+            t0 = time.perf_counter()
+            run(r)
+            times[k].append(time.perf_counter() - t0)
     def fresh(x):  # new tensors, as each real batch is: the worker must put them in shared memory
         if isinstance(x, torch.Tensor):
             return x.clone()
@@ -502,8 +513,144 @@ def _torch_finish_cost(cfg: BenchConfig, folder: Path, dev) -> dict:
         n = sum(1 for _ in handed)
         return 1000 * (time.perf_counter() - t0) / n
 
-    return {"torch_finish_ms_per_batch": 1000 * statistics.median(times), "torch_finish_ops_per_view": ops / 128,
-            "torch_payload_take_ms_per_batch": crossing(False), "torch_payload_fresh_ms_per_batch": crossing(True)}
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return {"torch_finish_ms_per_batch": ms[picked], "torch_finish_ops_per_view": ops[picked] / 128,
+            **{f"torch_finish_ms_per_batch_{k}": v for k, v in ms.items()},
+            **{f"torch_finish_ops_per_view_{k}": v / 128 for k, v in ops.items()},
+            "torch_render_kernel_auto": picked,
+            "torch_render_kernel_auto_ms": {k: 1000 * min(v) for k, v in renderer.kernels.timings[str(dev)].items()},
+            "torch_payload_take_ms_per_batch": crossing(False), "torch_payload_fresh_ms_per_batch": crossing(True),
+            "cost_model": _cost_model({k: (lambda r=r: run(r)) for k, r in forced.items()}, 128, cfg.img_size)}
+
+
+# ------------------------------------------------------------------------------------ render cost model
+# Published peak rates: TFLOPS / TOPS count a fused multiply-add as 2 operations (so one elementwise
+# instruction per lane and clock is half the figure), FP64 "matrix" is the tensor-core rate cuBLAS
+# reaches in a float64 matmul (None: no FP64 tensor cores, the vector rate applies). Figures marked
+# derived are not on the data sheet: GA10x/AD10x SMs (compute capability 8.6/8.9) run 2 FP64 and 64
+# INT32 lanes beside their 128 FP32 lanes (CUDA C++ Programming Guide, arithmetic throughput table),
+# so FP64 = FP32/64 and INT32 = FP32/2 there.
+_GPUS = (  # name, FP64 vector, FP64 matrix, FP32, INT32 (TFLOPS/TOPS), memory GB/s, source
+    ("H200 SXM", 33.5, 66.9, 66.9, 33.5, 4800, "H200 datasheet (4.8 TB/s); compute as H100 SXM (same GH100)"),
+    ("H100 SXM", 33.5, 66.9, 66.9, 33.5, 3350, "H100 whitepaper (FP64 33.5/66.9, FP32 66.9, INT32 33.5), datasheet"),
+    ("A100 SXM 80GB", 9.7, 19.5, 19.5, 19.5, 2039, "A100 datasheet; INT32 = FP32 (64 INT32 lanes/SM, A100 whitepaper)"),
+    ("L40S", 1.43, None, 91.6, 45.8, 864, "L40S datasheet (FP32, GB/s); FP64, INT32 derived"),
+    ("L4", 0.47, None, 30.3, 15.1, 300, "L4 datasheet (FP32, GB/s); FP64, INT32 derived"),
+    ("A10", 0.49, None, 31.2, 15.6, 600, "A10 datasheet (FP32, GB/s); FP64, INT32 derived"),
+    ("RTX 4090", 1.29, None, 82.6, 41.3, 1008, "Ada (AD102) whitepaper (FP32, GB/s); FP64, INT32 derived"),
+    ("RTX 3090", 0.56, None, 35.6, 17.8, 936, "Ampere GA102 whitepaper (FP32, GB/s); FP64, INT32 derived"),
+)
+_COUNTS = ("fp64_matmul_flops", "fp64_ops", "fp32_ops", "int_ops", "bytes_moved", "bytes_gathered", "torch_ops")
+
+
+def _op_counter():
+    """A dispatch mode that tallies what each aten op a render runs does, by ``section``: matmul
+    FLOPs (2mnk), elementwise instructions by the precision they run in (float64 if any operand is,
+    a conversion to or from float64 included; else float32; else integer), bytes read and written
+    (every operand once, a broadcast one by its own size; nothing kept in cache between ops), bytes
+    gathered (the output of gathers), and ops (views excluded: they launch nothing)."""
+    from collections import Counter
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    aten = torch.ops.aten
+    matmuls = {aten.bmm.default, aten.mm.default, aten.addmm.default, aten.baddbmm.default}
+    gathers = {aten.gather.default, aten.index_select.default, aten.index.Tensor}
+    moves = {aten.copy_.default, aten._to_copy.default, aten.clone.default, aten.cat.default, aten.stack.default,
+             aten.flip.default, aten.where.self, aten.index_put_.default, aten._index_put_impl_.default,
+             aten.scatter_add_.default, aten.fill_.Scalar, aten.zeros.default, aten.full.default, aten.arange.start,
+             aten.arange.default, aten.empty.memory_format, aten.empty_strided.default, aten.zeros_like.default,
+             aten.full_like.default, aten.empty_like.default, aten.ones_like.default, aten.zero_.default}
+
+    def own_bytes(t) -> int:
+        n = 1
+        for size, stride in zip(t.shape, t.stride()):
+            n *= size if stride else 1
+        return n * t.element_size()
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.section, self.tally = "rest", {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if getattr(func, "is_view", False):
+                return out
+            ins = [t for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor)]
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            c = self.tally.setdefault(self.section, Counter())
+            c["torch_ops"] += 1
+            if func in gathers:
+                got = sum(t.numel() * t.element_size() for t in outs)
+                c["bytes_gathered"] += got
+                c["bytes_moved"] += 2 * got + sum(own_bytes(t) for t in ins if t.dtype == torch.int64)
+                return out
+            c["bytes_moved"] += sum(own_bytes(t) for t in ins + outs)
+            f64 = any(t.dtype == torch.float64 for t in ins + outs)
+            if func in matmuls:
+                a, b = ins[-2], ins[-1]
+                c["fp64_matmul_flops" if f64 else "fp32_ops"] += 2 * a.numel() * b.shape[-1]
+            elif func not in moves or (f64 and func in (aten._to_copy.default, aten.copy_.default)):
+                n = max(t.numel() for t in ins + outs)
+                floats = any(t.is_floating_point() for t in ins + outs)
+                c["fp64_ops" if f64 else "fp32_ops" if floats else "int_ops"] += n
+            return out
+
+    return Count()
+
+
+def _cost_model(renders: dict[str, Callable[[], None]], n_views: int, img_size: int) -> dict:
+    """A model, not a measurement: what each resize kernel's render of the batch does per view
+    (``_op_counter``: the resize passes, RandAugment's geometric ops, the rest), and the views/s
+    that implies on each GPU of ``_GPUS``: per view the longest of its FP64 time, its FP32 + INT32
+    time and its memory time, from the published peaks; kernel launches not included (their count
+    is the torch ops row)."""
+    from relabel.views import kernels, ops_torch
+
+    per_view: dict[str, dict[str, dict]] = {}
+    for name, render in renders.items():
+        counter = _op_counter()
+
+        def section(fn, label, counter=counter):
+            def wrapped(*a, **kw):
+                counter.section = label
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    counter.section = "rest"
+            return wrapped
+
+        saved = dict(kernels.KERNELS), dict(ops_torch._KERNELS)
+        try:  # the registries are data: their entries are wrapped to attribute the ops, then put back
+            for k, kern in saved[0].items():
+                kernels.KERNELS[k] = kernels.ResizeKernel(k, section(kern.run, "resize"))
+            ops_torch._KERNELS["affine"] = section(saved[1]["affine"], "geometric")
+            with counter:
+                render()
+        finally:
+            kernels.KERNELS.update(saved[0])
+            ops_torch._KERNELS.update(saved[1])
+        parts = {s: {k: counter.tally.get(s, {}).get(k, 0) / n_views for k in _COUNTS}
+                 for s in ("resize", "geometric", "rest")}
+        parts["total"] = {k: sum(parts[s][k] for s in ("resize", "geometric", "rest")) for k in _COUNTS}
+        per_view[name] = parts
+
+    def seconds(c: dict, gpu: tuple) -> float:
+        _, f64v, f64m, f32, i32, gbs, _ = gpu
+        t64 = c["fp64_matmul_flops"] / ((f64m or f64v) * 1e12) + c["fp64_ops"] / (f64v * 1e12 / 2)
+        t32 = c["fp32_ops"] / (f32 * 1e12 / 2) + c["int_ops"] / (i32 * 1e12 / 2)
+        return max(t64, t32, c["bytes_moved"] / (gbs * 1e9))
+
+    ceilings = {g[0]: {name: 1 / seconds(parts["total"], g) for name, parts in per_view.items()} for g in _GPUS}
+    geometric = {g[0]: {name: seconds(parts["geometric"], g) / seconds(parts["total"], g)
+                        for name, parts in per_view.items()} for g in _GPUS}
+    return {"note": f"a model, not a measurement: counted ops of one {n_views}-view USI batch at {img_size}px",
+            "per_view": per_view, "views_per_s_ceiling": ceilings, "geometric_share": geometric,
+            "gpus": [dict(zip(("name", "fp64_tflops", "fp64_matrix_tflops", "fp32_tflops", "int32_tops", "mem_gb_s",
+                               "source"), g)) for g in _GPUS]}
 
 
 def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
@@ -522,6 +669,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
     from relabel.teacher import FunctionTeacher
     from relabel.models import pick_device
     from relabel.views import RECIPES, ViewRenderer, create_renderer, finish_batch, store_order
+    from relabel.views.rules import RESIZE_RULES, native_rule
 
     folder = _photo_folder(Path(tmp) / "feed_images", cfg.feed_images)
     workers = sorted({1, cfg.workers}) if cfg.workers > 0 else [0]
@@ -549,7 +697,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
 
             def stage1(loader=loader, renderer=renderer):
                 n_views = 0
-                for _, _, _, payload, _ in loader:  # pixels made on the device, then dropped
+                for _, _, _, payload, *_ in loader:  # pixels made on the device, then dropped
                     n_views += len(finish_batch(renderer, payload, dev))
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
@@ -565,12 +713,22 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
              teacher=FunctionTeacher(lambda px: px.float().mean((2, 3)) @ weights, 1000, "bench-feed-stub",
                                      input_size=cfg.img_size))
     batch = max(2, min(64, n // (2 * max(workers[-1], 1))) // 2 * 2)  # at least two batches per worker
-    for tag, name in (("", "pillow"), ("torch_", "torch"))[:len(renderers)]:
-        for w in workers:
-            tcfg = TrainConfig(data=str(folder), labels=store, out=os.path.join(tmp, f"feed-run{tag}{w}"),
+    lo = workers[0]
+    parquet = _parquet_copy(folder, Path(tmp) / "feed_parquet")  # the same images, as the Hub stores them
+    # One worker each: the digest check off (as a store made before digests), the images read from
+    # parquet instead of the folder, and stage one rendering by another Pillow's resize rule.
+    variants = [("", "pillow", str(folder), workers), ("torch_", "torch", str(folder), workers),
+                ("nodigest_", "pillow", str(folder), [lo]), ("parquet_", "pillow", str(parquet), [lo])]
+    for tag, name, data_dir, ws in variants:
+        if name == "torch" and "torch_" not in renderers:
+            continue
+        for w in ws:
+            tcfg = TrainConfig(data=data_dir, labels=store, out=os.path.join(tmp, f"feed-run{tag}{w}"),
                                student=cfg.student, mode="cached", epochs=2, batch_size=batch, img_size=cfg.img_size,
                                device=str(dev), workers=w, progress=False, log=False, warmup_epochs=0, renderer=name)
             data, _ = build(tcfg)
+            if tag == "nodigest_":
+                data.digests = None
             loader = make_loader(data, tcfg, dev)  # relabel train's own loader (persistent workers)
             epoch = [0]
 
@@ -583,9 +741,16 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
                 return done
 
             contenders[f"stage2_{tag}w{w}"] = stage2
+    other = next(rule for rule in RESIZE_RULES if rule != native_rule())  # e.g. a 12.x store on Pillow 13
+    emulated = ViewRenderer(recipe, 0, cfg.img_size, other)
+    stream = ViewStream(src, np.asarray([where[k] for k in keys], np.int64), create_renderer("pillow", emulated), n,
+                        units, keys, batch_size=128)
+    loader = persistent(dict(dataset=stream, batch_size=None), lo)
+    contenders[f"stage1_rule_w{lo}"] = lambda loader=loader: sum(len(p) for _, _, _, p, *_ in loader)
     r = measure(contenders, cfg.repeats)
     per = {k: r[k]["median"] / max(1, int(k.rsplit("w", 1)[1])) for k in r}
-    lo, hi = workers[0], workers[-1]
+    hi = workers[-1]
+    differ = _rule_differs(src, keys, recipe, cfg.img_size, nv, other)
     mean_kb = sum(p.stat().st_size for p in Path(folder).rglob("*.jpg")) / n / 1024
     return {"stage1_views_per_s_per_worker": per[f"stage1_w{lo}"], "stage2_img_per_s_per_worker": per[f"stage2_w{lo}"],
             "stage1_views_per_s_all_workers": r[f"stage1_w{hi}"]["median"],
@@ -595,8 +760,47 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
             "stage1_torch_views_per_s_all_workers": r[f"stage1_torch_w{hi}"]["median"] if "torch_" in renderers else None,
             "stage2_torch_img_per_s_all_workers": r[f"stage2_torch_w{hi}"]["median"] if "torch_" in renderers else None,
             "torch_device": str(dev), **_torch_finish_cost(cfg, folder, dev),
+            # portability and binding (issues 28 and 29), per worker, against the rows above
+            "stage2_digest_check_cost": 1 - per[f"stage2_w{lo}"] / per[f"stage2_nodigest_w{lo}"],
+            "stage2_parquet_vs_folder": per[f"stage2_parquet_w{lo}"] / per[f"stage2_w{lo}"],
+            "stage1_other_rule": other, "stage1_other_rule_views_emulated": differ,
+            "stage1_other_rule_vs_native": per[f"stage1_rule_w{lo}"] / per[f"stage1_w{lo}"],
             "workers": workers, "images": n, "views_per_image_stage1": nv, "mean_jpeg_kib": mean_kb,
             "stage2_batch": batch, "detail": r}
+
+
+def _parquet_copy(folder: Path, out: Path) -> Path:
+    """The folder's images as Hugging Face parquet in the Hub's layout (``image`` {bytes, path},
+    ``label`` with ClassLabel names): the same keys and classes, so the same store trains on it."""
+    import datasets
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = sorted(p for p in folder.rglob("*.jpg"))
+    rows = {"image": [{"bytes": f.read_bytes(), "path": f.relative_to(folder).as_posix()} for f in files],
+            "label": [classes.index(f.parent.name) for f in files]}
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(out / "data" / "train-00000-of-00001.parquet"))
+    return out
+
+
+def _rule_differs(src, keys: list[str], recipe, size: int, views: int, rule: str) -> float:
+    """Of these images' first ``views`` views, the share whose crop-resize runs in another pass order
+    under ``rule`` than under the installed Pillow's (the views the Pillow renderer emulates)."""
+    from PIL import Image
+
+    from relabel.views import view_params
+    from relabel.views.rules import native_rule, vertical_first
+
+    native, n, differ = native_rule(), 0, 0
+    for k in keys:
+        with Image.open(__import__("io").BytesIO(src.read(src.index()[k]))) as img:
+            W, H = img.size
+        for v in range(views):
+            view_params(recipe, 0, k, v, (W, H))  # (the decision reads the image's size, not the crop)
+            n += 1
+            differ += vertical_first(rule, W, H, size, size) != vertical_first(native, W, H, size, size)
+    return differ / max(1, n)
 
 
 # ------------------------------------------------------------------------------------ step / loader
@@ -808,7 +1012,12 @@ _TARGETS = {  # (key, target, direction)
              ("stage1_views_per_s_all_workers", None, ""), ("stage1_torch_views_per_s_all_workers", None, ""),
              ("stage2_img_per_s_all_workers", None, ""), ("stage2_torch_img_per_s_all_workers", None, ""),
              ("torch_finish_ms_per_batch", None, ""), ("torch_finish_ops_per_view", None, ""),
-             ("torch_payload_take_ms_per_batch", None, ""), ("torch_payload_fresh_ms_per_batch", None, "")],
+             ("torch_render_kernel_auto", None, ""),  # and each kernel's (views.kernels.KERNELS) on the same batch
+             *((f"torch_finish_{m}_{k}", None, "") for k in ("matmul", "taps") for m in ("ms_per_batch", "ops_per_view")),
+             ("torch_payload_take_ms_per_batch", None, ""), ("torch_payload_fresh_ms_per_batch", None, ""),
+             ("stage2_digest_check_cost", 0.03, "<="), ("stage2_parquet_vs_folder", 0.9, ">="),
+             ("stage1_other_rule", None, ""), ("stage1_other_rule_views_emulated", None, ""),
+             ("stage1_other_rule_vs_native", None, "")],
     "sweep": [("cached_hours", None, ""), ("online_hours", None, ""), ("online_vs_cached", None, ""),
               ("break_even_student_epochs", None, "")],
 }
@@ -831,9 +1040,37 @@ def markdown(results: dict) -> str:
             if v is None:
                 continue
             met = "" if target is None else ("yes" if (v >= target if op == ">=" else v <= target) else "**no**")
-            val = f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+            val = v if isinstance(v, str) else f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
             lines.append(f"| {part} | {key} | {val} | {'' if target is None else f'{op} {target:g}'} | {met} |")
+    model = results.get("feed", {}).get("cost_model")
+    if model:
+        lines += ["", *_cost_model_markdown(model)]
     return "\n".join(lines)
+
+
+def _cost_model_markdown(model: dict) -> list[str]:
+    """The render cost model as two tables: what a view costs by kernel and part, and the views/s
+    ceilings it implies per GPU."""
+    g = lambda v: f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"  # noqa: E731
+    kernels = list(model["per_view"])
+    out = [f"Render cost model per view ({model['note']}):", "",
+           "| kernel | part | " + " | ".join(_COUNTS) + " |", "|---|---|" + "---|" * len(_COUNTS)]
+    for k in kernels:
+        for part, c in model["per_view"][k].items():
+            out.append(f"| {k} | {part} | " + " | ".join(g(c[key]) for key in _COUNTS) + " |")
+    out += ["", "Implied views/s ceilings (model: max of FP64, FP32+INT32 and memory time per view from published "
+            "peaks; launches not included) and the geometric ops' share of each view's modeled time:", "",
+            "| GPU | FP64 TFLOPS (matrix) | FP32 TFLOPS | INT32 TOPS | GB/s | "
+            + " | ".join(f"{k} views/s" for k in kernels) + " | " + " | ".join(f"geometric share ({k})" for k in kernels)
+            + " | source |", "|---|---|---|---|---|" + "---|" * (2 * len(kernels) + 1)]
+    for gpu in model["gpus"]:
+        name = gpu["name"]
+        m = f" ({gpu['fp64_matrix_tflops']:g})" if gpu["fp64_matrix_tflops"] else ""
+        out.append(f"| {name} | {gpu['fp64_tflops']:g}{m} | {gpu['fp32_tflops']:g} | {gpu['int32_tops']:g} | "
+                   f"{gpu['mem_gb_s']:g} | " + " | ".join(g(model["views_per_s_ceiling"][name][k]) for k in kernels)
+                   + " | " + " | ".join(f"{model['geometric_share'][name][k]:.0%}" for k in kernels)
+                   + f" | {gpu['source']} |")
+    return out
 
 
 def _bench(params: dict) -> None:
@@ -846,11 +1083,6 @@ def _bench(params: dict) -> None:
         raise ConfigError(f"unknown bench part {part!r}; use one of {', '.join(PARTS)} or all")
     if os.path.isdir(json_out):
         raise ConfigError(f"--json {json_out}: is a folder; give a file name such as {os.path.join(json_out, 'bench.json')}")
-    if cfg.repeats < 1 or cfg.batch_size < 2 or cfg.steps < 1:
-        raise ConfigError("--repeats and --steps must be >= 1 and --batch-size >= 2")
-    if cfg.feed_images < 2 or cfg.feed_views < 1 or min(cfg.sweep_students, cfg.sweep_epochs, cfg.sweep_views,
-                                                         cfg.sweep_images) < 1:
-        raise ConfigError("--feed-images must be >= 2 and --feed-views and the --sweep-* counts >= 1")
     r = run_bench(parts, cfg, json_out)
     typer.echo(markdown(r))
     typer.echo(f"wrote {json_out} and {Path(json_out).with_suffix('.md')}")

@@ -39,11 +39,12 @@ def _register() -> None:
     from .bench import bench_command
     from .demo import demo_command
     from .share import export_command, publish_command, pull_command
-    from .stages import generate, info, verify
+    from .look import info, show
+    from .stages import generate, verify
     from .study import study_command
     from .train_command import train_command
 
-    for name, fn in (("generate", generate), ("info", info), ("verify", verify), ("train", train_command),
+    for name, fn in (("generate", generate), ("info", info), ("show", show), ("verify", verify), ("train", train_command),
                      ("export", export_command), ("publish", publish_command), ("pull", pull_command),
                      ("bench", bench_command), ("demo", demo_command), ("study", study_command)):
         app.command(name)(with_sections(fn))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from relabel.settings import DEVICE_HELP, setting
+from relabel.settings import DEVICE_HELP, check_settings, device_name, setting
 from relabel.train.config import MODES
 
 from .options import command_from
@@ -34,19 +34,21 @@ def two_workers() -> int:
 @dataclass
 class DemoConfig:
     out: str = setting("relabel-demo", flags=("--out", "-o"), help="Folder for the images, labels, runs and results.")
-    seeds: int = setting(1, help="Student runs per mode (3 gives mean ± std).")
-    epochs: int = setting(8, help="Student epochs (also the number of stored views).")
-    teacher_epochs: int = setting(30, help="Teacher epochs.")
+    seeds: int = setting(1, ge=1, help="Student runs per mode (3 gives mean ± std).")
+    epochs: int = setting(8, ge=1, help="Student epochs (also the number of stored views).")
+    teacher_epochs: int = setting(30, ge=1, help="Teacher epochs.")
     teacher: str = setting("resnet18", help="Teacher model (timm name).")
     student: str = setting("test_resnet",
                            help="Student model (timm name; timm's 0.4M-parameter test ResNet by default).")
-    limit: int | None = setting(None, help="Use only the first N images (quick runs).")  # None: all 1,797
-    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"), help="DataLoader workers.")
-    device: str = setting("auto", help=DEVICE_HELP)
-    img_size: int = setting(32, cli=False, help="Image size of teacher and student.")
-    views: int = setting(8, cli=False, help="Stored views per image (the command: --epochs).")
-    topk: int = setting(5, cli=False, help="Classes kept per view.")
-    batch_size: int = setting(64, cli=False, help="Batch size of teacher and students.")
+    limit: int | None = setting(None, ge=100, help="Use only the first N images (quick runs; at least 100: a batch of every split).")  # None: all 1,797
+    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"), ge=0, help="DataLoader workers.")
+    device: str = setting("auto", check=device_name, help=DEVICE_HELP)
+    img_size: int = setting(32, cli=False, ge=8, le=4096, help="Image size of teacher and student.")
+    views: int = setting(8, cli=False, ge=1, help="Stored views per image (the command: --epochs).")
+    topk: int = setting(5, cli=False, ge=1, help="Classes kept per view.")
+    batch_size: int = setting(64, cli=False, ge=2, help="Batch size of teacher and students.")
+
+    __post_init__ = check_settings
 
 
 # USI's recipe, adapted to 32 px digits: no flips (a mirrored 3 is no 3), milder crops.
@@ -231,10 +233,6 @@ def plot(results: dict, out: Path) -> None:
 
 def _demo(params: dict) -> None:
     cfg = DemoConfig(**params)
-    if cfg.seeds < 1 or cfg.epochs < 1 or cfg.teacher_epochs < 1:
-        from relabel.storage import ConfigError
-
-        raise ConfigError("--seeds, --epochs and --teacher-epochs must be >= 1")
     r = run_demo(replace(cfg, views=cfg.epochs))  # one stored view per student epoch
     typer.echo(r["table"])
     typer.echo(f"results: {Path(cfg.out) / 'results.md'}, plot: {Path(cfg.out) / 'curves.png'}")

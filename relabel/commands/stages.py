@@ -1,8 +1,7 @@
-"""The stage commands: ``relabel generate``, ``info`` and ``verify`` (typer functions; ``cli``
+"""The stage commands: ``relabel generate`` and ``verify`` (typer functions; ``cli``
 registers them). Each keeps its heavy imports in its body, so ``--help`` imports no torch."""
 from __future__ import annotations
 
-import json
 import os
 import typer
 
@@ -10,7 +9,7 @@ import typer
 from relabel.stages.generate_config import GenerateConfig
 from relabel.stages.verify_config import VerifyConfig
 
-from .options import command_from, config_from_params, quiet, with_sections
+from .options import command_from, config_from_params, quiet
 
 
 def _say(msg: str) -> None:
@@ -33,38 +32,16 @@ generate = command_from(GenerateConfig, _generate, "generate",
                         "Stage one: run the teacher over stored views and write top-k labels.", extra=(quiet(),))
 
 
-def info(store: str = typer.Argument(..., help="Label store."),
-         as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """Summarize a label store."""
-    from relabel.storage import LabelStore
-    s = LabelStore.open(store).summary()
-    if s["missing_files"]:
-        _say(f"damaged: {len(s['missing_files'])} file(s) of finished shards are missing or empty (first: "
-             f"{s['missing_files'][0]}); run 'relabel generate --repair' with the same DATA and settings")
-    if as_json:
-        typer.echo(json.dumps(s, indent=2))
-        return
-    t = s["teacher"]
-    if t.get("members"):
-        own = ", each at its own input size (--teacher-own-size)" if t["members"][0].get("own_size") else ""
-        t = {"model": " + ".join(f"{m['model']} x{m['weight']:.3g}" for m in t["members"]) + own,
-             "checkpoint_sha256": "ensemble"}
-    held = s["held_views"]
-    views = f"{s['views']}" if held == [0, s["views"]] else f"{held[0]}-{held[1] - 1} of {s['views']} (a pulled range)"
-    typer.echo(f"{s['path']}\n  samples      {s['num_samples']:,} ({s['corrupt_samples']} unreadable)\n"
-               f"  views        {views} (complete: {s['complete']})\n  top-k        {s['topk']} of {s['num_classes']} classes\n"
-               f"  teacher      {t.get('model')} ({t.get('checkpoint_sha256') or 'pretrained'}) at {s['img_size']}px\n"
-               f"  recipe       {s['recipe']} seed {s['seed']}\n  encoding     {s['encoding']['name']}\n"
-               f"  size         {s['bytes_on_disk']:,} bytes ({s['bytes_per_view']:.1f} B/view, labels {s['label_bytes_per_view']:.1f} B/view)\n"
-               f"  fingerprint  {s['fingerprint'][:16]}" + (f"\n  label set    {s['label_set_digest']}" if s.get("label_set_digest") else ""))
-
-
 def _verify(params: dict) -> None:
     from relabel.stages.verify import verify as run
 
     r = run(config_from_params(VerifyConfig, params, lists=("teacher_checkpoint",)))
     for line in r.damaged:
         _say(f"damaged: {line}")
+    if r.changed_images:
+        shown = ", ".join(repr(k) for k in r.changed_images[:5])
+        _say(f"changed: {len(r.changed_images)} image(s) are not the bytes their labels were made from ({shown}"
+             f"{' ...' if len(r.changed_images) > 5 else ''}); restore them, or relabel them with generate --repair")
     for line in r.notes:
         _say(f"note: {line}")
     if r.drift:
@@ -82,5 +59,3 @@ def _verify(params: dict) -> None:
 verify = command_from(VerifyConfig, _verify, "verify",
                       "Recompute random stored views with the teacher; check completeness and shard integrity.")
 
-
-with_sections(info)

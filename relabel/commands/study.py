@@ -24,9 +24,10 @@ from pathlib import Path
 
 import typer
 
-from relabel.settings import DEVICE_HELP, setting
+from relabel.settings import DEVICE_HELP, check_settings, device_name, setting
 from relabel.storage import ConfigError
 from relabel.storage.errors import named
+from relabel.train.config import MODES
 
 from .demo import two_workers
 from .options import command_from, config_from_params
@@ -50,6 +51,13 @@ def _csv(values: list) -> str:
     return ",".join(map(str, values))
 
 
+def _some(values: list) -> list:
+    """A list setting that needs at least one item."""
+    if not values:
+        raise ValueError("a list of at least one item")
+    return values
+
+
 CSV = str, _csv  # typer parses the option as text, shown as "1,2,4"; the field holds the list
 
 
@@ -63,35 +71,37 @@ class StudyConfig:
     teacher: str = setting("resnet18", help="Teacher model (timm name).")
     teacher_checkpoint: str | None = setting(  # None: train the teacher supervised first (as the demo does)
         None, help="Teacher weights; default: train the teacher supervised first.")
-    teacher_epochs: int = setting(20, help="Epochs of the teacher when it is trained here.")
+    teacher_epochs: int = setting(20, ge=1, help="Epochs of the teacher when it is trained here.")
     student: str = setting("test_resnet", help="Student model (timm name).")
-    img_size: int = setting(32, help="Image size of teacher and student.")
-    epochs: int = setting(8, help="Student epochs (>= the largest V, so every stored view is replayed).")
+    img_size: int = setting(32, ge=8, le=4096, help="Image size of teacher and student.")
+    epochs: int = setting(8, ge=1, help="Student epochs (>= the largest V, so every stored view is replayed).")
     views_list: list[int] = setting(
-        default_factory=lambda: [1, 2, 4, 8], cli_type=CSV, parse=_ints("views_list"),
+        default_factory=lambda: [1, 2, 4, 8], cli_type=CSV, parse=_ints("views_list"), ge=1, check=_some,
         help="Stored views V replayed by the cached runs (for 16: --views-list 1,2,4,8,16 --topk-views 1,16 "
              "--epochs 16).")
-    topk: int = setting(5, help="Top-k of the cached runs at every V (0: all classes).")
+    topk: int = setting(5, ge=0, help="Top-k of the cached runs at every V (0: all classes).")
     topk_list: list[int] = setting(  # swept at topk_views
-        default_factory=lambda: [1, 0], cli_type=CSV, parse=_ints("topk_list"),
+        default_factory=lambda: [1, 0], cli_type=CSV, parse=_ints("topk_list"), ge=0,
         help="More top-k values (0: all classes), run at the V of --topk-views.")
-    topk_views: list[int] = setting(default_factory=lambda: [1, 8], cli_type=CSV, parse=_ints("topk_views"),
+    topk_views: list[int] = setting(default_factory=lambda: [1, 8], cli_type=CSV, parse=_ints("topk_views"), ge=1,
                                     help="The V at which every --topk-list value runs.")
-    seeds: int = setting(2, help="Seeds per setting (the README's table: 3).")
+    seeds: int = setting(2, ge=1, help="Seeds per setting (docs/results.md's table: 3).")
     modes: list[str] = setting(default_factory=lambda: ["cached", "online", "supervised"], cli_type=CSV,
-                               parse=_words, help="Which students to train.")
-    batch_size: int = setting(64, flags=("--batch-size", "-b"), help="Batch size.")
-    limit: int | None = setting(None, help="Digits: use only the first N images (quick runs).")
+                               parse=_words, choices=MODES, check=_some, help="Which students to train.")
+    batch_size: int = setting(64, flags=("--batch-size", "-b"), ge=2, help="Batch size.")
+    limit: int | None = setting(None, ge=20, help="Digits: use only the first N images (quick runs).")
     train_per_class: int | None = setting(  # val stays whole
-        None, help="Digits: train teacher and students on the first N training images of each class (a low-data "
+        None, ge=1, help="Digits: train teacher and students on the first N training images of each class (a low-data "
                    "regime; val stays whole).")
     recipe: str | None = setting(  # default: the demo's digits recipe for the digits, usi otherwise
         None, help="Augmentation recipe (default: the demo's digits recipe for the digits, usi otherwise).")
-    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"),
+    workers: int = setting(default_factory=two_workers, flags=("--workers", "-j"), ge=0,
                            help="DataLoader workers.")
-    device: str = setting("auto", help=DEVICE_HELP)
-    ce_weight: float = setting(1.0, cli=False, help="Weight of the mixed ground-truth CE in every KD run.")
-    kd_weight: float = setting(5.0, cli=False, help="Weight of KL(teacher || student) in every KD run.")
+    device: str = setting("auto", check=device_name, help=DEVICE_HELP)
+    ce_weight: float = setting(1.0, cli=False, ge=0, help="Weight of the mixed ground-truth CE in every KD run.")
+    kd_weight: float = setting(5.0, cli=False, ge=0, help="Weight of KL(teacher || student) in every KD run.")
+
+    __post_init__ = check_settings
 
 
 def _say(msg: str) -> None:
@@ -99,17 +109,7 @@ def _say(msg: str) -> None:
 
 
 def _check(cfg: StudyConfig) -> None:
-    bad = [n for n, ok in (("--epochs", cfg.epochs >= 1), ("--seeds", cfg.seeds >= 1),
-                           ("--teacher-epochs", cfg.teacher_epochs >= 1), ("--batch-size", cfg.batch_size >= 2),
-                           ("--views-list", bool(cfg.views_list) and min(cfg.views_list) >= 1),
-                           ("--topk-list", min(cfg.topk_list, default=0) >= 0), ("--topk", cfg.topk >= 0),
-                           ("--topk-views", min(cfg.topk_views, default=1) >= 1),
-                           ("--train-per-class", cfg.train_per_class is None or cfg.train_per_class >= 1)) if not ok]
-    if bad:
-        raise ConfigError(f"{', '.join(bad)}: must be >= 1 (--topk-list: >= 0, 0 = all classes; --batch-size >= 2)")
-    unknown = sorted(set(cfg.modes) - {"cached", "online", "supervised"})
-    if unknown or not cfg.modes:
-        raise ConfigError(f"--modes: use cached, online and/or supervised (got {', '.join(cfg.modes) or 'none'})")
+    """What no single setting's limits say (those were checked when ``cfg`` was made)."""
     if (cfg.data is None) != (cfg.val is None):
         raise ConfigError("--data and --val go together (or neither: the bundled digits)")
     if max(cfg.views_list) > cfg.epochs and "cached" in cfg.modes:

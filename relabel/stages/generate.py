@@ -7,6 +7,7 @@ its groups are in. Under torchrun each rank owns every world-th pending shard.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
+from relabel.storage.store import DIGEST_BYTES, STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
 
 from relabel import __version__
 from relabel.classmap import resolve_class_map
@@ -33,8 +34,11 @@ from relabel.models import out_of_memory
 from relabel.progress import progress_bar
 from relabel.teacher import NonFiniteOutput, build_teacher, start_topk, teacher_identity
 from relabel.views import replay_check
+from relabel.views.rules import check_rule, native_rule
+
+from .verify import check_unreadable
 from relabel.views import (Recipe, Renderer, ViewRenderer, create_recipe, create_renderer, decode_image, finish_batch,
-                    group_partners, plan_batch, prefetch_on_device, resolve_renderer, store_order)
+                    group_partners, plan_batch, prefetch_on_device, store_order)
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,16 @@ class WorkUnit:
     g1: int
 
 
+def byte_digest(data: bytes) -> bytes:
+    """What a store records of the encoded bytes a sample was labelled from (storage/FORMAT.md)."""
+    return hashlib.sha256(data).digest()[:DIGEST_BYTES]
+
+
 class ViewStream(IterableDataset):
-    """Yields (shard, views, ok positions, render payload, unreadable positions), at most a batch of
-    views at a time: several views of a small group, or slices of one view of a large group. The
-    payload becomes pixels (uint8 NHWC) in the main process (``finish_batch``)."""
+    """Yields (shard, views, ok positions, render payload, unreadable positions, digests), at most a
+    batch of views at a time: several views of a small group, or slices of one view of a large
+    group. The payload becomes pixels (uint8 NHWC) in the main process (``finish_batch``); digests
+    (group size, 16) are those of the bytes each labelled position was decoded from (zeros: unreadable)."""
 
     def __init__(self, source: ImageSource, src_index: np.ndarray, renderer: Renderer, num_samples: int,
                  units: list[WorkUnit], keys: list[str], batch_size: int, sticky: np.ndarray | None = None,
@@ -107,6 +117,7 @@ class ViewStream(IterableDataset):
             sh = u.shard
             views = list(range(sh.v0 + sh.done, sh.v1))
             images, bad, failed = {}, [], None
+            digests = np.zeros((u.g1 - u.g0, DIGEST_BYTES), np.uint8)
             for p in range(u.g0, u.g1):
                 if self.sticky[p]:  # unreadable in another view block: the same verdict here
                     bad.append(p)
@@ -123,8 +134,12 @@ class ViewStream(IterableDataset):
                     images[p] = decode_image(data)
                 except Exception:  # bytes that were read but are no image: recorded, never fatal
                     bad.append(p)
+                    continue
+                # the bytes labelled (an unreadable sample has none: whether it was read depends on
+                # which view block found it unreadable first, and its labels are never used)
+                digests[p - u.g0] = np.frombuffer(byte_digest(data), np.uint8)
             if failed is not None:  # the unit's cells arrive as "failed": its shard is not written
-                yield sh, views, np.arange(u.g0, u.g1, dtype=np.int64), None, failed
+                yield sh, views, np.arange(u.g0, u.g1, dtype=np.int64), None, failed, None
                 continue
             ok = sorted(images)
             pos, lost = np.asarray(ok, np.int64), np.asarray(bad, np.int64)
@@ -139,7 +154,7 @@ class ViewStream(IterableDataset):
                     partners += [int(part[p - u.g0]) for p in ok]
                 planned = [r.plan(self.keys[p], v, images[p]) for p, v in zip(rows, vs)]
                 payload, _, _ = plan_batch(r, rows, vs, partners, planned)
-                yield sh, chunk, pos, payload, lost
+                yield sh, chunk, pos, payload, lost, (u.g0, digests) if c == 0 else None
 
 
 class _Started(NamedTuple):
@@ -150,6 +165,7 @@ class _Started(NamedTuple):
     rendered: bool  # False: a read failed for good, nothing to label
     bad: np.ndarray  # unreadable positions (or, not rendered, what failed)
     labels: list | None  # [(first row, PendingTopk)] (_start_unit's)
+    digests: tuple | None  # (first position, digests of the group's bytes), with a group's first chunk
 
 
 class _ShardBuffer:
@@ -159,6 +175,7 @@ class _ShardBuffer:
         self.index = np.zeros((nv, ns, k), np.int64)
         self.logp = np.zeros((nv, ns, k + 1), np.float32)
         self.status = np.full(ns, STATUS_OK, np.uint8)
+        self.digests = np.zeros((ns, DIGEST_BYTES), np.uint8)
         self.failed: str | None = None  # a read that failed for good: the shard stays pending
 
 
@@ -166,11 +183,16 @@ def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     """Settings that must match for a store to be continued; views may grow, and the shard layout
     is the store's own (it does not change a label)."""
     out = []
-    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size", "class_map"):
+    for name in ("fingerprint", "topk", "num_classes", "seed", "img_size", "class_map", "key_rule"):
         if getattr(old, name) != getattr(new, name):
             out.append(f"{name} (store: {getattr(old, name)}, now: {getattr(new, name)})")
+    if old.resize_rule != new.resize_rule:
+        out.append(f"resize rule (store: {old.resize_rule}, now: {new.resize_rule})")
     if json.dumps(old.recipe, sort_keys=True) != json.dumps(new.recipe, sort_keys=True):
-        out.append(f"recipe (store: {old.recipe.get('name')}, now: {new.recipe.get('name')})")
+        a, b = (json.loads(json.dumps(r)) for r in (old.recipe, new.recipe))  # as stored: lists, not tuples
+        fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        what = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
+        out.append(f"recipe {new.recipe.get('name')!r} ({what}{' ...' if len(fields) > 3 else ''})")
     if old.encoding != new.encoding:
         out.append(f"encoding (store: {old.encoding.name}, now: {new.encoding.name})")
     a, b = teacher_identity(old.teacher), teacher_identity(new.teacher)
@@ -187,35 +209,15 @@ def _header_diff(old: StoreHeader, new: StoreHeader) -> list[str]:
     return out
 
 
-# Bounds that keep every allocation sane: done counts are uint16, a shard is held in memory.
-MAX_VIEWS, MAX_SHARD_SAMPLES, MAX_IMG_SIZE = 65535, 1 << 20, 4096
-
-
 def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
-    if not 1 <= cfg.views <= MAX_VIEWS:
-        raise ConfigError(f"{named('views')} must be between 1 and {MAX_VIEWS} (got {cfg.views})")
-    if not 1 <= cfg.views_per_shard <= MAX_VIEWS:
-        raise ConfigError(f"{named('views_per_shard')} must be between 1 and {MAX_VIEWS} (got {cfg.views_per_shard})")
-    if cfg.samples_per_shard > MAX_SHARD_SAMPLES or cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
+    """What no single setting's limits say (each setting's own limits were checked when ``cfg`` was made)."""
+    if cfg.samples_per_shard * min(cfg.views, cfg.views_per_shard) > 1 << 24:
         raise ConfigError(f"{named('samples_per_shard')} x views per shard is too large to hold a shard in memory "
-                        f"(at most {MAX_SHARD_SAMPLES} samples and {1 << 24} views per shard)")
-    if cfg.img_size is not None and not 8 <= cfg.img_size <= MAX_IMG_SIZE:
-        raise ConfigError(f"{named('img_size')} must be between 8 and {MAX_IMG_SIZE} (got {cfg.img_size}); "
-                        f"leave it out for the teacher's own size")
-    if not (isinstance(cfg.claim_lease, (int, float)) and 1 <= cfg.claim_lease < float("inf")):
-        raise ConfigError(f"{named('claim_lease')} must be at least 1 second (got {cfg.claim_lease})")
-    resolve_renderer(cfg.renderer, None)  # an unknown name is refused before any model is built
-    if cfg.read_retries < 1:
-        raise ConfigError(f"{named('read_retries')} must be >= 1 (got {cfg.read_retries})")
-    if cfg.topk <= 0:
-        raise ConfigError(f"{named('topk')} must be >= 1 (got {cfg.topk})")
-    if cfg.batch_size <= 0:
-        raise ConfigError(f"{named('batch_size')} must be >= 1 (got {cfg.batch_size})")
-    if cfg.workers < 0:
-        raise ConfigError(f"{named('workers')} must be >= 0 (got {cfg.workers})")
-    if cfg.samples_per_shard <= 0 or cfg.samples_per_shard % recipe.mix_group:
+                          f"(at most {1 << 24} views per shard; got {cfg.samples_per_shard} x "
+                          f"{min(cfg.views, cfg.views_per_shard)})")
+    if cfg.samples_per_shard % recipe.mix_group:
         raise ConfigError(f"{named('samples_per_shard')} must be a positive multiple of the recipe's mix_group "
-                        f"({recipe.mix_group}); got {cfg.samples_per_shard}")
+                          f"({recipe.mix_group}); got {cfg.samples_per_shard}")
     if os.path.isfile(cfg.out):
         raise ConfigError(f"{cfg.out}: is a file; {named('out')} must be a folder for the label store")
     if os.path.isdir(cfg.data) and is_inside(cfg.out, cfg.data, strict=True):  # it would become a class
@@ -245,6 +247,8 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
     if dist.rank == 0:
         try:
             keys = store_order(source.keys, cfg.seed)
+            index = source.index()
+            classes = np.asarray(source.labels, np.int64)[[index[k] for k in keys]]
 
             def record_replay_check() -> None:  # decodes a few images: only when a header is written
                 r = renderer or create_renderer("pillow", ViewRenderer(create_recipe(header.recipe), header.seed,
@@ -257,13 +261,13 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
                 if cfg.repair:
                     record_replay_check()
-                    for line in LabelStore.repair_metadata(cfg.out, header, keys):
+                    for line in LabelStore.repair_metadata(cfg.out, header, keys, classes):
                         log.warning("repair: %s", line)
                 store = _open_existing(cfg, header)
             else:
                 record_replay_check()
                 try:
-                    store = LabelStore.create(cfg.out, header, keys)
+                    store = LabelStore.create(cfg.out, header, keys, classes)
                 except StoreExistsError:  # another generate made it first: join it if the settings agree
                     store = _open_existing(cfg, header)
         except OSError as e:
@@ -295,8 +299,12 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
     per_round = max(1, -(-2 * max(1, cfg.workers) // per_shard))
     src = source.index()
     src_index = np.asarray([src[k] for k in store.keys], np.int64)
-    sticky = (store.block_status() == STATUS_UNREADABLE).any(0)  # unreadable in any view block: in all
-    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size), teacher.device)
+    # Unreadable in any written view block: in all. Only shards marked done count: a pending shard's
+    # status (a crash's leftover, a repair's target, a foreign file) is recomputed, never built on.
+    sticky = (store.trusted_block_status() == STATUS_UNREADABLE).any(0)
+    known = store.sample_digests(trusted_only=True)  # the bytes other view blocks were labelled from
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size, h.resize_rule), teacher.device,
+                               cfg.render_kernel)
     if renderer.name != h.renderer and mine:
         log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
     def left(sh: Shard) -> int:  # the (view, sample) cells of a shard still to compute
@@ -330,7 +338,7 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
                 continue
             try:
                 v, n, f = _compute(cfg, recipe, source, store, teacher, dist, take, src_index, sticky, renderer, bar,
-                                   written=n_shards)
+                                   written=n_shards, known=known)
             finally:
                 for sh in take:
                     store.release(sh)
@@ -343,7 +351,7 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
 
 def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: LabelStore, teacher, dist: Dist,
              mine: list[Shard], src_index: np.ndarray, sticky: np.ndarray, renderer: Renderer,
-             bar, written: int = 0) -> tuple[int, int, list[str]]:
+             bar, written: int = 0, known: np.ndarray | None = None) -> tuple[int, int, list[str]]:
     """Label ``mine`` (one claim round); ``written``: shards this run wrote in earlier rounds."""
     h = store.header
     G = recipe.mix_group
@@ -356,9 +364,9 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
     n_views, n_shards, failed = 0, 0, []
 
     def render(item):  # the main process's device stage: pixels on the teacher's device (None: a failed read)
-        sh, views, ok, payload, bad = item
+        sh, views, ok, payload, bad, digests = item
         pixels = None if payload is None else finish_batch(renderer, payload, teacher.device).permute(0, 3, 1, 2)
-        return sh, views, ok, pixels, bad
+        return sh, views, ok, pixels, bad, digests
 
     # On CUDA the next unit's views render on a side stream while the teacher labels this one, and a
     # unit's labels are read back only once the next unit's teacher work is queued, so the device
@@ -369,13 +377,13 @@ def _compute(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store: La
         nonlocal pending, n_views, n_shards
         unit, pending = pending, None  # cleared first: a unit is stored at most once
         if unit is not None:
-            n_views, n_shards = _label_unit(cfg, store, buffers, failed, unit, n_views, n_shards, bar)
+            n_views, n_shards = _label_unit(cfg, store, buffers, failed, unit, n_views, n_shards, bar, known)
 
     try:
-        for sh, views, ok, pixels, bad in prefetch_on_device(loader, render, teacher.device):
+        for sh, views, ok, pixels, bad, digests in prefetch_on_device(loader, render, teacher.device):
             labels = _start_unit(cfg, h, teacher, buffers, sh, ok, pixels)
             store_pending()
-            pending = _Started(sh, views, ok, pixels is not None, bad, labels)
+            pending = _Started(sh, views, ok, pixels is not None, bad, labels, digests)
         store_pending()
     except BaseException as e:  # out of memory, a worker's error, Ctrl-C: what is labelled is stored first
         store_pending()
@@ -401,7 +409,7 @@ def _start_unit(cfg: GenerateConfig, h: StoreHeader, teacher, buffers: dict, sh:
 
 
 def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: list, unit: _Started,
-                n_views: int, n_shards: int, bar):
+                n_views: int, n_shards: int, bar, known: np.ndarray | None = None):
     """Store one unit's labels in its shard's buffer; write the shard when all its units are in.
     Returns the updated (views, shards written)."""
     sh, views, ok, bad = unit.shard, unit.views, unit.ok, unit.bad
@@ -416,6 +424,9 @@ def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: l
     else:
         if len(bad):
             buf.status[bad - sh.s0] = STATUS_UNREADABLE
+        if unit.digests is not None:
+            g0, dg = unit.digests
+            buf.digests[g0 - sh.s0:g0 - sh.s0 + len(dg)] = dg
         if unit.labels is not None and buf.failed is None:
             parts = []
             for b0, pending in unit.labels:
@@ -433,7 +444,6 @@ def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: l
             buf.logp[vi[:, None], ok - sh.s0] = logp
         step = len(views) * (len(ok) + len(bad))
     buf.left -= step
-    n_views += step
     bar.advance(step)
     if buf.left == 0:
         del buffers[key]
@@ -443,14 +453,29 @@ def _label_unit(cfg: GenerateConfig, store: LabelStore, buffers: dict, failed: l
         if not store.holds(sh):  # stalled past its lease: another writer took the shard over
             log.warning("%s was taken over by another writer while this one computed it; left to it", sh.name)
             return n_views, n_shards
+        if known is not None:
+            _same_bytes(store, sh, buf.digests, known[sh.s0:sh.s1])
         try:
-            store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status)
+            store.write_shard(sh, sh.done, buf.index, buf.logp, buf.status, buf.digests)
         except OSError as e:  # disk full, quota, I/O error: the shard stays pending
             raise StoreError(f"could not write {sh.name} to {cfg.out}: {e.strerror or e}; "
                             f"free space and rerun to resume") from None
         store.release(sh)
         n_shards += 1
+        n_views += (sh.v1 - sh.v0 - sh.done) * (sh.s1 - sh.s0)  # what this run stored (not what it computed)
     return n_views, n_shards
+
+
+def _same_bytes(store: LabelStore, sh: Shard, read: np.ndarray, known: np.ndarray) -> None:
+    """Refuse to write a shard labelled from other bytes than the store's other view blocks of the
+    same samples were: a store's views of one image must all be of the same image."""
+    both = read.any(1) & known.any(1)
+    differ = both & (read != known).any(1)
+    if differ.any():
+        first = store.keys[sh.s0 + int(np.nonzero(differ)[0][0])]
+        raise SourceError(f"{int(differ.sum())} image(s) of {sh.name} (first: {first!r}) are not the bytes the store's "
+                          f"other views of them were labelled from: DATA changed since; restore the images, or run "
+                          f"verify to name every changed one and generate {named('repair', True)} to relabel them")
 
 
 def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:
@@ -469,12 +494,21 @@ def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:
     """
     recipe = create_recipe(cfg.recipe)
     _validate(cfg, recipe)
-    source = open_source(cfg.data)
+    source = open_source(cfg.data, cfg.key_rule)
     dist = Dist.from_env(cfg.device)
     try:
         return _generate(cfg, recipe, source, dist, teacher)
     finally:
         dist.close()
+
+
+def _resize_rule(cfg: GenerateConfig) -> str:
+    """The resize rule this run renders by: an existing store's own (views added later must match
+    the ones it holds, whatever Pillow is installed now), else the installed Pillow's."""
+    try:
+        return check_rule(LabelStore.open(cfg.out).header.resize_rule)
+    except StoreError:  # no store there yet (or none readable: creating or repairing it says why)
+        return native_rule()
 
 
 def _as_list(x) -> list:
@@ -491,7 +525,9 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         raise ConfigError(f"{named('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
-    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size), teacher.device)
+    rule = _resize_rule(cfg)
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size, rule), teacher.device,
+                               cfg.render_kernel)
     differ = replay_check.renderer_parity(renderer, teacher.device) if renderer.name != "pillow" else []
     if differ:  # the renderers' bytes must be equal, or stores and students would not agree across them
         raise ConfigError(f"the {renderer.name} renderer on {teacher.device} renders {', '.join(differ[:4])} differently "
@@ -501,10 +537,14 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         class_names=list(source.class_names), fingerprint=source.fingerprint,
         teacher=teacher.record(), recipe=recipe.to_dict(), seed=cfg.seed,
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
-        views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map, renderer=renderer.name)
+        views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map, renderer=renderer.name,
+        key_rule=source.key_rule, render_rules={"resize": rule})
     store = open_or_create_store(cfg, header, source, dist, renderer, teacher.device)
-    if cfg.repair:
+    if cfg.repair:  # trust nothing a check names: files, seals, and the image bytes each shard recorded
         damaged = store.check_shards()
+        if store.has_digests:
+            damaged += store.check_bytes(source)[0]
+        damaged += check_unreadable(store, source)
         if dist.rank == 0:
             for d in damaged:
                 log.warning("repair: %s", d)

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from relabel.storage import LabelStore, open_source
-from relabel.storage.errors import ConfigError, SourceError, StoreError, named
-from relabel.storage.store import STATUS_OK
+from relabel.storage.errors import SourceError, StoreError
+from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, ShardDamage
 
 from relabel.views import replay_check
 from .verify_config import VerifyConfig
@@ -32,11 +32,12 @@ class VerifyReport:
     damaged: list = field(default_factory=list)  # ShardDamage records
     notes: list[str] = field(default_factory=list)
     drift: str | None = None  # replayed pixels differ from stage one's (relabel.views.replay_check)
+    changed_images: list[str] = field(default_factory=list)  # keys whose bytes differ from what was labelled
 
     @property
     def ok(self) -> bool:
         return (not self.damaged and self.pending_shards == 0 and self.max_logp_error <= self.allowed_error
-                and self.drift is None)
+                and self.drift is None and not self.changed_images)
 
 
 def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray,
@@ -45,7 +46,7 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
     uint8 (N, 3, H, W) on ``device`` (default: the renderer's output stays where it is made)."""
     h = store.header
     recipe = create_recipe(h.recipe)
-    renderer = renderer or create_renderer("pillow", ViewRenderer(recipe, h.seed, h.img_size))
+    renderer = renderer or create_renderer("pillow", ViewRenderer.of_store(h))
     src, G = source.index(), recipe.mix_group
     out = []
     for p, v in zip(positions.tolist(), views.tolist()):
@@ -56,6 +57,38 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
                    for m in members]
         out.append(render_now(renderer, samples, device)[0])
     return torch.stack(out).permute(0, 3, 1, 2)
+
+
+def check_unreadable(store: LabelStore, source) -> list[ShardDamage]:
+    """Written shards that call a sample unreadable although its image decodes here: their "unreadable"
+    (sticky across view blocks, and changing its mix partners' views) is no verdict on these images (a
+    shard copied from a store whose copy of the image was damaged, an edited status byte)."""
+    st, done = store.block_status(), store.done_views()
+    h, index, out = store.header, source.index(), []
+    for i in np.nonzero((st == STATUS_UNREADABLE).any(0))[0].tolist():
+        j = index.get(store.keys[i])
+        if j is None:
+            continue
+        try:
+            decode_image(source.read(j))
+        except Exception:
+            continue  # unreadable here too: the verdict stands
+        sb = i // h.samples_per_shard
+        for vb in np.nonzero(st[:, i] == STATUS_UNREADABLE)[0].tolist():
+            sh = store.shard(vb, sb, int(done[vb, sb]))
+            if sh.done:
+                out.append(ShardDamage(sh, sh.name, f"it marks {store.keys[i]!r} unreadable, but that image decodes "
+                                                    f"here"))
+    return list({(d.shard.vb, d.shard.sb): d for d in out}.values())
+
+
+def _status_without(store: LabelStore, damaged: list[ShardDamage]) -> np.ndarray:
+    """Per-sample status from the shards not found damaged (their verdicts are not trusted)."""
+    st = np.array(store.block_status())
+    for d in damaged:
+        st[d.shard.vb, d.shard.s0:d.shard.s1] = 0
+    bad = (st == STATUS_UNREADABLE).any(0)
+    return np.where(bad, STATUS_UNREADABLE, st.max(0)).astype(np.uint8)
 
 
 def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=None, **settings) -> VerifyReport:
@@ -75,8 +108,6 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     else:
         cfg = VerifyConfig(store=store_path, data=data, **settings)
     store_path, data, samples, device, renderer = cfg.store, cfg.data, cfg.samples, cfg.device, cfg.renderer
-    if samples < 0:
-        raise ConfigError(f"{named('samples')} must be >= 0 (got {samples}); 0 checks integrity only")
     store = LabelStore.open(store_path)
     h = store.header
     rep = VerifyReport()
@@ -85,15 +116,23 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     if not store.sealed:
         rep.notes.append(f"store schema {h.schema_version} has no shard seals: a shard copied from another store "
                          f"or moved within this one cannot be told apart (regenerate with this relabel to seal them)")
-    source = open_source(data)
+    source = open_source(data, h.key_rule)
     missing = [k for k in store.keys if k not in source.index()]
     if missing:
         raise SourceError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
                           f"(first: {missing[0]!r}); verify needs the images the labels were made from")
+    if store.has_digests:  # every sample's bytes against the bytes its labels were made from
+        byte_damage, rep.changed_images = store.check_bytes(source)
+        rep.damaged += byte_damage
+    else:
+        rep.notes.append(f"store schema {h.schema_version} records no digests of the image bytes it was labelled "
+                         f"from: another image under the same name cannot be told apart (regenerate with this "
+                         f"relabel to record them)")
+    rep.damaged += check_unreadable(store, source)  # an "unreadable" that decodes here is no verdict on it
     from relabel.models import pick_device
 
     where = pick_device(device) if teacher is None else teacher.device
-    view_renderer = create_renderer(renderer, ViewRenderer(create_recipe(h.recipe), h.seed, h.img_size), where)
+    view_renderer = create_renderer(renderer, ViewRenderer.of_store(h), where, cfg.render_kernel)
     drift = replay_check.check(h.replay_check, view_renderer, lambda k: source.read(source.index()[k]),
                                lambda k: k in source.index(), device=where)
     if drift:
@@ -113,7 +152,7 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
                          "checked with the bf16 tolerance")
     rep.allowed_error = h.encoding.max_error + _TOLERANCE[made_in]
     done = store.done_views()
-    status = store.status()
+    status = _status_without(store, rep.damaged)
     rng = np.random.default_rng(cfg.seed)
     cand_p = np.nonzero(status == STATUS_OK)[0]
     if len(cand_p) == 0:

@@ -1,6 +1,7 @@
 """The torch renderer's batch: packed on the host (``pack_batch``, in a DataLoader worker) into two
 tensors the loader pins, rendered on the device (``render_packed``) in a number of torch ops set
-by the batch's groups of views, not by its views.
+by the batch's groups of views, not by its views. The resize passes run with one of ``kernels``'
+byte-identical kernels, picked per device by timing (``kernels.KernelPicker``).
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .kernels import KERNELS, KernelPicker
 from .ops_torch import _apply_ops, _pack_ops
 from .params import MixParams, ViewParams, mix_lambda, pixel_box
 from .recipe import Recipe
-from .resample import _Coeffs, _fixed_to_u8, _out_size, _Resize
+from .resample import _PRECISION_BITS, _Coeffs, _out_size, _Resize
 
 
 # ------------------------------------------------------------------------------------ the packed batch
@@ -138,19 +140,31 @@ def _chunks(views: list[int], dims: dict[int, tuple[int, int]]) -> list[list[int
     return out + ([cur] if cur else [])
 
 
-def _tables(coeffs: list[_Coeffs], starts: list[int]) -> torch.Tensor:
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _tables(coeffs: list[_Coeffs], starts: list[int]) -> tuple[torch.Tensor, bool]:
     """(2, G, out, K) int64: each view's taps as (column from its box's start, fixed-point weight),
-    unused taps (0, 0); K is the chunk's widest filter."""
-    K = max(c.k.shape[1] for c in coeffs)
+    unused taps (0, 0); K is the most taps any output of the chunk uses (the tables' columns past
+    every count are zeros: a kernel looping over taps skips them). And ``wide``: whether some
+    partial sum of Resample.c's accumulation, 2**21 + sum(pixel * k) over any of an output's taps,
+    could leave int32 (it lies between 2**21 + 255 * its negative weights and 2**21 + 255 * its
+    positive ones); Pillow's filters stay far inside (``kernels``' docstring)."""
+    K = max(1, max(int(c.count.max(initial=0)) for c in coeffs))
     out = np.zeros((2, len(coeffs), len(coeffs[0].first), K), np.int64)
     j = np.arange(K)
+    wide = False
     for g, (c, start) in enumerate(zip(coeffs, starts)):
         used = j[None, :] < c.count[:, None]
         k = np.zeros((len(c.first), K), np.int64)
-        k[:, :c.k.shape[1]] = c.k
+        n = min(K, c.k.shape[1])
+        k[:, :n] = c.k[:, :n]
         out[0, g] = np.where(used, c.first[:, None] + j[None, :] - start, 0)
         out[1, g] = np.where(used, k, 0)
-    return torch.from_numpy(out)
+        half = 1 << (_PRECISION_BITS - 1)
+        hi, lo = half + 255 * np.clip(out[1, g], 0, None).sum(1), half + 255 * np.clip(out[1, g], None, 0).sum(1)
+        wide |= bool(hi.max(initial=half) > _INT32[1] or lo.min(initial=half) < _INT32[0])
+    return torch.from_numpy(out), wide
 
 
 def pack_batch(regions: Sequence, offsets: Sequence[tuple[int, int]], plans: Sequence[_Resize],
@@ -182,11 +196,14 @@ def pack_batch(regions: Sequence, offsets: Sequence[tuple[int, int]], plans: Seq
         for rows in _chunks(views, dims):
             meta = [(int(starts[i]), arrays[i].shape[1], plans[i].box[0] - offsets[i][0],
                      plans[i].box[1] - offsets[i][1], dims[i][1], dims[i][0]) for i in rows]
+            h = _tables([plans[i].horiz for i in rows], [plans[i].box[0] for i in rows]) if "h" in passes else None
+            v = _tables([plans[i].vert for i in rows], [plans[i].box[1] for i in rows]) if "v" in passes else None
             chunks.append({
                 "rows": torch.tensor(rows, dtype=torch.int64), "meta": torch.tensor(meta, dtype=torch.int64),
                 "hw": (max(dims[i][0] for i in rows), max(dims[i][1] for i in rows)), "passes": passes,
-                "h": _tables([plans[i].horiz for i in rows], [plans[i].box[0] for i in rows]) if "h" in passes else None,
-                "v": _tables([plans[i].vert for i in rows], [plans[i].box[1] for i in rows]) if "v" in passes else None})
+                "h": h and h[0], "v": v and v[0], "wide": any(t is not None and t[1] for t in (h, v))})
+    if chunks:  # slack after the regions: a box row is cut as a run of its chunk's width (``_padded``)
+        buf.add(np.zeros((max(c["hw"][1] for c in chunks), 3), np.uint8))
     flips = [i for i, p in enumerate(params) if p.flip]
     erased = [(i, e) for i, e in enumerate(erases) if e is not None]
     erase = None
@@ -204,40 +221,28 @@ def pack_batch(regions: Sequence, offsets: Sequence[tuple[int, int]], plans: Seq
     return record
 
 
-def _padded(pixels: torch.Tensor, meta: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
-    """(G, hm, wm, 3) uint8: each view's box, from its region in the byte buffer (``pixels``: its
-    (P, 3) view), zero-padded."""
-    base, rw, dx, dy, bw, bh = (c.view(-1, 1, 1) for c in meta.unbind(1))
-    y = torch.arange(hm, device=pixels.device).view(1, hm, 1)
-    x = torch.arange(wm, device=pixels.device).view(1, 1, wm)
-    valid = (y < bh) & (x < bw)
-    at = ((y + dy) * rw + x + dx).add_(base // 3).mul_(valid)
-    return pixels[at].mul_(valid.unsqueeze(-1))
+def _padded(flat: torch.Tensor, meta: torch.Tensor, hm: int, wm: int) -> torch.Tensor:
+    """(G, hm, wm, 3) uint8: each view's box, from its region in the byte buffer ``flat``, zero-
+    padded. A box row is one run of ``wm`` pixels cut from the buffer's every-offset view
+    (``unfold``: no copy), one index per row, not per pixel; what a run holds past the box's width
+    (the buffer's next bytes: ``pack_batch`` leaves slack after the regions) and the rows past its
+    height are zeroed."""
+    base, rw, dx, dy, bw, bh = (c.view(-1, 1) for c in meta.unbind(1))
+    y = torch.arange(hm, device=flat.device).view(1, hm)
+    rows = y < bh
+    start = (base + ((y + dy) * rw + dx) * 3).mul_(rows)  # a row past the box: any run (the first)
+    runs = flat.unfold(0, 3 * wm, 1).index_select(0, start.view(-1)).view(-1, hm, wm, 3)
+    cols = torch.arange(wm, device=flat.device).view(1, 1, wm, 1) < bw.view(-1, 1, 1, 1)
+    return runs.mul_(rows.view(-1, hm, 1, 1) & cols)
 
 
-def _matrices(tables: torch.Tensor, length: int) -> torch.Tensor:
-    """(G, out, length) float64 from ``_tables``' taps; exact: a cell gets one integer plus zeros."""
-    cols, vals = tables[0], tables[1]
-    m = torch.zeros((*cols.shape[:2], length), dtype=torch.float64, device=cols.device)
-    return m.scatter_add_(2, cols, vals.to(torch.float64))
-
-
-def _resize_chunk(pixels: torch.Tensor, chunk: dict) -> torch.Tensor:
-    """One chunk's crop-resizes, (G, out_h, out_w, 3) uint8: Pillow's passes as batched float64
-    matmuls over integers, each followed by clip8. Between passes the pixels stay uint8 (they are
-    0..255 integers), so a pass rearranges bytes, not float64s."""
-    t = _padded(pixels, chunk["meta"], *chunk["hw"])
+def _resize_chunk(flat: torch.Tensor, chunk: dict, kernel: str) -> torch.Tensor:
+    """One chunk's crop-resizes, (G, out_h, out_w, 3) uint8: Pillow's passes in its order, each
+    with ``kernel`` (``kernels.KERNELS``: the same bytes whichever runs)."""
+    t = _padded(flat, chunk["meta"], *chunk["hw"])
+    run = KERNELS[kernel].run
     for p in chunk["passes"]:  # none: an integer crop, every box out_h x out_w
-        G, H, W, _ = t.shape
-        if p == "h":
-            k = _matrices(chunk["h"], W)  # (G, out_w, W)
-            x = t.permute(0, 1, 3, 2).reshape(G, H * 3, W).to(torch.float64)
-            y = _fixed_to_u8(torch.bmm(x, k.transpose(1, 2)))
-            t = y.to(torch.uint8).reshape(G, H, 3, k.shape[1]).permute(0, 1, 3, 2)
-        else:
-            k = _matrices(chunk["v"], H)  # (G, out_h, H)
-            y = _fixed_to_u8(torch.bmm(k, t.reshape(G, H, W * 3).to(torch.float64)))
-            t = y.to(torch.uint8).reshape(G, k.shape[1], W, 3)
+        t = run(t, chunk[p], p, chunk["wide"])
     return t
 
 
@@ -264,17 +269,35 @@ def _nearest(pixels: torch.Tensor, near: dict) -> torch.Tensor:
     return pixels[at].mul_(valid.unsqueeze(-1))
 
 
-def render_packed(packed: dict, recipe: Recipe, device) -> torch.Tensor:
+_PICKER = KernelPicker()  # what ``kernel="auto"`` uses when no renderer brings its own picker
+
+
+def render_packed(packed: dict, recipe: Recipe, device, kernel: str | KernelPicker = "auto") -> torch.Tensor:
     """Device side of ``render_batch``: ``pack_batch``'s record -> (N, H, W, 3) uint8 on ``device``,
-    mixed. Two non-blocking uploads (from pinned memory, as the DataLoader hands a batch over)."""
+    mixed. Two non-blocking uploads (from pinned memory, as the DataLoader hands a batch over).
+    ``kernel``: the resize kernel (``kernels.RENDER_KERNELS``), or a ``KernelPicker`` that times
+    them on this device's first batches (``auto``: a module-wide one)."""
     device = torch.device(device)
     flat = packed["bytes"].to(device, non_blocking=True)
     rec = _expand(packed, flat, packed["words"].to(device, non_blocking=True))
     pixels = flat.view(-1, 3)  # whole RGB pixels: every part of the byte buffer is
     out_w, out_h = rec["size"]
-    x = torch.empty((rec["n"], out_h, out_w, 3), dtype=torch.uint8, device=device)
-    for chunk in rec["chunks"]:
-        x[chunk["rows"]] = _resize_chunk(pixels, chunk)
+
+    def resize(name: str) -> torch.Tensor:
+        out = torch.empty((rec["n"], out_h, out_w, 3), dtype=torch.uint8, device=device)
+        for chunk in rec["chunks"]:
+            out[chunk["rows"]] = _resize_chunk(flat, chunk, name)
+        return out
+
+    picker = _PICKER if isinstance(kernel, str) and kernel == "auto" else kernel
+    if not isinstance(picker, KernelPicker):
+        if picker not in KERNELS:
+            raise ValueError(f"unknown render kernel {picker!r}; use auto or one of {', '.join(KERNELS)}")
+        x = resize(picker)
+    elif any(c["passes"] for c in rec["chunks"]):
+        x = picker.run(device, resize)
+    else:  # nothing to resample: no kernel to time on this batch
+        x = resize(next(iter(KERNELS)))
     if rec["nearest"] is not None:
         x[rec["nearest"]["rows"]] = _nearest(pixels, rec["nearest"])
     if rec["flip"] is not None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relabel.errors import ConfigError, named
+from relabel.settings import MAX_SEED, check_number
 from relabel.storage.order import store_order  # noqa: F401  (the store order is part of the view contract)
 
 from .randaug import OpParams, sample_ops
@@ -76,8 +78,19 @@ def _erase_box(rng: CounterRNG, recipe: Recipe) -> Box | None:
     return None
 
 
+def _checked_view(seed, view, size) -> tuple[int, int, tuple[int, int]]:
+    """``view_params``'s arguments as Python ints, or a ConfigError naming the bad one."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise ConfigError(f"{named('size')} must be the image's (width, height) (got {size!r})")
+    size = tuple(check_number("size", v, int, ge=1) for v in size)
+    return check_number("seed", seed, int, ge=0, le=MAX_SEED), check_number("view", view, int, ge=0), size
+
+
 def view_params(recipe: Recipe, seed: int, key: str, view: int, size: tuple[int, int]) -> ViewParams:
     """Parameters of one view of one sample; ``size`` is the decoded image's (width, height)."""
+    if not (type(seed) is int and type(view) is int and 0 <= seed <= MAX_SEED and view >= 0 and type(size) is tuple
+            and len(size) == 2 and type(size[0]) is int and type(size[1]) is int and size[0] >= 1 and size[1] >= 1):
+        seed, view, size = _checked_view(seed, view, size)  # the fast test above passes every well-formed call
     rng = CounterRNG("view", recipe.digest, seed, key, view)
     crop = _crop_box(rng, recipe, *size)
     flip = rng.random() < recipe.hflip

@@ -13,6 +13,7 @@ from PIL import Image
 from .randaug import apply_ops
 from .params import MixParams, ViewParams, batch_mixes, erase_noise, mix_lambda, pixel_box
 from .recipe import INTERPOLATIONS, Recipe
+from .rules import rule_resize
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -33,13 +34,17 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 def render_view(img: Image.Image, params: ViewParams, recipe: Recipe, size: int | tuple[int, int],
-                erase_seed: tuple = ()) -> np.ndarray:
-    """Decoded image + parameters -> HxWx3 uint8 at ``size``; deterministic."""
+                erase_seed: tuple = (), resize_rule: str | None = None) -> np.ndarray:
+    """Decoded image + parameters -> HxWx3 uint8 at ``size``; deterministic. ``resize_rule``: the
+    pass order of the crop-resize (``views.rules``; None: the installed Pillow's own)."""
     out_w, out_h = (size, size) if isinstance(size, int) else size
     W, H = img.size
     top, left, h, w = params.crop
     box = (left * W, top * H, (left + w) * W, (top + h) * H)
-    x = img.resize((out_w, out_h), INTERPOLATIONS[recipe.interpolation], box=box)
+    if resize_rule is None:
+        x = img.resize((out_w, out_h), INTERPOLATIONS[recipe.interpolation], box=box)
+    else:
+        x = rule_resize(img, (out_w, out_h), INTERPOLATIONS[recipe.interpolation], box, resize_rule)
     if params.flip:
         x = x.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if params.ops:

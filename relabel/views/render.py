@@ -13,30 +13,51 @@ and ``finish_batch`` (or ``render_now``, both at once): there is one view path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from relabel.settings import RENDERERS
 from relabel.storage.errors import ConfigError, named
 
 from .params import MixParams, ViewParams, batch_mixes, mix_lambda, view_params
 from .pillow import mix_pixels, render_view
 from .recipe import Recipe
 
-RENDERER_CHOICES = ("auto", "pillow", "torch")
+RENDERER_CHOICES = RENDERERS
+
+
+def _native_rule() -> str:
+    from .rules import native_rule
+
+    return native_rule()
 
 
 @dataclass
 class ViewRenderer:
-    """What fixes a store's views: recipe, seed and output size (picklable; workers get a copy).
-    ``render`` is the Pillow reference for one view."""
+    """What fixes a store's views: recipe, seed, output size and the resize rule (``views.rules``:
+    the pass order of the Pillow version the store was made with; default: the installed one's).
+    Picklable; workers get a copy. ``render`` is the Pillow reference for one view."""
 
     recipe: Recipe
     seed: int
     size: int
+    resize_rule: str = field(default_factory=_native_rule)
+
+    @classmethod
+    def of_store(cls, header, size: int | None = None) -> "ViewRenderer":
+        """The views a store's header fixes (at ``size``, default the store's), by its resize rule."""
+        from .recipe import create_recipe
+        from .rules import check_rule
+
+        return cls(create_recipe(header.recipe), header.seed, size or header.img_size, check_rule(header.resize_rule))
+
+    def at(self, size: int) -> "ViewRenderer":
+        """The same views at another output size."""
+        return ViewRenderer(self.recipe, self.seed, size, self.resize_rule)
 
     def params(self, key: str, view: int, img: Image.Image) -> ViewParams:
         return view_params(self.recipe, self.seed, key, view, img.size)
@@ -46,7 +67,7 @@ class ViewRenderer:
 
     def render(self, key: str, view: int, img: Image.Image) -> np.ndarray:
         return render_view(img, self.params(key, view, img), self.recipe, self.size,
-                           erase_seed=self.erase_seed(key, view))
+                           erase_seed=self.erase_seed(key, view), resize_rule=self.resize_rule)
 
 
 class Renderer(Protocol):
@@ -89,11 +110,18 @@ def resolve_renderer(name: str, device: torch.device | str | None) -> str:
     return "torch" if device is not None and torch.device(device).type == "cuda" else "pillow"
 
 
-def create_renderer(name: str, spec: ViewRenderer, device: torch.device | str | None = None) -> Renderer:
-    """A renderer by name (``auto`` resolved for ``device``), checked against the recipe."""
+def create_renderer(name: str, spec: ViewRenderer, device: torch.device | str | None = None,
+                    kernel: str = "auto") -> Renderer:
+    """A renderer by name (``auto`` resolved for ``device``), checked against the recipe. ``kernel``:
+    the torch renderer's resize kernel (``views.kernels``: auto times them on the device; the bytes
+    are the same with each, so it is no part of a store)."""
     if not isinstance(spec, ViewRenderer):
         raise TypeError("create_renderer takes a ViewRenderer (recipe, seed, size)")
-    r = _REGISTRY[resolve_renderer(name, device)](spec)
+    from .kernels import RENDER_KERNELS
+
+    if kernel not in RENDER_KERNELS:
+        raise ConfigError(f"unknown {named('render_kernel')} {kernel!r}; use one of {', '.join(RENDER_KERNELS)}")
+    r = _REGISTRY[resolve_renderer(name, device)](spec, kernel=kernel)
     check = getattr(r, "check", None)
     if check is not None:
         check()
@@ -106,14 +134,15 @@ class PillowRenderer:
 
     name = "pillow"
 
-    def __init__(self, spec: ViewRenderer):
-        self.spec = spec
+    def __init__(self, spec: ViewRenderer, kernel: str = "auto"):
+        self.spec, self.kernel = spec, kernel  # ``kernel``: the torch renderer's; Pillow resizes with its own loop
 
     def plan(self, key: str, view: int, img: Image.Image) -> np.ndarray:
         return self.spec.render(key, view, img)
 
     def plan_params(self, params: ViewParams, img: Image.Image, erase_seed: tuple = ()) -> np.ndarray:
-        return render_view(img, params, self.spec.recipe, self.spec.size, erase_seed=erase_seed)
+        return render_view(img, params, self.spec.recipe, self.spec.size, erase_seed=erase_seed,
+                           resize_rule=self.spec.resize_rule)
 
     def stack(self, planned, mixes) -> torch.Tensor:
         out = list(planned)
@@ -146,8 +175,11 @@ class TorchRenderer:
 
     name = "torch"
 
-    def __init__(self, spec: ViewRenderer):
-        self.spec = spec
+    def __init__(self, spec: ViewRenderer, kernel: str = "auto"):
+        from .kernels import KernelPicker
+
+        self.spec, self.kernel = spec, kernel
+        self.kernels = KernelPicker(kernel)  # the resize kernel per device: ``kernels.kernel_for(device)``
 
     def check(self) -> None:
         from .torch import check_recipe
@@ -162,7 +194,7 @@ class TorchRenderer:
         from .torch import resize_plan
 
         size = self.spec.size
-        plan = resize_plan(params, self.spec.recipe, img.width, img.height, size)
+        plan = resize_plan(params, self.spec.recipe, img.width, img.height, size, self.spec.resize_rule)
         x0, y0, x1, y1 = plan.box
         region = np.asarray(img.crop((x0, y0, x1, y1)), dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
         erase = None if params.erase is None else erase_noise(params.erase, size, size, erase_seed)
@@ -180,7 +212,8 @@ class TorchRenderer:
     def finish(self, payload: dict, device) -> torch.Tensor:
         from .torch import render_packed
 
-        return render_packed(payload, self.spec.recipe, payload["bytes"].device if device is None else device)
+        return render_packed(payload, self.spec.recipe, payload["bytes"].device if device is None else device,
+                             self.kernels)
 
 
 # ------------------------------------------------------------------------------------ the driver

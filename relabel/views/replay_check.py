@@ -18,6 +18,8 @@ from PIL import Image
 from .randaug import OpParams
 from .params import ViewParams
 from .pillow import decode_image
+from .recipe import Recipe
+from .rules import boundary_cases
 from .render import Renderer, ViewRenderer, create_renderer, finish_batch, plan_batch, render_now
 
 SAMPLES = 4  # real images hashed (decoded pixels and one rendered view each)
@@ -28,7 +30,9 @@ def decode_env() -> dict:
     from PIL import features
 
     return {"pillow": PIL.__version__, "libjpeg": features.version("jpg"),
-            "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")), "machine": platform.machine()}
+            "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
+            "libjpeg_turbo_version": features.version("libjpeg_turbo"),  # the build ("jpg" says only "6.2")
+            "machine": platform.machine()}
 
 
 def _h(arr: np.ndarray) -> str:
@@ -52,6 +56,11 @@ def _render(renderer: Renderer, img: Image.Image, params: list[ViewParams], devi
     return finish_batch(renderer, payload, device).cpu().numpy()
 
 
+def _like(renderer: Renderer, spec: ViewRenderer) -> Renderer:
+    """A renderer of ``renderer``'s kind and resize kernel for other views (another size, recipe)."""
+    return type(renderer)(spec, kernel=getattr(renderer, "kernel", "auto"))
+
+
 def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
     """Every RandAugment op of the recipe at two magnitudes, plus the crop-resize, on the pattern,
     rendered by ``renderer`` (the one that replays: its drift is what matters)."""
@@ -61,11 +70,20 @@ def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
     box = ViewParams(crop=(2.7 / 48, 3.3 / 48, (44.1 - 2.7) / 48, (41.9 - 3.3) / 48), flip=False)
     out = {"resize": _h(_render(renderer, img, [box], device)[0])}
     # a tall image shrunk to 8 px: Pillow 13 runs the vertical pass first there (the other order above)
-    at8 = type(renderer)(ViewRenderer(recipe, renderer.spec.seed, 8))
+    at8 = _like(renderer, renderer.spec.at(8))
     out["resize:tall"] = _h(_render(at8, img.crop((0, 0, 12, 48)), [ViewParams((0.0, 0.0, 1.0, 1.0), False)], device)[0])
+    # both sides of every resize rule's decision (13's boundary, images taller than 100:1), rendered
+    # by the store's rule: a Pillow that resizes otherwise, unmodelled, is caught here
+    for i, (pattern, (w, h), box) in enumerate(boundary_cases()):
+        W, H = pattern.size
+        crop = (box[1] / H, box[0] / W, (box[3] - box[1]) / H, (box[2] - box[0]) / W)
+        rect = Recipe.from_dict({**recipe.to_dict(), "interpolation": recipe.interpolation
+                                 if recipe.interpolation in ("bilinear", "bicubic", "lanczos") else "bicubic"})
+        r = _like(renderer, ViewRenderer(rect, renderer.spec.seed, w, renderer.spec.resize_rule))
+        out[f"resize:rule:{i}"] = _h(_render(r, pattern, [ViewParams(crop, False)], device)[0])
     ra = recipe.ra
     if ra is not None:  # each op alone on the whole 48 px pattern (a same-size resize is a copy)
-        at48 = type(renderer)(ViewRenderer(recipe, renderer.spec.seed, 48))
+        at48 = _like(renderer, renderer.spec.at(48))
         whole = lambda name, m: ViewParams(crop=(0.0, 0.0, 1.0, 1.0), flip=False, ops=(OpParams(name, m, False),))  # noqa: E731
         for name in ra.ops:
             arrs = _render(at48, img, [whole(name, 3.0), whole(name, 9.0)], device)
@@ -75,11 +93,21 @@ def op_hashes(renderer: Renderer, device=None) -> dict[str, str]:
 
 def renderer_parity(renderer: Renderer, device=None) -> list[str]:
     """What ``renderer`` on ``device`` renders differently from Pillow (the reference) on the canonical
-    pattern: the crop-resize in both pass orders and every op of the recipe. Empty: the same bytes."""
+    pattern: the crop-resize on both sides of every resize rule's decision and every op of the recipe,
+    with each of its resize kernels (the torch renderer may pick any of them on this device). Empty:
+    the same bytes."""
+    from .kernels import KERNELS
+
     renderer = _as_renderer(renderer)
     ref = op_hashes(create_renderer("pillow", renderer.spec))
-    got = op_hashes(renderer, device)
-    return [k.removeprefix("op:") for k in ref if got.get(k) != ref[k]]
+    kernels = list(KERNELS) if hasattr(renderer, "kernels") else [None]
+    differ: list[str] = []
+    for kernel in kernels:
+        r = renderer if kernel is None else create_renderer(renderer.name, renderer.spec, kernel=kernel)
+        got = op_hashes(r, device)
+        differ += [k.removeprefix("op:") + ("" if kernel is None else f" ({kernel} kernel)")
+                   for k in ref if got.get(k) != ref[k]]
+    return differ
 
 
 def sample_hashes(renderer: Renderer, keys: list[str], read, device=None) -> dict[str, dict[str, str]]:

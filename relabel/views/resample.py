@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import PIL
 import torch
 
 from .params import ViewParams
@@ -116,23 +115,23 @@ class _Resize:
     ys: np.ndarray | None = None
 
 
-_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+def _vertical_first(rule: str | None, in_w: int, in_h: int, out_w: int, out_h: int) -> bool:
+    """Whether the vertical pass runs first under the store's resize rule (``views.rules``; None:
+    the installed Pillow's). Both orders are exact integer passes, so the order is the only thing
+    that changes bytes."""
+    from .rules import native_rule, vertical_first
 
-
-def _vertical_first(in_w: int, in_h: int, out_w: int, out_h: int) -> bool:
-    """Pillow >= 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
-    shrinks by more rows than twice the columns the width shrinks by (read from the installed
-    13.0.0 binary: the box does not enter); older Pillow always runs the horizontal pass first.
-    Both orders are exact integer passes, so the order is the only thing that changes bytes."""
-    return _PILLOW_MAJOR >= 13 and in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
+    return vertical_first(rule or native_rule(), in_w, in_h, out_w, out_h)
 
 
 def _out_size(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, size) -> _Resize:
-    """Follows ``Image.resize`` -> ``_resize`` (_imaging.c) -> ``ImagingResampleInner``."""
+def _resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, size,
+                 resize_rule: str | None = None) -> _Resize:
+    """Follows ``Image.resize`` -> ``_resize`` (_imaging.c) -> ``ImagingResampleInner``, its two
+    passes in the order ``resize_rule`` gives (None: the installed Pillow's)."""
     out_w, out_h = _out_size(size)
     top, left, h, w = params.crop
     b0, b1, b2, b3 = (np.float32(v) for v in (left * width, top * height, (left + w) * width, (top + h) * height))
@@ -164,13 +163,14 @@ def _resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, si
     if not need_v and (y0, y1) != (0, height):
         raise AssertionError("Pillow keeps every row when it skips the vertical pass")
     return _Resize("resample", (x0, y0, x1, y1), horiz, vert if need_v else None,
-                   _vertical_first(width, height, out_w, out_h))
+                   _vertical_first(resize_rule, width, height, out_w, out_h))
 
 
-def resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, size) -> _Resize:
-    """How this view's crop-resize runs (coefficient tables, pass order) and which pixels it reads
-    (``.box``): computed once, in the worker, and handed to ``render_batch``."""
-    return _resize_plan(params, recipe, width, height, size)
+def resize_plan(params: ViewParams, recipe: Recipe, width: int, height: int, size,
+                resize_rule: str | None = None) -> _Resize:
+    """How this view's crop-resize runs (coefficient tables, pass order under ``resize_rule``) and
+    which pixels it reads (``.box``): computed once, in the worker, and handed to ``render_batch``."""
+    return _resize_plan(params, recipe, width, height, size, resize_rule)
 
 
 def support_box(params: ViewParams, recipe: Recipe, width: int, height: int, size) -> tuple[int, int, int, int]:

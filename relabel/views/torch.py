@@ -8,10 +8,12 @@ every step reproduces Pillow's own arithmetic, not a look-alike (sources: Pillow
 
 * crop-resize: Pillow's two-pass resampler. Coefficients are computed on the CPU in float64 as
   ``precompute_coeffs`` does and rounded to its 22-bit fixed point (small tables, stacked per
-  batch); each pass is a batched float64 matmul over integers (exact on any device and in any
-  reduction order: every product and partial sum is an integer below 2**53), then Pillow's
-  shift-and-clip. Passes run in Pillow's order (13.0 may run the vertical one first) and are
-  skipped when Pillow skips them; NEAREST and integer crops take Pillow's shortcuts.
+  batch); each pass runs one of two byte-identical kernels (``kernels``), picked per device by
+  timing: a batched float64 matmul over integers (exact on any device and in any reduction order:
+  every product and partial sum is an integer below 2**53), or Pillow's own loop of int32
+  multiply-adds over each output's taps; then Pillow's shift-and-clip. Passes run in Pillow's
+  order (13.0 may run the vertical one first) and are skipped when Pillow skips them; NEAREST and
+  integer crops take Pillow's shortcuts.
 * batches: a worker packs a batch (``pack_batch``) into a few tensors the DataLoader pins; the
   device renders it (``render_packed``) in a number of ops set by the groups of views that share
   their resize passes and sizes, not by the views.
@@ -21,7 +23,8 @@ every step reproduces Pillow's own arithmetic, not a look-alike (sources: Pillow
   image (fixed-point L for Color, the rounded L mean for Contrast, the SMOOTH filter for Sharpness).
 * geometric ops: ``Image.rotate``'s matrix (built in Python as Pillow builds it, with its
   0/90/180/270 shortcuts), then Geometry.c's bilinear/bicubic in float64 (columns clamped, rows
-  repeated, fill outside) or its nearest paths (scale, 16.16 fixed point, float) as index maps.
+  repeated, fill outside; the steps C does in int on the pixels stay integers, gathered as bytes)
+  or its nearest paths (scale, 16.16 fixed point, float) as index maps.
 
 Every rounding step is its own eager torch op (no fused multiply-add, no reduction whose order
 matters, divisions tensor by tensor: torch computes ``scalar / tensor`` through a reciprocal), so
@@ -40,6 +43,7 @@ import torch
 
 from relabel.storage.errors import ConfigError, named
 
+from .kernels import RENDER_KERNELS, KernelPicker
 from .ops_torch import _OP_KERNEL
 from .packed import _mix_packed, _pack_mixes, _upload, pack_batch, render_packed
 from .params import MixParams, ViewParams, batch_mixes, erase_noise
@@ -47,12 +51,14 @@ from .recipe import GEOMETRIC_OPS, Recipe
 from .resample import _AFFINE_FILTERS, _FILTERS, _out_size, _resize_plan, crop_region, resize_plan, support_box
 
 __all__ = ["support_box", "resize_plan", "render_batch", "pack_batch", "render_packed", "crop_region", "check_recipe",
+           "KernelPicker", "RENDER_KERNELS",
            "mix_pair_torch", "mix_pairs_torch", "mix_batch_torch", "GEOMETRIC_OPS"]
 
 
 def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], full_sizes: list[tuple[int, int]],
                  params: list[ViewParams], recipe: Recipe, size, erase_seeds: list[tuple],
-                 device, plans: list | None = None, erases: list | None = None) -> torch.Tensor:
+                 device, plans: list | None = None, erases: list | None = None,
+                 kernel: str | KernelPicker = "auto", resize_rule: str | None = None) -> torch.Tensor:
     """Views -> (N, H, W, 3) uint8 on ``device``, equal byte for byte to stacking
     ``render_view(img_i, params[i], recipe, size, erase_seed=erase_seeds[i])``.
 
@@ -62,18 +68,21 @@ def render_batch(regions: list[torch.Tensor], offsets: list[tuple[int, int]], fu
     Raises ValueError where Pillow would (e.g. a geometric op under Lanczos: see check_recipe).
     ``plans`` (``resize_plan`` per view) and ``erases`` (``erase_noise`` per view, None: no erase):
     what a worker already computed. The same as ``render_packed(pack_batch(...))``: the torch
-    renderer packs in its workers and renders the packed batch on the device.
+    renderer packs in its workers and renders the packed batch on the device. ``kernel``: the
+    resize kernel (``render_packed``'s; the bytes are the same with each). ``resize_rule``: the
+    crop-resize's pass order (``views.rules``; None: the installed Pillow's).
     """
     n = len(params)
     if not (len(regions) == len(offsets) == len(full_sizes) == len(erase_seeds) == n):
         raise ValueError("render_batch: regions, offsets, full_sizes, params and erase_seeds differ in length")
     out_w, out_h = _out_size(size)
     if plans is None:
-        plans = [_resize_plan(p, recipe, *fs, (out_w, out_h)) for p, fs in zip(params, full_sizes)]
+        plans = [_resize_plan(p, recipe, *fs, (out_w, out_h), resize_rule) for p, fs in zip(params, full_sizes)]
     if erases is None:
         erases = [None if p.erase is None else erase_noise(p.erase, out_w, out_h, tuple(s))
                   for p, s in zip(params, erase_seeds)]
-    return render_packed(pack_batch(regions, offsets, plans, params, erases, (out_w, out_h), recipe), recipe, device)
+    return render_packed(pack_batch(regions, offsets, plans, params, erases, (out_w, out_h), recipe), recipe, device,
+                         kernel)
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -1,0 +1,145 @@
+"""Render rules belong to the store (issue 29): each resize pass-order rule renders byte for byte on the
+installed Pillow, with both renderers; a store made under Pillow 12.3 replays here without drift.
+
+The golden renders (tests/data/pillow_golden.npz) were made with the real Pillow 10.4, 11.3, 12.3 and
+13.0 by tests/data/pillow_golden.py; the store under tests/data/pillow12 by
+tests/data/make_pillow12_store.py under Pillow 12.3.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL
+import pytest
+
+from conftest import cli_inprocess as cli
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+
+import pillow_golden  # noqa: E402
+from make_pillow12_store import teacher  # noqa: E402
+
+from relabel.views.rules import RESIZE_RULES, boundary_cases, probe_native_rule, resize_rule_for_pillow  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def golden():
+    z = np.load(DATA / "pillow_golden.npz")
+    return {"hashes": json.loads(z["hashes"].tobytes()), "versions": json.loads(z["versions"].tobytes()),
+            "pixels": {k: z[k] for k in z.files if "|" in k}, "jpegs": {k: z[k].tobytes() for k in z.files
+                                                                      if k.startswith("jpeg/")}}
+
+
+def test_the_installed_pillow_resizes_by_the_rule_relabel_thinks_it_has():
+    assert probe_native_rule() == resize_rule_for_pillow(PIL.__version__), PIL.__version__
+
+
+def test_the_golden_renders_cover_every_rule_and_the_rules_differ(golden):
+    assert set(golden["versions"].values()) == set(RESIZE_RULES)
+    names = [k.split("|", 1)[1] for k in golden["hashes"] if k.startswith("classic|")]
+    for a in RESIZE_RULES:
+        for b in RESIZE_RULES:
+            if a < b:  # every pair of rules gives other bytes on some views (the test can fail)
+                assert any(golden["hashes"][f"{a}|{n}"] != golden["hashes"][f"{b}|{n}"] for n in names), (a, b)
+
+
+@pytest.mark.parametrize("rule", RESIZE_RULES)
+def test_the_pillow_renderer_renders_every_rule_on_the_installed_pillow(golden, rule):
+    got = pillow_golden.render_views(rule)
+    bad = [n for n, arr in got.items() if pillow_golden.sha(arr) != golden["hashes"][f"{rule}|{n}"]]
+    assert not bad, f"{len(bad)} of {len(got)} views differ from Pillow {rule}'s own: {bad[:4]}"
+    for key, arr in golden["pixels"].items():
+        if key.startswith(f"{rule}|"):
+            assert np.array_equal(got[key.split("|", 1)[1]], arr), key
+
+
+@pytest.mark.parametrize("rule", RESIZE_RULES)
+def test_the_torch_renderer_renders_every_rule(golden, rule):
+    from relabel.views import ViewRenderer, create_renderer, render_now
+
+    bad, by_recipe = [], {}
+    for case in pillow_golden.view_cases():
+        by_recipe.setdefault(case[2].name, []).append(case)
+    for cases in by_recipe.values():  # one batch per recipe, as the renderer runs in a loader
+        r = create_renderer("torch", ViewRenderer(cases[0][2], 0, pillow_golden.OUT, rule))
+        out = render_now(r, [(i, v, -1, key, img) for i, (_, img, _, key, v) in enumerate(cases)]).numpy()
+        bad += [c[0] for c, arr in zip(cases, out) if pillow_golden.sha(arr) != golden["hashes"][f"{rule}|{c[0]}"]]
+    assert not bad, f"{len(bad)} views differ from Pillow {rule}'s own: {bad[:4]}"
+
+
+def test_ops_and_jpeg_decodes_are_the_same_bytes_on_the_installed_pillow(golden):
+    got = {**pillow_golden.render_ops(), **pillow_golden.render_decodes(golden["jpegs"])}
+    bad = [n for n, arr in got.items() if pillow_golden.sha(arr) != golden["hashes"][n]]
+    assert not bad and len(got) > 300, bad[:4]
+
+
+def test_the_drift_patterns_and_start_up_check_cover_every_rules_boundary():
+    """A renderer resizing by another rule than the store's is caught by the recorded op hashes, on
+    both sides of every boundary (13's, and images taller than 100:1)."""
+    from relabel.views import ViewRenderer, create_recipe, create_renderer
+    from relabel.views.replay_check import op_hashes, renderer_parity
+
+    recipe = create_recipe("usi")
+    hashes = {r: op_hashes(create_renderer("pillow", ViewRenderer(recipe, 0, 32, r))) for r in RESIZE_RULES}
+    assert sum(k.startswith("resize:rule:") for k in hashes["classic"]) == len(boundary_cases())
+    for a in RESIZE_RULES:
+        for b in RESIZE_RULES:
+            if a != b:
+                assert any(hashes[a][k] != hashes[b][k] for k in hashes[a] if k.startswith("resize:rule:")), (a, b)
+        assert renderer_parity(create_renderer("torch", ViewRenderer(recipe, 0, 32, a))) == []
+
+
+@pytest.fixture
+def pillow12(tmp_path):
+    out = tmp_path / "p12"
+    shutil.copytree(DATA / "pillow12", out)
+    return out
+
+
+@pytest.mark.parametrize("renderer", ["pillow", "torch"])
+def test_a_store_made_under_pillow_12_3_trains_and_verifies_here(pillow12, tmp_path, capsys, renderer):
+    import relabel
+    from relabel.storage import LabelStore
+
+    store, images = pillow12 / "labels.zarr", pillow12 / "images"
+    h = LabelStore.open(store).header
+    assert h.replay_check["env"]["pillow"] == "12.3.0" and h.resize_rule == "pillow-12.2"
+    rep = relabel.verify_labels(str(store), str(images), samples=24, teacher=teacher(), renderer=renderer)
+    assert rep.ok and rep.drift is None and rep.checked == 24, rep
+    r = cli(capsys, "train", images, "--labels", store, "--out", tmp_path / f"run-{renderer}", "--student",
+            "test_resnet", "--epochs", "1", "-b", "4", "--img-size", "32", "-j", "0", "--renderer", renderer,
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_older_store_gets_its_rule_from_its_pillow_version(pillow12, tmp_path):
+    """A store without ``render_rules`` (made before they were recorded) replays by the rule of the
+    Pillow version it recorded: 12.3's 100:1 rule here, so the tall images' views are right."""
+    import relabel
+
+    meta = json.loads((pillow12 / "labels.zarr" / "zarr.json").read_text())
+    meta["attributes"]["relabel"]["render_rules"] = {}
+    (pillow12 / "labels.zarr" / "zarr.json").write_text(json.dumps(meta))
+    from relabel.storage import LabelStore
+
+    st = LabelStore.open(pillow12 / "labels.zarr", mode="r+")
+    for sh in st.shards():  # the identity changed with the header: seal as that store's writer did
+        st.group["seals"][sh.vb, sh.sb] = np.frombuffer(st.seal(sh), np.uint8)
+    assert st.header.resize_rule == "pillow-12.2"
+    rep = relabel.verify_labels(str(pillow12 / "labels.zarr"), str(pillow12 / "images"), samples=24, teacher=teacher())
+    assert rep.ok and rep.drift is None, rep
+
+
+def test_a_rule_this_relabel_does_not_know_is_refused_in_one_line(pillow12, capsys, tmp_path):
+    meta = json.loads((pillow12 / "labels.zarr" / "zarr.json").read_text())
+    meta["attributes"]["relabel"]["render_rules"] = {"resize": "pillow-99"}
+    (pillow12 / "labels.zarr" / "zarr.json").write_text(json.dumps(meta))
+    r = cli(capsys, "train", pillow12 / "images", "--labels", pillow12 / "labels.zarr", "--out", tmp_path / "run",
+            "--student", "test_resnet", "--epochs", "1", "-b", "4", "--img-size", "32", "-j", "0", "--quiet")
+    assert r.returncode == 2 and "'pillow-99'" in r.stderr and "upgrade relabel" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
