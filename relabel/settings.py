@@ -233,6 +233,21 @@ def check_settings(config) -> None:
             object.__setattr__(config, f.name, new)
 
 
+def config_of_call(config_cls, first, data, settings: dict, call: str, needs: str):
+    """A stage function's config record from either call form: ``fn(Config(...))``, or
+    ``fn(first, data, **fields)`` (``first`` and ``data`` its first two fields). ``call``: the function's
+    name; ``needs``: what its two positional arguments are, for the message when DATA is missing."""
+    if isinstance(first, config_cls):
+        if data is not None or settings:
+            raise TypeError(f"{call}({config_cls.__name__}) takes no other settings; set them on the "
+                            f"{config_cls.__name__}")
+        return first
+    if data is None:
+        raise TypeError(f"{call}() needs {needs}: {call}(store, data, ...)")
+    a, b = (f.name for f in fields(config_cls)[:2])
+    return config_cls(**{a: first, b: data}, **settings)
+
+
 def _field(config_cls, name: str) -> Field:
     for f in fields(config_cls):
         if f.name == name:
@@ -272,4 +287,4 @@ RENDER_KERNEL_HELP = ("The torch renderer's resize kernel: auto (each timed on t
                       "kept), matmul (dense float64) or taps (Pillow's int32 taps). All give the same bytes.")
 DEVICE_HELP = "auto, cpu or cuda."
 
-__all__ = ["MAX_SEED", "MAX_IMG_SIZE", "PRECISIONS", "RENDERERS", "setting", "check_settings", "check_value", "check_number", "device_name", "meta", "settings_of", "sections_of", "fallbacks_of", "resume_keys_of", "default_of", "META", "RENDERER_HELP", "RENDER_KERNELS", "RENDER_KERNEL_HELP", "DEVICE_HELP"]
+__all__ = ["MAX_SEED", "MAX_IMG_SIZE", "PRECISIONS", "RENDERERS", "setting", "check_settings", "check_value", "check_number", "config_of_call", "device_name", "meta", "settings_of", "sections_of", "fallbacks_of", "resume_keys_of", "default_of", "META", "RENDERER_HELP", "RENDER_KERNELS", "RENDER_KERNEL_HELP", "DEVICE_HELP"]

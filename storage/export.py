@@ -9,6 +9,7 @@ reading an export back is storage/exported.py.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -126,7 +127,15 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
             raise SourceError(f"{images.root}: {len(missing)} of the store's {len(keys)} keys are missing "
                               f"(first: {missing[0]!r}); pass the images the labels were made from")
         src_index = np.asarray([idx[k] for k in keys], np.int64)
-        if images.fingerprint != h.fingerprint:
+        stored = store.sample_classes()
+        if stored is not None:  # an image filed under another class here carries the wrong .cls
+            moved = (stored >= 0) & (stored != np.asarray(images.labels)[src_index])
+            if moved.any():
+                first = keys[int(np.argmax(moved))]
+                raise SourceError(f"{images.root}: {int(moved.sum())} image(s) (first: {first!r}) are filed under "
+                                  f"another class than the labels were made for; pass the images the labels were "
+                                  f"made from")
+        if images.fingerprint_for(h.schema_version) != h.fingerprint:
             notes.append(f"{images.root} has {len(images) - len(keys)} image(s) the store has no labels for; "
                          f"they are not exported")
 
@@ -148,6 +157,7 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
 
     ldt = labels_dtype(h.num_classes, h.encoding)
     status = store.status()
+    digests = store.sample_digests() if images is not None else None  # each image checked before it is written
     g_idx, g_val = store.group["topk_index"], store.group["topk_logp"]
     shards: list[dict] = []
     writer: TarShardWriter | None = None
@@ -177,6 +187,10 @@ def export_webdataset(store: LabelStore, out: str, images=None, shard_size: int 
                 if images is not None:
                     si = int(src_index[p])
                     data = images.read(si)
+                    if digests is not None and digests[p].any() and (
+                            hashlib.sha256(data).digest()[:len(digests[p])] != digests[p].tobytes()):
+                        raise SourceError(f"{images.root}: image {key!r} is not the image its labels were made from "
+                                          f"(its bytes differ); pass the images the labels were made from")
                     members += [(f"{key}.{IMAGE_MEMBER}", data), (f"{key}.cls", str(int(images.labels[si])).encode())]
                     image_bytes += _member_cost(members[-2][0], len(data))
                 for name, data in sorted(members):

@@ -98,11 +98,25 @@ class StoreHeader:
     @property
     def resize_rule(self) -> str:
         """The resize pass order the views were made with: recorded since schema 4; before, the one
-        the recorded Pillow version used (12.2/12.3's 100:1 rule included)."""
+        the store's creating renderer used under the recorded Pillow version: Pillow's own (12.2/12.3's
+        100:1 rule included), or for relabel 0.2's torch renderer the classic order below Pillow 13
+        (it modelled 13's rule only)."""
         rule = (self.render_rules or {}).get("resize")
         if rule is not None:
             return rule
-        return resize_rule_for_pillow(((self.replay_check or {}).get("env") or {}).get("pillow", ""))
+        native = resize_rule_for_pillow(self._made_under)
+        return "classic" if self.renderer == "torch" and native == "pillow-12.2" else native
+
+    @property
+    def resize_rule_certain(self) -> bool:
+        """False for stores made before render rules were recorded under Pillow 12.2/12.3: there relabel
+        0.2's two renderers resized images taller than 100:1 in different orders and a store resumed
+        with the other renderer does not say which made each shard (those images' views are unknown)."""
+        return bool((self.render_rules or {}).get("resize")) or resize_rule_for_pillow(self._made_under) != "pillow-12.2"
+
+    @property
+    def _made_under(self) -> str:
+        return ((self.replay_check or {}).get("env") or {}).get("pillow", "")
 
     def teacher_class(self, dataset_class: np.ndarray) -> np.ndarray:
         """Dataset class indices -> the teacher's index space (where labels and the student live)."""

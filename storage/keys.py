@@ -93,7 +93,8 @@ def keyed(entries: list[tuple[str, str, object]], rule: str, where: str,
                 raise SourceError(f"{where}: {name!r} carries no ImageNet class and its class {cls!r} is no synset; "
                                   f"the key rule 'imagenet' needs synsets (class folders named n01440764, ...)")
             cls = synset or own
-        shown = loc if isinstance(loc, str) else getattr(loc, "name", name)  # the file (or member) itself
+        shown = (loc if isinstance(loc, str) else getattr(loc, "name", None)  # the file (or tar member) itself
+                 or f"row {loc} ({name})")  # a parquet row
         rows.append((key, cls, loc, shown))
     rows.sort(key=lambda r: r[0])
     for a, b in zip(rows, rows[1:]):

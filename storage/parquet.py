@@ -77,6 +77,28 @@ def _hub_files(spec: str) -> list[str]:
     return ["hf://" + f for f in sorted(found)]
 
 
+def _cache_dir(files: list[str], datasets) -> str | None:
+    """Where ``datasets`` keeps the Arrow copy of local files: a folder named by their contents
+    (size, mtime and a sha256 of each file's first and last MiB, where parquet keeps its footer), not
+    only by path and mtime as ``datasets`` keys its cache: a file rewritten in place (its mtime kept)
+    is converted again, never read from an old copy. Remote (hf://) files: ``datasets``' own key (the
+    Hub's content hash)."""
+    import hashlib
+
+    if any("://" in f for f in files):
+        return os.environ.get("HF_DATASETS_CACHE")
+    h = hashlib.sha256(b"relabel-parquet-cache-1\n")
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.sha256(fh.read(1 << 20)).digest())
+            fh.seek(max(0, st.st_size - (1 << 20)))
+            h.update(hashlib.sha256(fh.read(1 << 20)).digest())
+    base = os.environ.get("HF_DATASETS_CACHE") or str(datasets.config.HF_DATASETS_CACHE)
+    return os.path.join(base, "relabel-parquet", h.hexdigest()[:20])
+
+
 def _features_error(spec: str, what: str) -> SourceError:
     return SourceError(f"{spec}: {what}; a parquet image dataset needs an 'image' column {{bytes, path}} and an "
                        f"integer 'label' column (the Hub's layout)")
@@ -130,7 +152,7 @@ class ParquetSource(ImageSource):
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
         try:
-            ds = datasets.Dataset.from_parquet(files, cache_dir=os.environ.get("HF_DATASETS_CACHE"))
+            ds = datasets.Dataset.from_parquet(files, cache_dir=_cache_dir(files, datasets))
         except UserError:
             raise
         except Exception as e:  # a truncated or foreign file: pyarrow, datasets and fsspec raise many types

@@ -99,10 +99,12 @@ class LabelReads:
                              f"made); restore them and rerun generate {named('repair', True)}")
         return out
 
-    def check_bytes(self, source, threads: int = 16) -> tuple[list["ShardDamage"], list[str]]:
+    def check_bytes(self, source, threads: int = 16, skip=()) -> tuple[list["ShardDamage"], list[str]]:
         """Read every sample's bytes from ``source`` (the images, keyed as the store keys them) and
         compare their digest with what each written shard recorded: (damaged shards, keys whose bytes
-        differ or are missing). Stores made before digests: nothing to compare ([], [])."""
+        differ or are missing). ``skip``: ShardDamage already found (a foreign or damaged file says
+        nothing about the images: those shards are not named again, nor their samples called
+        changed). Stores made before digests: nothing to compare ([], [])."""
         if not self.has_digests:
             return [], []
         import hashlib
@@ -127,11 +129,18 @@ class LabelReads:
                     missing[i] = True
                 elif len(d) == DIGEST_BYTES:
                     now[i] = np.frombuffer(d, np.uint8)
-        written = blocks.any(-1)  # (view blocks, N): a digest was recorded
+        done = self.done_views()
+        written = np.array(blocks.any(-1))  # (view blocks, N): a digest was recorded by a trusted shard
+        h = self.header
+        for vb in range(done.shape[0]):
+            for sb in range(done.shape[1]):
+                if not done[vb, sb]:
+                    written[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = False
+        for d in skip:
+            written[d.shard.vb, d.shard.s0:d.shard.s1] = False
         differ = written & ((blocks != now[None]).any(-1) | missing[None])
         bad_keys = [keys[i] for i in np.nonzero(differ.any(0))[0]]
         damaged = []
-        done = self.done_views()
         for vb in range(done.shape[0]):
             for sb in range(done.shape[1]):
                 sh = self.shard(vb, sb, int(done[vb, sb]))
@@ -150,7 +159,7 @@ class LabelReads:
 
     def inconsistent_shards(self) -> list[Shard]:
         """Written shards that labelled a sample another view block found unreadable: to be redone."""
-        st, done = self.block_status(), self.done_views()
+        st, done = self.trusted_block_status(), self.done_views()
         bad = (st == STATUS_UNREADABLE).any(0)
         out = []
         for vb in range(done.shape[0]):

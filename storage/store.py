@@ -284,8 +284,8 @@ class LabelStore(LabelReads, SealedShards, ShardClaims):
                 shutil.copytree(os.path.join(ref, "keys"), os.path.join(path, "keys"))
                 did.append("rebuilt the keys from DATA")
             if header.schema_version >= 4 and classes is not None:
-                try:
-                    ok = np.array_equal(np.asarray(g[CLASS_ARRAY][:]), np.asarray(classes, np.int32))
+                try:  # unreadable only: a readable array that differs is other data (the fingerprint says so)
+                    ok = np.asarray(g[CLASS_ARRAY][:]).shape == (header.num_samples,)
                 except Exception:
                     ok = False
                 if not ok:

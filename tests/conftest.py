@@ -135,6 +135,20 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A folder ``data/train`` (36 images), ``t.pth`` and the store ``labels.zarr`` made from them (3
+    views, top-2, 32 px): what the README's loop and the API tests run on. Read it, never change it."""
+    from relabel.stages.generate import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = make_imagefolder(root / "data" / "train", per_class=12)
+    generate(GenerateConfig(data=str(folder), out=str(root / "labels.zarr"), teacher="test_resnet",
+                            teacher_checkpoint=str(save_teacher(root / "t.pth")), views=3, topk=2, img_size=32,
+                            samples_per_shard=64, views_per_shard=3, workers=0, progress=False))
+    return root
+
+
+@pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory) -> Path:
     return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pth")
 

@@ -7,19 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import make_imagefolder, run_cli, save_teacher
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from relabel.stages.generate import GenerateConfig, generate
-
-    root = tmp_path_factory.mktemp("api")
-    folder = make_imagefolder(root / "data" / "train", per_class=12)
-    generate(GenerateConfig(data=str(folder), out=str(root / "labels.zarr"), teacher="test_resnet",
-                            teacher_checkpoint=str(save_teacher(root / "t.pth")), views=3, topk=2, img_size=32,
-                            samples_per_shard=64, views_per_shard=3, workers=0, progress=False))
-    return root
+from conftest import run_cli
 
 
 def test_public_names_are_importable_and_lazy():

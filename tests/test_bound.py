@@ -341,6 +341,8 @@ def test_a_stalled_writer_whose_claim_was_taken_over_does_not_write(world, tmp_p
     res = generate(_cfg(world, out), teacher=_probe_teacher(world, "takeover-probe", take_over))
     assert taken and "taken over by another writer" in caplog.text
     assert not res.complete and res.shards_written == 4 - len(taken)  # the taken shards were left to B
+    kept = sum((sh.v1 - sh.v0) * (sh.s1 - sh.s0) for sh in LabelStore.open(out).shards() if sh.done)
+    assert res.views_written == kept  # what it stored, not what it computed (issue 28 item 9)
     assert all((out / ".claims" / c).read_text() == "writer-b 77" for c in taken)  # and B's claims were kept
 
 

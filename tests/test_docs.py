@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from conftest import ROOT, make_imagefolder, save_teacher
+from conftest import ROOT
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -207,19 +206,7 @@ def test_python_shown_in_docs_uses_real_names():
     assert not bad, "\n".join(bad)
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    from relabel.stages.generate import GenerateConfig, generate
-
-    root = tmp_path_factory.mktemp("readme")
-    folder = make_imagefolder(root / "data" / "train", per_class=12)
-    generate(GenerateConfig(data=str(folder), out=str(root / "labels.zarr"), teacher="test_resnet",
-                            teacher_checkpoint=str(save_teacher(root / "t.pth")), views=3, topk=2, img_size=32,
-                            samples_per_shard=64, views_per_shard=3, workers=0, progress=False))
-    return root
-
-
-def test_readme_python_is_the_loop_the_suite_runs(tiny_store):
+def test_readme_python_is_the_loop_the_suite_runs(tiny):
     """The README's only Python block, run as written (timm's tiny test model for resnet18) on a store
     made here from data/train: the README cannot show a loop that does not work."""
     blocks = [t for lang, t in _parse(README)[1] if lang == "python"]
@@ -227,7 +214,7 @@ def test_readme_python_is_the_loop_the_suite_runs(tiny_store):
     code = blocks[0]
     assert '"resnet18"' in code and 'DATA, LABELS = "data/train", "labels.zarr"' in code
     code = code.replace('"resnet18"', '"test_resnet"')
-    r = subprocess.run([sys.executable, "-c", code], cwd=tiny_store, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tiny, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"epoch \d: loss ([0-9.]+)", r.stdout)]
     assert len(losses) == 2, r.stdout

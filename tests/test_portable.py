@@ -98,7 +98,12 @@ def test_a_label_set_made_from_one_copy_trains_verifies_and_replays_on_every_cop
             "--key-rule", "imagenet", *GEN)
     assert r.returncode == 0, r.stderr
     r = cli(capsys, "info", store)
-    assert "imagenet" in r.stdout, r.stdout
+    from relabel.views.rules import native_rule
+
+    assert "imagenet" in r.stdout and f"render rule  resize {native_rule()}" in r.stdout, r.stdout
+    r = cli(capsys, "publish", store, tmp_path / "pub")
+    card = (tmp_path / "pub" / "README.md").read_text()
+    assert "| key rule | `imagenet`" in card and "timm's webdataset tars" in card and "| render rule | resize `" in card
     ref = None
     for name in ("folder", "wds", "hf", "hfnames"):
         data = copies[name]
@@ -199,3 +204,24 @@ def _map(tmp_path: Path) -> Path:
     m = tmp_path / "map.json"
     m.write_text('{"x": 0}')
     return m
+
+
+def test_a_parquet_file_rewritten_in_place_is_read_again(copies, tmp_path):
+    """Hugging Face's cache keys a local file on its path and mtime: a file rewritten with other
+    images and labels, its mtime put back, must not be read from the old copy."""
+    import os
+
+    import datasets
+
+    data = [p.read_bytes() for p in sorted((copies["folder"] / SYNSETS[0]).glob("*.JPEG"))][:3]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+    f = _parquet(tmp_path / "p" / "x.parquet", {"image": [{"bytes": d, "path": f"a_{i}.JPEG"} for i, d in
+                                                         enumerate(data[:2])], "label": [0, 1]}, feats)
+    before = os.stat(f).st_mtime_ns
+    first = open_source(tmp_path / "p")
+    assert first.labels.tolist() == [0, 1] and first.read(0) == data[0]
+    _parquet(f, {"image": [{"bytes": d, "path": f"a_{i}.JPEG"} for i, d in enumerate(data[1:])],
+                 "label": [1, 1]}, feats)
+    os.utime(f, ns=(before, before))
+    again = open_source(tmp_path / "p")
+    assert again.labels.tolist() == [1, 1] and again.read(0) == data[1]

@@ -117,22 +117,47 @@ def test_a_store_made_under_pillow_12_3_trains_and_verifies_here(pillow12, tmp_p
     assert r.returncode == 0, r.stderr
 
 
-def test_an_older_store_gets_its_rule_from_its_pillow_version(pillow12, tmp_path):
-    """A store without ``render_rules`` (made before they were recorded) replays by the rule of the
-    Pillow version it recorded: 12.3's 100:1 rule here, so the tall images' views are right."""
-    import relabel
-
-    meta = json.loads((pillow12 / "labels.zarr" / "zarr.json").read_text())
-    meta["attributes"]["relabel"]["render_rules"] = {}
-    (pillow12 / "labels.zarr" / "zarr.json").write_text(json.dumps(meta))
+def _as_older_store(pillow12: Path, renderer: str) -> Path:
+    """The 12.3 store as relabel 0.2 wrote it (no render rules recorded) with ``renderer`` as its maker."""
     from relabel.storage import LabelStore
 
+    meta = json.loads((pillow12 / "labels.zarr" / "zarr.json").read_text())
+    meta["attributes"]["relabel"].update(render_rules={}, renderer=renderer)
+    (pillow12 / "labels.zarr" / "zarr.json").write_text(json.dumps(meta))
     st = LabelStore.open(pillow12 / "labels.zarr", mode="r+")
     for sh in st.shards():  # the identity changed with the header: seal as that store's writer did
         st.group["seals"][sh.vb, sh.sb] = np.frombuffer(st.seal(sh), np.uint8)
-    assert st.header.resize_rule == "pillow-12.2"
-    rep = relabel.verify_labels(str(pillow12 / "labels.zarr"), str(pillow12 / "images"), samples=24, teacher=teacher())
-    assert rep.ok and rep.drift is None, rep
+    return pillow12 / "labels.zarr"
+
+
+@pytest.mark.parametrize("maker, rule", [("pillow", "pillow-12.2"), ("torch", "classic")])
+def test_an_older_store_gets_its_rule_from_its_pillow_and_renderer(pillow12, tmp_path, capsys, maker, rule):
+    """A store without ``render_rules`` (relabel 0.2) replays by the order its maker used under the
+    Pillow it recorded: 12.3's 100:1 rule for the Pillow renderer, the classic order for 0.2's torch
+    renderer (it modelled only 13's rule). Either may have been resumed with the other renderer, which
+    the store does not record: views of images taller than 100:1 are refused, never guessed, unless
+    ``allow_pixel_drift`` says to replay them in the maker's order. (The store here was made by the
+    Pillow renderer: called a torch renderer's, its recorded renders no longer match, and are named.)"""
+    import relabel
+    from relabel.storage import LabelStore
+
+    store = _as_older_store(pillow12, maker)
+    h = LabelStore.open(store).header
+    assert h.resize_rule == rule and not h.resize_rule_certain
+    rep = relabel.verify_labels(str(store), str(pillow12 / "images"), samples=48, teacher=teacher())
+    assert any("taller than 100:1" in n for n in rep.notes), rep.notes
+    args = ["train", pillow12 / "images", "--labels", store, "--student", "test_resnet", "--epochs", "1", "-b", "4",
+            "--img-size", "32", "-j", "0", "--quiet"]
+    r = cli(capsys, *args, "--out", tmp_path / "run")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if maker == "pillow":
+        assert rep.ok and rep.drift is None, rep
+        assert "taller than 100:1" in r.stderr and "--allow-pixel-drift" in r.stderr, r.stderr
+        r = cli(capsys, *args, "--out", tmp_path / "run2", "--allow-pixel-drift")
+        assert r.returncode == 0, r.stderr
+    else:  # the wrong maker's order: the recorded renders of the tall pattern and images say so
+        assert not rep.ok and "resize:rule:3 renders differently" in rep.drift, rep.drift
+        assert "renders differently" in r.stderr, r.stderr
 
 
 def test_a_rule_this_relabel_does_not_know_is_refused_in_one_line(pillow12, capsys, tmp_path):
@@ -143,3 +168,25 @@ def test_a_rule_this_relabel_does_not_know_is_refused_in_one_line(pillow12, caps
             "--student", "test_resnet", "--epochs", "1", "-b", "4", "--img-size", "32", "-j", "0", "--quiet")
     assert r.returncode == 2 and "'pillow-99'" in r.stderr and "upgrade relabel" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_header_records_the_jpeg_decoders_build_and_drift_names_it(pillow12, tmp_path):
+    """The libjpeg-turbo build (PIL.features says "6.2", the API level, for every build) is recorded,
+    and when a decoder renders an image otherwise, the drift check names the image and the build."""
+    import zarr
+    from PIL import features
+
+    import relabel
+    from relabel.views.replay_check import decode_env
+
+    assert decode_env()["libjpeg_turbo_version"] == features.version("libjpeg_turbo")
+    store = pillow12 / "labels.zarr"
+    g = zarr.open_group(str(store), mode="r+")
+    h = dict(g.attrs["relabel"])
+    assert h["replay_check"]["env"]["libjpeg_turbo_version"]  # 12.3's bundled build
+    key = sorted(h["replay_check"]["samples"])[0]
+    h["replay_check"]["samples"][key]["decode"] = "0" * 16  # another decoder's pixels
+    h["replay_check"]["env"]["libjpeg_turbo_version"] = "9.9.9"
+    g.attrs["relabel"] = h
+    rep = relabel.verify_labels(str(store), str(pillow12 / "images"), samples=0)
+    assert f"image {key!r} decodes to other pixels" in rep.drift and "libjpeg_turbo_version 9.9.9 ->" in rep.drift

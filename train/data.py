@@ -99,9 +99,9 @@ class TrainData:
         self.recipe: Recipe = create_recipe(h.recipe)
         self.img_size = img_size or h.img_size
         # Workers plan (Pillow: render); the main process finishes each batch on `device`.
-        self.renderer: Renderer = create_renderer(renderer, ViewRenderer(self.recipe, h.seed, self.img_size,
-                                                                         check_rule(h.resize_rule)),
-                                                  device, render_kernel)
+        spec = ViewRenderer.of_store(h, self.img_size, allow_drift) if labels else ViewRenderer(
+            self.recipe, h.seed, self.img_size, check_rule(h.resize_rule))
+        self.renderer: Renderer = create_renderer(renderer, spec, device, render_kernel)
         self.device = device
         if not self.store.complete:
             raise StoreError(f"{labels}: the label store is incomplete ({len(self.store.pending_shards())} shard(s) "

@@ -13,6 +13,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from relabel.settings import check_value
+
+from .config import TrainConfig
+
 try:
     from timm.task import TrainingTask
 except ImportError as e:  # pragma: no cover - a timm from before its task API
@@ -47,8 +51,12 @@ class CachedDistillationTask(TrainingTask):
                  temperature: float = 1.0, smoothing: float = 0.0, device: Optional[torch.device] = None,
                  dtype: Optional[torch.dtype] = None, verbose: bool = False):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (got {temperature})")
+        # the settings relabel train has for these, checked by their limits (one ConfigError, as the CLI)
+        distill_loss_weight, task_loss_weight, temperature, smoothing = (
+            check_value(TrainConfig, name, value, called=called) for name, called, value in (
+                ("kd_weight", "distill_loss_weight", distill_loss_weight),
+                ("ce_weight", "task_loss_weight", task_loss_weight),
+                ("kd_temperature", "temperature", temperature), ("smoothing", "smoothing", smoothing)))
         self.trainable_module = model
         self.distill_loss_weight, self.task_loss_weight = distill_loss_weight, task_loss_weight
         self.temperature, self.smoothing = temperature, smoothing

@@ -38,6 +38,10 @@ def _verify(params: dict) -> None:
     r = run(config_from_params(VerifyConfig, params, lists=("teacher_checkpoint",)))
     for line in r.damaged:
         _say(f"damaged: {line}")
+    if r.misfiled:
+        shown = ", ".join(repr(k) for k in r.misfiled[:5])
+        _say(f"misfiled: {len(r.misfiled)} image(s) are filed under another class than their labels were made for "
+             f"({shown}{' ...' if len(r.misfiled) > 5 else ''}); use the copy of the images the labels were made from")
     if r.changed_images:
         shown = ", ".join(repr(k) for k in r.changed_images[:5])
         _say(f"changed: {len(r.changed_images)} image(s) are not the bytes their labels were made from ({shown}"

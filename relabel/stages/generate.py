@@ -24,7 +24,8 @@ from relabel.storage.errors import ConfigError, SourceError, StoreError, named
 from relabel.storage.encoding import ValueEncoding
 from relabel.storage.paths import is_inside
 from relabel.storage.sources import ImageSource
-from relabel.storage.store import DIGEST_BYTES, STATUS_OK, STATUS_UNREADABLE, Shard, StoreExistsError
+from relabel.storage.store import (DIGEST_BYTES, SCHEMA_VERSION, STATUS_OK, STATUS_UNREADABLE, Shard,
+                                   StoreExistsError)
 
 from relabel import __version__
 from relabel.classmap import resolve_class_map
@@ -225,15 +226,28 @@ def _validate(cfg: GenerateConfig, recipe: Recipe) -> None:
                           f"the images")
 
 
-def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
-    store = LabelStore.open(cfg.out, mode="r+")
-    if store.header.schema_version < header.schema_version:
-        raise ConfigError(f"{cfg.out}: store schema {store.header.schema_version} was written by an older relabel; "
-                        f"it can be read and trained on but not extended: generate into another {named('out')}")
-    diff = _header_diff(store.header, header)
+def _existing_header(out: str) -> StoreHeader | None:
+    """The header of the store at ``out``, or None (no store there, or a header too damaged to read)."""
+    try:
+        return LabelStore.open(out).header
+    except StoreError:
+        return None
+
+
+def _refuse_other_settings(cfg: GenerateConfig, old: StoreHeader, new: StoreHeader) -> None:
+    if old.schema_version < new.schema_version:  # an older store: repaired in its own schema, never extended
+        raise ConfigError(f"{cfg.out}: store schema {old.schema_version} was written by an older relabel; it can be "
+                          f"read, trained on and repaired ({named('repair', True)}) but not extended: generate into "
+                          f"another {named('out')}")
+    diff = _header_diff(old, new)
     if diff:
         raise ConfigError(f"{cfg.out}: store was made with other settings: {'; '.join(diff)}. "
-                        f"Use the same settings to resume, or another {named('out')}")
+                          f"Use the same settings to resume, or another {named('out')}")
+
+
+def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
+    store = LabelStore.open(cfg.out, mode="r+")
+    _refuse_other_settings(cfg, store.header, header)
     store.remove_partials()  # temp files of writes a crash cut short
     store.remove_stale_claims(cfg.claim_lease, force=cfg.repair)  # writers that died (repair: every claim)
     store.extend_views(header.views)
@@ -260,6 +274,9 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
 
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
                 if cfg.repair:
+                    on_disk = _existing_header(cfg.out)
+                    if on_disk is not None:  # a repair with other settings changes nothing, not even metadata
+                        _refuse_other_settings(cfg, on_disk, header)
                     record_replay_check()
                     for line in LabelStore.repair_metadata(cfg.out, header, keys, classes):
                         log.warning("repair: %s", line)
@@ -303,8 +320,9 @@ def _run_pending(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, store
     # status (a crash's leftover, a repair's target, a foreign file) is recomputed, never built on.
     sticky = (store.trusted_block_status() == STATUS_UNREADABLE).any(0)
     known = store.sample_digests(trusted_only=True)  # the bytes other view blocks were labelled from
-    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size, h.resize_rule), teacher.device,
-                               cfg.render_kernel)
+    renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, h.seed, h.img_size, h.resize_rule,
+                                                          refuse_tall=not h.resize_rule_certain),
+                               teacher.device, cfg.render_kernel)
     if renderer.name != h.renderer and mine:
         log.info("rendering with %s (the store was started with %s; their bytes are equal)", renderer.name, h.renderer)
     def left(sh: Shard) -> int:  # the (view, sample) cells of a shard still to compute
@@ -532,9 +550,11 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     if differ:  # the renderers' bytes must be equal, or stores and students would not agree across them
         raise ConfigError(f"the {renderer.name} renderer on {teacher.device} renders {', '.join(differ[:4])} differently "
                           f"from Pillow; set {named('renderer', 'pillow')} (and report it)")
+    on_disk = _existing_header(cfg.out) if cfg.repair else None
+    schema = on_disk.schema_version if on_disk is not None else SCHEMA_VERSION  # a repair keeps the store's schema
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
-        class_names=list(source.class_names), fingerprint=source.fingerprint,
+        class_names=list(source.class_names), fingerprint=source.fingerprint_for(schema), schema_version=schema,
         teacher=teacher.record(), recipe=recipe.to_dict(), seed=cfg.seed,
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
         views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map, renderer=renderer.name,
@@ -543,7 +563,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
     if cfg.repair:  # trust nothing a check names: files, seals, and the image bytes each shard recorded
         damaged = store.check_shards()
         if store.has_digests:
-            damaged += store.check_bytes(source)[0]
+            damaged += store.check_bytes(source, skip=damaged)[0]
         damaged += check_unreadable(store, source)
         if dist.rank == 0:
             for d in damaged:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from relabel.settings import config_of_call
 from relabel.storage.errors import ConfigError, named
 from relabel.storage.stats import probabilities, teacher_class_names
 
@@ -111,14 +112,9 @@ def show(store: str | ShowConfig, data: str | None = None, **settings) -> Image.
     Raises ``relabel.RelabelError`` (one line in the CLI) for an unknown key, a view the store does not
     hold, DATA of another dataset, and everything ``ReplayLoader`` refuses.
     """
-    if isinstance(store, ShowConfig):
-        if data is not None or settings:
-            raise TypeError("show(ShowConfig) takes no other settings; set them on the ShowConfig")
-        cfg = store
-    elif data is None:
-        raise TypeError("show() needs the labels and the images they were made from: show(store, data, ...)")
-    else:
-        cfg = ShowConfig(store=str(getattr(store, "path", store)), data=str(data), **settings)
+    cfg = config_of_call(ShowConfig, store if isinstance(store, ShowConfig) else str(getattr(store, "path", store)),
+                         None if data is None else str(data), settings, "show",
+                         "the labels and the images they were made from")
     from relabel.train.data import TrainData
 
     td = TrainData(cfg.data, cfg.store, allow_subset=cfg.allow_subset, allow_drift=cfg.allow_pixel_drift)

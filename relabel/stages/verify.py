@@ -10,6 +10,7 @@ from relabel.storage import LabelStore, open_source
 from relabel.storage.errors import SourceError, StoreError
 from relabel.storage.store import STATUS_OK, STATUS_UNREADABLE, ShardDamage
 
+from relabel.settings import config_of_call
 from relabel.views import replay_check
 from .verify_config import VerifyConfig
 from relabel.teacher import rebuild_teacher
@@ -33,11 +34,12 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     drift: str | None = None  # replayed pixels differ from stage one's (relabel.views.replay_check)
     changed_images: list[str] = field(default_factory=list)  # keys whose bytes differ from what was labelled
+    misfiled: list[str] = field(default_factory=list)  # keys filed under another class than they were labelled with
 
     @property
     def ok(self) -> bool:
         return (not self.damaged and self.pending_shards == 0 and self.max_logp_error <= self.allowed_error
-                and self.drift is None and not self.changed_images)
+                and self.drift is None and not self.changed_images and not self.misfiled)
 
 
 def render_stored_views(store: LabelStore, source, positions: np.ndarray, views: np.ndarray,
@@ -57,6 +59,31 @@ def render_stored_views(store: LabelStore, source, positions: np.ndarray, views:
                    for m in members]
         out.append(render_now(renderer, samples, device)[0])
     return torch.stack(out).permute(0, 3, 1, 2)
+
+
+def _tall_samples(store: LabelStore, source, positions: np.ndarray, views: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Per (position, view): whether the sample or its mix partner is taller than 100:1 (image headers only)."""
+    import io
+
+    from PIL import Image
+
+    h, index = store.header, source.index()
+    recipe, G = create_recipe(h.recipe), create_recipe(h.recipe).mix_group
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def tall(p: int) -> bool:
+        if p not in sizes:
+            with Image.open(io.BytesIO(source.read(index[store.keys[p]]))) as img:
+                sizes[p] = img.size
+        w, hh = sizes[p]
+        return hh > 100 * w
+
+    out = []
+    for p, v in zip(positions.tolist(), views.tolist()):
+        g0 = p - p % G
+        q = int(group_partners(recipe, h.seed, v, g0, min(G, h.num_samples - g0))[p - g0])
+        out.append(tall(p) or (q >= 0 and status[q] == STATUS_OK and tall(q)))
+    return np.asarray(out, bool)
 
 
 def check_unreadable(store: LabelStore, source) -> list[ShardDamage]:
@@ -99,14 +126,7 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     the teacher), ``renderer`` (what replays the views; ``auto``: torch on CUDA, Pillow on CPU).
     ``teacher``: a ready teacher object (a ``FunctionTeacher``) instead of rebuilding the store's.
     """
-    if isinstance(store_path, VerifyConfig):
-        if data is not None or settings:
-            raise TypeError("verify(VerifyConfig) takes no other settings; set them on the VerifyConfig")
-        cfg = store_path
-    elif data is None:
-        raise TypeError("verify() needs the store and the images it was made from: verify(store, data, ...)")
-    else:
-        cfg = VerifyConfig(store=store_path, data=data, **settings)
+    cfg = config_of_call(VerifyConfig, store_path, data, settings, "verify", "the store and the images it was made from")
     store_path, data, samples, device, renderer = cfg.store, cfg.data, cfg.samples, cfg.device, cfg.renderer
     store = LabelStore.open(store_path)
     h = store.header
@@ -121,8 +141,18 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     if missing:
         raise SourceError(f"{data}: {len(missing)} of the store's {h.num_samples} samples are missing "
                           f"(first: {missing[0]!r}); verify needs the images the labels were made from")
+    if list(source.class_names) != list(h.class_names):
+        raise SourceError(f"{data}: its classes ({len(source.class_names)}) are not the store's "
+                          f"({len(h.class_names)}); verify needs the images the labels were made from")
+    index = source.index()
+    stored = store.sample_classes()
+    if stored is not None:  # each image filed under the class it was labelled with
+        own = np.asarray(source.labels)[[index[k] for k in store.keys]]
+        rep.misfiled = [store.keys[i] for i in np.nonzero((stored >= 0) & (stored != own))[0]]
+    if source.fingerprint_for(h.schema_version) != h.fingerprint and not rep.misfiled:
+        rep.notes.append(f"{data} holds {len(source) - h.num_samples} image(s) the store has no labels for")
     if store.has_digests:  # every sample's bytes against the bytes its labels were made from
-        byte_damage, rep.changed_images = store.check_bytes(source)
+        byte_damage, rep.changed_images = store.check_bytes(source, skip=rep.damaged)
         rep.damaged += byte_damage
     else:
         rep.notes.append(f"store schema {h.schema_version} records no digests of the image bytes it was labelled "
@@ -163,6 +193,13 @@ def verify(store_path: str | VerifyConfig, data: str | None = None, *, teacher=N
     keep = done[views // h.views_per_shard, pos // h.samples_per_shard] > views % h.views_per_shard
     damaged = {(d.shard.vb, d.shard.sb) for d in rep.damaged}
     keep &= [(int(v) // h.views_per_shard, int(p) // h.samples_per_shard) not in damaged for p, v in zip(pos, views)]
+    if not h.resize_rule_certain:  # views of images taller than 100:1 are unknown here: not recomputed
+        tall = _tall_samples(store, source, pos, views, status)
+        if tall.any():
+            rep.notes.append(f"{int(tall.sum())} sampled view(s) show an image taller than 100:1, whose views this "
+                             f"store cannot pin down (made under Pillow 12.2/12.3 before render rules were "
+                             f"recorded): not recomputed; training refuses those images")
+        keep &= ~tall
     pos, views = pos[keep], views[keep]
     s_idx, s_lp = store.gather(pos, views)
     errs, kls, agree = [], [], []

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from relabel.settings import RENDERERS
-from relabel.storage.errors import ConfigError, named
+from relabel.storage.errors import ConfigError, SourceError, named
 
 from .params import MixParams, ViewParams, batch_mixes, mix_lambda, view_params
 from .pillow import mix_pixels, render_view
@@ -46,20 +46,30 @@ class ViewRenderer:
     seed: int
     size: int
     resize_rule: str = field(default_factory=_native_rule)
+    # Refuse images taller than 100:1 (a store whose rule for them is unknown: StoreHeader.resize_rule_certain).
+    refuse_tall: bool = False
 
     @classmethod
-    def of_store(cls, header, size: int | None = None) -> "ViewRenderer":
-        """The views a store's header fixes (at ``size``, default the store's), by its resize rule."""
+    def of_store(cls, header, size: int | None = None, allow_drift: bool = False) -> "ViewRenderer":
+        """The views a store's header fixes (at ``size``, default the store's), by its resize rule;
+        ``allow_drift``: render even the images whose views the store cannot pin down."""
         from .recipe import create_recipe
         from .rules import check_rule
 
-        return cls(create_recipe(header.recipe), header.seed, size or header.img_size, check_rule(header.resize_rule))
+        return cls(create_recipe(header.recipe), header.seed, size or header.img_size, check_rule(header.resize_rule),
+                   refuse_tall=not (header.resize_rule_certain or allow_drift))
 
     def at(self, size: int) -> "ViewRenderer":
         """The same views at another output size."""
-        return ViewRenderer(self.recipe, self.seed, size, self.resize_rule)
+        return ViewRenderer(self.recipe, self.seed, size, self.resize_rule, self.refuse_tall)
 
     def params(self, key: str, view: int, img: Image.Image) -> ViewParams:
+        if self.refuse_tall and img.height > 100 * img.width:
+            raise SourceError(
+                f"image {key!r} ({img.width}x{img.height}) is taller than 100:1 and this store's views of such images "
+                f"are unknown (made before render rules were recorded, under Pillow 12.2/12.3, where relabel 0.2's "
+                f"two renderers resized them in different orders); regenerate the store with this relabel, or set "
+                f"{named('allow_pixel_drift', True)} to replay them in the {self.resize_rule} order")
         return view_params(self.recipe, self.seed, key, view, img.size)
 
     def erase_seed(self, key: str, view: int) -> tuple:

@@ -8,6 +8,7 @@ name what differs before a single step trains on pixels the teacher never saw.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 from dataclasses import dataclass
@@ -47,7 +48,12 @@ def _canonical_image(size: int = 48) -> Image.Image:
 
 
 def _as_renderer(renderer) -> Renderer:
-    return create_renderer("pillow", renderer) if isinstance(renderer, ViewRenderer) else renderer
+    """A renderer for the canonical patterns and the recorded samples: those were rendered by the
+    store's maker, whose order is known for them, so nothing is refused here (see ViewRenderer.refuse_tall)."""
+    renderer = create_renderer("pillow", renderer) if isinstance(renderer, ViewRenderer) else renderer
+    if renderer.spec.refuse_tall:
+        renderer = _like(renderer, dataclasses.replace(renderer.spec, refuse_tall=False))
+    return renderer
 
 
 def _render(renderer: Renderer, img: Image.Image, params: list[ViewParams], device=None) -> np.ndarray:
