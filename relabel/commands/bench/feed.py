@@ -166,13 +166,16 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
                                      input_size=cfg.img_size))
     batch = max(2, min(64, n // (2 * max(workers[-1], 1))) // 2 * 2)  # at least two batches per worker
     lo = workers[0]
-    parquet = _parquet_copy(folder, Path(tmp) / "feed_parquet")  # the same images, as the Hub stores them
+    try:  # the same images, as the Hub stores them (a machine without `datasets` skips this row)
+        parquet = _parquet_copy(folder, Path(tmp) / "feed_parquet")
+    except ImportError:
+        parquet = None
     # One worker each: the digest check off (as a store made before digests), the images read from
     # parquet instead of the folder, and stage one rendering by another Pillow's resize rule.
     variants = [("", "pillow", str(folder), workers), ("torch_", "torch", str(folder), workers),
                 ("nodigest_", "pillow", str(folder), [lo]), ("parquet_", "pillow", str(parquet), [lo])]
     for tag, name, data_dir, ws in variants:
-        if name == "torch" and "torch_" not in renderers:
+        if (name == "torch" and "torch_" not in renderers) or (tag == "parquet_" and parquet is None):
             continue
         for w in ws:
             tcfg = TrainConfig(data=data_dir, labels=store, out=os.path.join(tmp, f"feed-run{tag}{w}"),
@@ -214,7 +217,7 @@ def bench_feed(cfg: BenchConfig, tmp: str) -> dict:
             "torch_device": str(dev), **_torch_finish_cost(cfg, folder, dev),
             # portability and binding (issues 28 and 29), per worker, against the rows above
             "stage2_digest_check_cost": 1 - per[f"stage2_w{lo}"] / per[f"stage2_nodigest_w{lo}"],
-            "stage2_parquet_vs_folder": per[f"stage2_parquet_w{lo}"] / per[f"stage2_w{lo}"],
+            "stage2_parquet_vs_folder": per[f"stage2_parquet_w{lo}"] / per[f"stage2_w{lo}"] if parquet else None,
             "stage1_other_rule": other, "stage1_other_rule_views_emulated": differ,
             "stage1_other_rule_vs_native": per[f"stage1_rule_w{lo}"] / per[f"stage1_w{lo}"],
             **_rule_emulation_cost(cfg, other),
