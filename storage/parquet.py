@@ -19,7 +19,7 @@ import os
 
 from .errors import SourceError, UserError
 from .keys import DEFAULT_KEY_RULE
-from .sources import MAX_CLASSES, MAX_IMAGE_BYTES, ImageSource, _utf8
+from .image_source import MAX_CLASSES, MAX_IMAGE_BYTES, ImageSource, _utf8
 
 PARQUET_HELP = ("a parquet file, a glob or folder of them (the Hub's layout: data/train-*.parquet), or "
                 "hf://datasets/ORG/NAME")
