@@ -150,8 +150,8 @@ def _convert(annotation, value, lim: dict):
     if annotation is Any:
         return True, value, "anything"
     if annotation is bool:
-        return isinstance(value, bool) or (type(value).__name__ == "bool_"), (bool(value) if type(value).__name__ in
-                                                                            ("bool", "bool_") else value), "true or false"
+        ok = isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+        return ok, bool(value) if ok else value, "true or false"
     if annotation in (int, float):
         x = _as_number(annotation, value)
         rng = _number_words(lim)
@@ -160,11 +160,8 @@ def _convert(annotation, value, lim: dict):
             return False, value, words
         return True, x, words
     if annotation is str:
-        if not isinstance(value, str):
-            return False, value, "text"
-        if lim["choices"] is not None and value not in lim["choices"]:
-            return False, value, f"one of {', '.join(map(str, lim['choices']))}"
-        return True, value, "text" if lim["choices"] is None else f"one of {', '.join(map(str, lim['choices']))}"
+        words = "text" if lim["choices"] is None else f"one of {', '.join(map(str, lim['choices']))}"
+        return isinstance(value, str) and (lim["choices"] is None or value in lim["choices"]), value, words
     if origin in (list, tuple) or annotation in (list, tuple):
         (item,) = typing.get_args(annotation)[:1] or (Any,)
         words = f"a list, each item {_convert(item, object(), lim)[2]}"

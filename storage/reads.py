@@ -52,12 +52,14 @@ class LabelReads:
         A pending shard's status chunk is a crash's leftover, a repair's target or a foreign file;
         its "unreadable" marks must not spread to other view blocks (the sticky rule)."""
         st = np.array(self.block_status())
-        h, done = self.header, self.done_views()
-        for vb in range(done.shape[0]):
-            for sb in range(done.shape[1]):
-                if not done[vb, sb]:
-                    st[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = 0
+        st[self.pending_rows()] = 0
         return st
+
+    def pending_rows(self) -> np.ndarray:
+        """(view blocks, N) bool: the rows of shards not marked done, whose per-shard records (status,
+        digests) nothing may build on."""
+        h, done = self.header, self.done_views()
+        return np.repeat(done == 0, h.samples_per_shard, axis=1)[:, :h.num_samples]
 
     @property
     def has_digests(self) -> bool:
@@ -82,11 +84,7 @@ class LabelReads:
             return None
         d = np.array(self.block_digests())
         if trusted_only:
-            h, done = self.header, self.done_views()
-            for vb in range(done.shape[0]):
-                for sb in range(done.shape[1]):
-                    if not done[vb, sb]:
-                        d[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = 0
+            d[self.pending_rows()] = 0
         written = d.any(-1)  # (view blocks, N)
         first = np.argmax(written, axis=0)
         out = d[first, np.arange(d.shape[1])]
@@ -130,12 +128,7 @@ class LabelReads:
                 elif len(d) == DIGEST_BYTES:
                     now[i] = np.frombuffer(d, np.uint8)
         done = self.done_views()
-        written = np.array(blocks.any(-1))  # (view blocks, N): a digest was recorded by a trusted shard
-        h = self.header
-        for vb in range(done.shape[0]):
-            for sb in range(done.shape[1]):
-                if not done[vb, sb]:
-                    written[vb, sb * h.samples_per_shard:(sb + 1) * h.samples_per_shard] = False
+        written = blocks.any(-1) & ~self.pending_rows()  # (view blocks, N): recorded by a trusted shard
         for d in skip:
             written[d.shard.vb, d.shard.s0:d.shard.s1] = False
         differ = written & ((blocks != now[None]).any(-1) | missing[None])

@@ -190,3 +190,64 @@ def test_the_header_records_the_jpeg_decoders_build_and_drift_names_it(pillow12,
     g.attrs["relabel"] = h
     rep = relabel.verify_labels(str(store), str(pillow12 / "images"), samples=0)
     assert f"image {key!r} decodes to other pixels" in rep.drift and "libjpeg_turbo_version 9.9.9 ->" in rep.drift
+
+
+@pytest.mark.parametrize("rule", RESIZE_RULES)
+def test_random_views_under_every_rule_are_the_same_bytes_with_both_renderers(rule):
+    """Random images (photo-like, tall, taller than 100:1, wide, 1 px), random USI views at random sizes
+    and interpolations, rendered by the store's rule: the torch renderer (every kernel) equals the
+    Pillow renderer byte for byte, and under a rule other than the installed Pillow's the Pillow
+    renderer's two-call emulation is what the golden renders above pin down."""
+    import os
+
+    from PIL import Image
+
+    from relabel.views import ViewRenderer, create_recipe, create_renderer, render_now
+    from relabel.views.recipe import Recipe
+
+    rng = np.random.default_rng(int(os.environ.get("RELABEL_PARITY_SEED", "0")) + RESIZE_RULES.index(rule))
+    scale = int(os.environ.get("RELABEL_PARITY_CASES", "1x").rstrip("x") or 1)
+    shapes = [(int(rng.integers(40, 320)), int(rng.integers(40, 320))) for _ in range(12)]
+    shapes += [(int(rng.integers(1, 6)), int(rng.integers(120, 900))) for _ in range(6)]  # many taller than 100:1
+    shapes += [(int(rng.integers(20, 60)), int(rng.integers(60, 400))) for _ in range(6)] + [(1, 1), (300, 3)]
+    base = create_recipe("usi").to_dict()
+    for interp in ("bicubic", "bilinear", "lanczos"):
+        recipe = Recipe.from_dict({**base, "interpolation": interp, "name": f"usi-{interp}",
+                                   **({"randaugment": None} if interp == "lanczos" else {})})
+        size = int(rng.choice([8, 24, 33]))
+        spec = ViewRenderer(recipe, int(rng.integers(0, 1000)), size, rule)
+        samples = []
+        for i, (w, h) in enumerate(shapes * scale):
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            samples += [(len(samples), v, -1, f"img{i}", img) for v in range(2)]
+        want = np.stack([spec.render(k, v, img) for _, v, _, k, img in samples])
+        for kernel in ("matmul", "taps"):
+            got = render_now(create_renderer("torch", spec, kernel=kernel), samples).numpy()
+            bad = [i for i in range(len(samples)) if not np.array_equal(got[i], want[i])]
+            assert not bad, f"{rule}, {interp}, {kernel}: {len(bad)} of {len(samples)} views differ"
+
+
+def test_a_store_made_by_the_last_release_opens_verifies_repairs_and_trains(tmp_path, capsys):
+    """tests/data/release02 was written by relabel 0.2.0 itself (schema 3: seals, no digests, no recorded
+    rules): it opens, verifies (saying it has no digests), is repaired in its own schema and trains."""
+    import relabel
+    from conftest import tree_bytes
+    from relabel.stages.generate import GenerateConfig, generate
+
+    store, images = tmp_path / "labels.zarr", DATA / "pillow12" / "images"
+    shutil.copytree(DATA / "release02" / "labels.zarr", store)
+    r = cli(capsys, "info", store)
+    assert r.returncode == 0 and "keys         path" in r.stdout, r.stdout
+    rep = relabel.verify_labels(str(store), str(images), samples=24, teacher=teacher())
+    assert rep.ok and rep.checked == 24 and any("records no digests" in n for n in rep.notes), rep
+    before = tree_bytes(store)
+    f = store / "topk_logp" / "c" / "0" / "0" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    res = generate(GenerateConfig(data=str(images), out=str(store), views=2, topk=2, samples_per_shard=64,
+                                  views_per_shard=2, workers=0, progress=False, repair=True), teacher=teacher())
+    assert res.shards_written == 1 and tree_bytes(store) == before
+    r = cli(capsys, "train", images, "--labels", store, "--out", tmp_path / "run", "--student", "test_resnet",
+            "--epochs", "1", "-b", "4", "--img-size", "32", "-j", "0", "--quiet")
+    assert r.returncode == 0, r.stderr

@@ -386,3 +386,27 @@ def test_export_with_images_refuses_images_that_are_not_the_labelled_ones(world,
     misfiled, _ = _misfiled_copy(world, tmp_path)
     r = cli(capsys, "export", world["s_store"], "--to", tmp_path / "e2", "--images", misfiled, "-q")
     assert r.returncode == 2 and "filed under another class" in r.stderr, r.stderr
+
+
+def test_the_settings_added_this_round_refuse_wrong_values_from_python(world, tmp_path):
+    """key_rule, render_kernel, the share and show records: a string, a float, None, 0, a huge number."""
+    import relabel
+    from relabel.stages.share_config import ExportConfig, PublishConfig, PullConfig
+    from relabel.stages.show_config import ShowConfig, StatsConfig
+
+    gen = dict(data=str(world["a"]), out=str(tmp_path / "x"))
+    for value in ("md5", 3, None):
+        _bad(lambda: relabel.GenerateConfig(**gen, key_rule=value), "`key_rule` must be one of path, stem, imagenet")
+    for value in ("fast", 1.5, None):
+        _bad(lambda: relabel.GenerateConfig(**gen, render_kernel=value), "`render_kernel` must be one of auto")
+        _bad(lambda: relabel.TrainConfig(data="d", labels=None, out="o", render_kernel=value), "`render_kernel` must be")
+        _bad(lambda: relabel.ReplayLoader(str(world["a"]), str(world["a_store"]), batch_size=8, workers=0,
+                                          render_kernel=value), "`render_kernel` must be")
+    for value in ("8", 2.5, None, 0, 10**9):
+        _bad(lambda: PullConfig(src="a", dest="b", jobs=value), "`jobs` must be a whole number from 1 to 256")
+        _bad(lambda: PublishConfig(store="a", dest="b", jobs=value), "`jobs` must be")
+    for value in ("8", 2.5, 0, -1):
+        _bad(lambda: ExportConfig(store="a", to="b", shard_size=value), "`shard_size` must be")
+    for value in ("x", 0.5, None, 0):
+        _bad(lambda: ShowConfig(store="a", data="b", out="c.png", samples=value), "`samples` must be")
+    _bad(lambda: StatsConfig(store="a", stats_samples=0), "`stats_samples` must be")

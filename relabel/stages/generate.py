@@ -255,9 +255,10 @@ def _open_existing(cfg: GenerateConfig, header: StoreHeader) -> LabelStore:
 
 
 def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: ImageSource, dist: Dist,
-                         renderer: Renderer | None = None, device=None) -> LabelStore:
+                         renderer: Renderer | None = None, device=None, on_disk: StoreHeader | None = None) -> LabelStore:
     """Rank 0 creates or checks the store; the others open it once it is ready. ``renderer``: the one
-    this run renders with on ``device`` (its canonical renders go into the header's replay check)."""
+    this run renders with on ``device`` (its canonical renders go into the header's replay check);
+    ``on_disk``: the header of the store already at ``cfg.out``, if one is readable."""
     if dist.rank == 0:
         try:
             keys = store_order(source.keys, cfg.seed)
@@ -267,14 +268,12 @@ def open_or_create_store(cfg: GenerateConfig, header: StoreHeader, source: Image
             def record_replay_check() -> None:  # decodes a few images: only when a header is written
                 r = renderer or create_renderer("pillow", ViewRenderer(create_recipe(header.recipe), header.seed,
                                                                        header.img_size))
-                index = source.index()
                 header.replay_check = replay_check.record(
                     r, keys, lambda k: read_with_retry(source, index[k], cfg.read_retries, cfg.retry_wait),
                     device=device)
 
             if os.path.isdir(cfg.out) and os.listdir(cfg.out):
                 if cfg.repair:
-                    on_disk = _existing_header(cfg.out)
                     if on_disk is not None:  # a repair with other settings changes nothing, not even metadata
                         _refuse_other_settings(cfg, on_disk, header)
                     record_replay_check()
@@ -520,15 +519,6 @@ def generate(cfg: GenerateConfig, teacher=None) -> GenerateResult:
         dist.close()
 
 
-def _resize_rule(cfg: GenerateConfig) -> str:
-    """The resize rule this run renders by: an existing store's own (views added later must match
-    the ones it holds, whatever Pillow is installed now), else the installed Pillow's."""
-    try:
-        return check_rule(LabelStore.open(cfg.out).header.resize_rule)
-    except StoreError:  # no store there yet (or none readable: creating or repairing it says why)
-        return native_rule()
-
-
 def _as_list(x) -> list:
     return [] if x is None else [x] if isinstance(x, str) else list(x)
 
@@ -543,15 +533,17 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         raise ConfigError(f"{named('topk', cfg.topk)} is above the teacher's number of classes ({teacher.num_classes})")
     class_map = resolve_class_map(cfg.class_map, list(source.class_names), teacher.num_classes)
     img_size = cfg.img_size if cfg.img_size is not None else teacher.input_size
-    rule = _resize_rule(cfg)
+    # An existing store renders by its own rule (views added later must match the ones it holds, whatever
+    # Pillow is installed now); a new one by the installed Pillow's. A repair keeps the store's schema.
+    on_disk = _existing_header(cfg.out)
+    rule = check_rule(on_disk.resize_rule) if on_disk is not None else native_rule()
     renderer = create_renderer(cfg.renderer, ViewRenderer(recipe, cfg.seed, img_size, rule), teacher.device,
                                cfg.render_kernel)
     differ = replay_check.renderer_parity(renderer, teacher.device) if renderer.name != "pillow" else []
     if differ:  # the renderers' bytes must be equal, or stores and students would not agree across them
         raise ConfigError(f"the {renderer.name} renderer on {teacher.device} renders {', '.join(differ[:4])} differently "
                           f"from Pillow; set {named('renderer', 'pillow')} (and report it)")
-    on_disk = _existing_header(cfg.out) if cfg.repair else None
-    schema = on_disk.schema_version if on_disk is not None else SCHEMA_VERSION  # a repair keeps the store's schema
+    schema = on_disk.schema_version if cfg.repair and on_disk is not None else SCHEMA_VERSION
     header = StoreHeader(
         num_samples=len(source), views=cfg.views, topk=cfg.topk, num_classes=teacher.num_classes,
         class_names=list(source.class_names), fingerprint=source.fingerprint_for(schema), schema_version=schema,
@@ -559,7 +551,7 @@ def _generate(cfg: GenerateConfig, recipe: Recipe, source: ImageSource, dist: Di
         img_size=img_size, encoding=ValueEncoding(cfg.encoding), samples_per_shard=cfg.samples_per_shard,
         views_per_shard=cfg.views_per_shard, writer=__version__, class_map=class_map, renderer=renderer.name,
         key_rule=source.key_rule, render_rules={"resize": rule})
-    store = open_or_create_store(cfg, header, source, dist, renderer, teacher.device)
+    store = open_or_create_store(cfg, header, source, dist, renderer, teacher.device, on_disk)
     if cfg.repair:  # trust nothing a check names: files, seals, and the image bytes each shard recorded
         damaged = store.check_shards()
         if store.has_digests:
